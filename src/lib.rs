@@ -1,0 +1,122 @@
+//! A dynamic thread pool for job-queue workers: it grows and shrinks its threads with each
+//! queue's backlog, drains workers gracefully, and never loses a job.
+//!
+//! Made for workers that each own a heavy resource (a headless browser session, a PDF engine)
+//! and take jobs from queues (in memory, or Redis lists with the `redis` feature).
+//!
+//! # A tour
+//!
+//! A pool has one or more *queues*. Each queue has a [`JobSource`], an `init` closure that builds
+//! a worker's state once per thread, and an executor that runs one job with that state:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use threadtide::{JobError, MemorySource, ThreadPoolManager};
+//!
+//! struct Browser { pages: u32 } // stands in for a logged-in session
+//!
+//! let orders: MemorySource<u32, String> = MemorySource::builder().keep_results(true).build()?;
+//! let pool = ThreadPoolManager::builder()
+//!     .jobs_per_thread(50)        // threads per queue = ceil(backlog / 50) ...
+//!     .max_threads_per_type(10)   // ... at most 10 per queue ...
+//!     .max_total_threads(20)      // ... and 20 in all
+//!     .queue(
+//!         "conferencia",
+//!         orders.clone(),
+//!         |_worker| Ok::<_, Infallible>(Browser { pages: 0 }), // once per worker thread
+//!         |browser, order: &u32| {                             // once per job
+//!             browser.pages += 1;
+//!             if *order == 0 {
+//!                 return Err(JobError::permanent("order 0 does not exist"));
+//!             }
+//!             Ok(format!("order {order} verified"))
+//!         },
+//!     )
+//!     .build()?;
+//!
+//! orders.extend(1..=120);          // 120 jobs -> 3 threads
+//! pool.start()?;
+//! let first = orders.recv_result_timeout(Duration::from_secs(10)).expect("a result");
+//! assert!(first.output.ends_with("verified"));
+//!
+//! pool.shutdown();                 // stop fetching; running jobs finish
+//! pool.wait()?;                    // every thread joined
+//! let stats = pool.stats();
+//! assert!(stats.total.jobs_ok >= 1);
+//! // Jobs that were not fetched are still in the source: nothing is lost.
+//! assert_eq!(orders.unfinished() as u64, 120 - stats.total.jobs_ok);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # How many threads
+//!
+//! Every [`rebalance_interval`](Builder::rebalance_interval) (50 ms by default) a monitor
+//! thread reads each queue's backlog and plans:
+//!
+//! * per queue, `ceil(backlog / jobs_per_thread)` clamped to `[min_threads, max_threads_per_type]`:
+//!   with the defaults 1-50 jobs give 1 thread, 51-100 give 2, 322 give 7, 5000 give 10;
+//! * when the queues together want more than `max_total_threads`, the cap is split fairly:
+//!   every queue with work gets one thread before any gets a second, then threads go to the
+//!   queue with the fewest threads per unit of [`weight`](Queue::weight) (weights 40 and 60 split
+//!   10 threads 4 / 6);
+//! * scale-up is immediate; scale-down waits until the lower target has held for
+//!   [`scale_down_delay`](Builder::scale_down_delay) (30 s), so a noisy backlog does not make
+//!   threads flap. Held threads only use room no other queue needs.
+//!
+//! Shrinking is graceful: an excess worker leaves only between jobs, drops its state (the
+//! browser closes), and is joined. An idle one is woken at once.
+//!
+//! # Failures
+//!
+//! * An executor that panics is caught; the job is reported failed to its source, which
+//!   decides about a retry ([`MemorySource`] retries with back-off, then dead-letters), the
+//!   worker's state is rebuilt, and the pool keeps its size.
+//! * A failing `init` and a failing source are retried with exponential back-off and jitter
+//!   ([`Builder::backoff`]), and reported.
+//!
+//! # Watching it
+//!
+//! * [`ThreadPoolManager::stats`]: workers, busy, backlog, target, job counts and durations.
+//! * [`EventHandler`]: scaling decisions, worker starts and exits, errors.
+//! * `log`: scaling decisions at `info` ("queue conferencia: 322 jobs -> scaling up 2 -> 7
+//!   threads"), a steady queue at `debug` when its backlog changed, errors at `warn`, worker
+//!   starts and exits at `debug`. Job payloads are never logged.
+//!
+//! # Stopping
+//!
+//! [`shutdown`](ThreadPoolManager::shutdown) signals; [`wait`](ThreadPoolManager::wait) blocks
+//! until every thread is joined; [`shutdown_timeout`](ThreadPoolManager::shutdown_timeout)
+//! bounds it and reports what was still running;
+//! [`shutdown_on_signals`](ThreadPoolManager::shutdown_on_signals) wires SIGINT and SIGTERM to a
+//! graceful shutdown. Dropping the pool shuts it down gracefully.
+//!
+//! # Writing a source
+//!
+//! Implement [`JobSource`] (cheap backlog, one [`Consumer`] per worker) and [`Consumer`]
+//! (blocking fetch with a deadline, per-job completion). Their contract is in their docs.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod backoff;
+mod builder;
+mod error;
+mod event;
+mod manager;
+mod monitor;
+mod scaling;
+mod source;
+mod state;
+mod stats;
+mod worker;
+
+pub use builder::{Builder, Queue};
+pub use error::{BuildError, FailureKind, JobError, RunningJob, SourceError, StartError, WaitError};
+pub use event::{ErrorEvent, ErrorKind, EventHandler, ExitReason, ScaleEvent, ScaleReason, WorkerEvent};
+pub use manager::{ShutdownHandle, ThreadPoolManager};
+pub use source::memory::{
+    Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,
+};
+pub use source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
+pub use stats::{PoolStats, QueueStats};

@@ -1,0 +1,312 @@
+//! `ThreadPoolManager`: start, wait, shutdown, stats, and what Drop does.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::builder::{Builder, Config, QueueConfig};
+use crate::error::{StartError, WaitError};
+use crate::event::EventHandler;
+use crate::monitor::Monitor;
+use crate::state::PoolShared;
+use crate::stats::{Accumulator, PoolStats, QueueStats};
+use crate::worker;
+
+static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
+
+#[derive(Default)]
+struct Threads {
+    started: bool,
+    monitor: Option<JoinHandle<()>>,
+    signals: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
+    /// A bounded wait gave up with jobs still running: Drop must not block on them.
+    abandoned: bool,
+}
+
+/// A pool of worker threads per queue that grows and shrinks with each queue's backlog.
+///
+/// Build it with [`ThreadPoolManager::builder`], [`start`](Self::start) it, and
+/// [`wait`](Self::wait) for it to finish after [`shutdown`](Self::shutdown) (or a signal, with
+/// [`shutdown_on_signals`](Self::shutdown_on_signals)). See the [crate docs](crate) for a tour.
+///
+/// # Drop
+///
+/// Dropping a started pool shuts it down gracefully and blocks until running jobs finish and
+/// every thread is joined, as [`shutdown`](Self::shutdown) then [`wait`](Self::wait) would.
+/// Two exceptions never block: after [`shutdown_timeout`](Self::shutdown_timeout) or
+/// [`wait_timeout`](Self::wait_timeout) gave up, the remaining workers (already told to stop)
+/// are left to finish their job and exit on their own; and a drop on one of the pool's own
+/// threads only signals.
+pub struct ThreadPoolManager {
+    shared: Arc<PoolShared>,
+    threads: Arc<Mutex<Threads>>,
+}
+
+impl fmt::Debug for ThreadPoolManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPoolManager")
+            .field("id", &self.shared.id)
+            .field("queues", &self.shared.queues.len())
+            .field("stopping", &self.shared.is_stopping())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cloneable handle that shuts the pool down from anywhere (another thread, a signal
+/// handler thread, an HTTP endpoint). See [`ThreadPoolManager::shutdown_handle`].
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<PoolShared>,
+    threads: Arc<Mutex<Threads>>,
+}
+
+impl fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownHandle")
+            .field("pool", &self.shared.id)
+            .finish()
+    }
+}
+
+impl ShutdownHandle {
+    /// Same as [`ThreadPoolManager::shutdown`].
+    pub fn shutdown(&self) {
+        signal_stop(&self.shared, &self.threads);
+    }
+
+    /// Whether shutdown has been requested.
+    pub fn is_shutdown(&self) -> bool {
+        self.shared.is_stopping()
+    }
+}
+
+fn signal_stop(shared: &PoolShared, threads: &Mutex<Threads>) {
+    let threads = threads.lock();
+    if shared.stop() {
+        log::info!("shutdown requested: no new jobs are fetched, running jobs finish");
+        if !threads.started {
+            shared.mark_done();
+        }
+    }
+}
+
+impl ThreadPoolManager {
+    /// Starts configuring a pool. Every setting has a default; see [`Builder`].
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn new(
+        config: Config,
+        queues: Vec<QueueConfig>,
+        events: Arc<dyn EventHandler>,
+    ) -> Self {
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        ThreadPoolManager {
+            shared: Arc::new(PoolShared::new(id, config, queues, events)),
+            threads: Arc::new(Mutex::new(Threads::default())),
+        }
+    }
+
+    /// Starts the monitor thread, which spawns workers as the backlogs ask (at once for queues
+    /// with work or a `min_threads`). Returns without waiting for any worker.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::AlreadyStarted`] on a second call, [`StartError::ShutDown`] after
+    /// [`shutdown`](Self::shutdown), [`StartError::Spawn`] if the monitor thread cannot be
+    /// spawned. When it fails, nothing is left running.
+    pub fn start(&self) -> Result<(), StartError> {
+        let mut threads = self.threads.lock();
+        if threads.started {
+            return Err(StartError::AlreadyStarted);
+        }
+        if self.shared.is_stopping() {
+            return Err(StartError::ShutDown);
+        }
+        let monitor = Monitor::new(Arc::clone(&self.shared));
+        let handle = thread::Builder::new()
+            .name(monitor.thread_name().to_owned())
+            .spawn(move || monitor.run())
+            .map_err(StartError::Spawn)?;
+        threads.started = true;
+        threads.monitor = Some(handle);
+        Ok(())
+    }
+
+    /// Asks the pool to stop: no new job is fetched, running jobs finish, then every worker
+    /// exits and drops its state. Returns at once; [`wait`](Self::wait) blocks until it is
+    /// done. Calling it again does nothing. Jobs not yet fetched stay in their source.
+    pub fn shutdown(&self) {
+        signal_stop(&self.shared, &self.threads);
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has been requested (by any means).
+    pub fn is_shutdown(&self) -> bool {
+        self.shared.is_stopping()
+    }
+
+    /// A handle to shut the pool down from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: Arc::clone(&self.shared),
+            threads: Arc::clone(&self.threads),
+        }
+    }
+
+    /// Blocks until the pool has been shut down (by [`shutdown`](Self::shutdown), a handle or a
+    /// signal) and every thread has been joined. Returns at once if that already happened.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::InsideWorker`] when called from one of this pool's threads (it would wait
+    /// for itself).
+    pub fn wait(&self) -> Result<(), WaitError> {
+        self.wait_until(None)
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::TimedOut`] listing the jobs still running when the time ran out (the pool
+    /// may not even have been asked to stop), or [`WaitError::InsideWorker`].
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// [`shutdown`](Self::shutdown), then waits up to `timeout` for running jobs to finish.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::TimedOut`] with the jobs still running at the deadline. Their workers stay
+    /// told to stop and exit once their job ends; a later [`wait`](Self::wait) joins them, and
+    /// a drop does not block on them. [`WaitError::InsideWorker`] from one of the pool's
+    /// threads.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
+        self.shutdown();
+        self.wait_timeout(timeout)
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        if worker::on_pool_thread(self.shared.id) {
+            return Err(WaitError::InsideWorker);
+        }
+        if !self.shared.wait_done(deadline) {
+            self.threads.lock().abandoned = true;
+            let mut running = Vec::new();
+            for q in &self.shared.queues {
+                q.running_jobs(&self.shared, &mut running);
+            }
+            return Err(WaitError::TimedOut { running });
+        }
+        let mut threads = self.threads.lock();
+        threads.abandoned = false;
+        if let Some(monitor) = threads.monitor.take() {
+            if monitor.join().is_err() {
+                log::error!("the monitor thread panicked");
+            }
+        }
+        if let Some((handle, thread)) = threads.signals.take() {
+            handle.close();
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+
+    /// Makes SIGINT and SIGTERM shut the pool down gracefully, as [`shutdown`](Self::shutdown)
+    /// does. A second signal while draining exits the process at once with status 130 (the
+    /// Celery and Sidekiq convention: the first signal is warm, the second cold); jobs of a
+    /// crash-safe source (Redis) are recovered by the reaper. The listener thread is joined by
+    /// [`wait`](Self::wait).
+    ///
+    /// Unix only.
+    ///
+    /// # Errors
+    ///
+    /// The error of registering the handlers or spawning the listener thread.
+    pub fn shutdown_on_signals(&self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = signals.handle();
+        let stopper = self.shutdown_handle();
+        let thread = thread::Builder::new()
+            .name(format!("{}-signals", self.shared.config.thread_name_prefix))
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if stopper.is_shutdown() {
+                        log::warn!("signal {signal} while draining: exiting now");
+                        std::process::exit(130);
+                    }
+                    log::info!("signal {signal}: draining gracefully");
+                    stopper.shutdown();
+                }
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                handle.close();
+                return Err(e);
+            }
+        };
+        if let Some((old, old_thread)) = self.threads.lock().signals.replace((handle, thread)) {
+            old.close();
+            let _ = old_thread.join();
+        }
+        Ok(())
+    }
+
+    /// A snapshot of every queue and the totals. Cheap (no call to a source: the backlog is the
+    /// monitor's last reading); safe to call from any thread, often.
+    pub fn stats(&self) -> PoolStats {
+        let mut queues = Vec::with_capacity(self.shared.queues.len());
+        let mut all = Accumulator::default();
+        for q in &self.shared.queues {
+            let (stats, acc) = q.snapshot();
+            all.merge(&acc);
+            queues.push(stats);
+        }
+        let sum = |f: fn(&QueueStats) -> usize| queues.iter().map(f).sum::<usize>();
+        let sum64 = |f: fn(&QueueStats) -> u64| queues.iter().map(f).sum::<u64>();
+        let total = QueueStats {
+            name: "total".to_owned(),
+            workers: sum(|q| q.workers),
+            busy: sum(|q| q.busy),
+            backlog: sum(|q| q.backlog),
+            target: sum(|q| q.target),
+            jobs_ok: all.ok,
+            jobs_failed: all.failed,
+            jobs_panicked: all.panicked,
+            spawned: sum64(|q| q.spawned),
+            retired: sum64(|q| q.retired),
+            init_failures: sum64(|q| q.init_failures),
+            source_errors: sum64(|q| q.source_errors),
+            mean_job_time: all.mean(),
+            p99_job_time: all.quantile(0.99),
+        };
+        PoolStats { queues, total }
+    }
+}
+
+impl Drop for ThreadPoolManager {
+    fn drop(&mut self) {
+        self.shutdown();
+        let (started, abandoned) = {
+            let t = self.threads.lock();
+            (t.started, t.abandoned)
+        };
+        if !started || worker::on_pool_thread(self.shared.id) {
+            return;
+        }
+        if abandoned && !self.shared.is_done() {
+            log::warn!("dropping the pool with jobs still running: their workers exit after them");
+            return;
+        }
+        let _ = self.wait();
+    }
+}

@@ -1,0 +1,326 @@
+//! The scaling policy, as pure functions: no threads, no clock, no I/O.
+//!
+//! The monitor feeds [`plan`] a snapshot of every queue and gets back the number of worker
+//! threads each queue should have. The rule and the reasoning behind every default are written
+//! up in `scaling.md` beside this file.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// The pool-wide limits the plan must respect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Target threads per queue = `ceil(backlog / jobs_per_thread)`. Never 0 (validated).
+    pub(crate) jobs_per_thread: usize,
+    /// No queue gets more threads than this.
+    pub(crate) max_per_queue: usize,
+    /// The sum over all queues never passes this.
+    pub(crate) max_total: usize,
+}
+
+/// One queue's input to the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QueueInput {
+    /// Jobs waiting in the queue.
+    pub(crate) backlog: usize,
+    /// Threads the queue keeps even when idle (`min <= max_per_queue`, validated).
+    pub(crate) min: usize,
+    /// Relative share when the total cap binds (>= 1, validated).
+    pub(crate) weight: u32,
+    /// Threads recently planned for this queue that should be kept while room allows
+    /// (the scale-down stabilisation; 0 when there is nothing to hold).
+    pub(crate) hold: usize,
+}
+
+/// Threads a queue asks for on its own: `ceil(backlog / jobs_per_thread)` clamped to
+/// `[min, max_per_queue]`.
+pub(crate) fn demand(backlog: usize, min: usize, limits: &Limits) -> usize {
+    backlog
+        .div_ceil(limits.jobs_per_thread)
+        .clamp(min, limits.max_per_queue.max(min))
+}
+
+/// Threads each queue should run, in input order.
+///
+/// 1. Each queue's demand is [`demand`].
+/// 2. If the demands fit under `max_total`, every queue gets its demand.
+/// 3. Otherwise the cap is shared by weighted water-filling: every queue starts at its `min`,
+///    then threads are handed out one at a time to the queue with the lowest `threads / weight`
+///    that still wants more (ties: heavier weight, then larger backlog, then input order). A
+///    queue with work and no thread has ratio 0, so it is served before any queue gets a second
+///    thread: no queue with work starves while the cap allows one thread per such queue.
+/// 4. Capacity left over is used to keep `hold` threads (recent targets) so that a falling
+///    backlog does not tear threads down at once; holding never takes threads from a queue's
+///    demand.
+///
+/// Requires `sum(min) <= max_total`, which `Builder::build` validates.
+pub(crate) fn plan(queues: &[QueueInput], limits: &Limits) -> Vec<usize> {
+    let want: Vec<usize> = queues
+        .iter()
+        .map(|q| demand(q.backlog, q.min, limits))
+        .collect();
+    let mut alloc = if want.iter().sum::<usize>() <= limits.max_total {
+        want
+    } else {
+        water_fill(queues, &want, limits.max_total)
+    };
+    let mut spare = limits.max_total.saturating_sub(alloc.iter().sum());
+    for (q, a) in queues.iter().zip(alloc.iter_mut()) {
+        if spare == 0 {
+            break;
+        }
+        let keep = q.hold.min(limits.max_per_queue);
+        if keep > *a {
+            let extra = (keep - *a).min(spare);
+            *a += extra;
+            spare -= extra;
+        }
+    }
+    alloc
+}
+
+/// Weighted max-min fair split of `cap` threads, each queue between its `min` and its `want`.
+fn water_fill(queues: &[QueueInput], want: &[usize], cap: usize) -> Vec<usize> {
+    let mut alloc: Vec<usize> = queues.iter().map(|q| q.min).collect();
+    let mut left = cap.saturating_sub(alloc.iter().sum());
+    while left > 0 {
+        let next = (0..queues.len())
+            .filter(|&i| alloc[i] < want[i])
+            .min_by(|&i, &j| {
+                // alloc[i] / w[i] < alloc[j] / w[j], compared without division.
+                let lhs = alloc[i] as u128 * u128::from(queues[j].weight);
+                let rhs = alloc[j] as u128 * u128::from(queues[i].weight);
+                lhs.cmp(&rhs)
+                    .then(queues[j].weight.cmp(&queues[i].weight))
+                    .then(queues[j].backlog.cmp(&queues[i].backlog))
+                    .then(i.cmp(&j))
+            });
+        match next {
+            Some(i) => {
+                alloc[i] += 1;
+                left -= 1;
+            }
+            None => break,
+        }
+    }
+    alloc
+}
+
+/// Remembers recent demands so that scale-down waits for a stabilisation window.
+///
+/// The hold for a queue is the largest [`demand`] seen for it within the window (the rule the
+/// Kubernetes horizontal autoscaler uses for scale-down). Scale-up never waits. Demands, not
+/// applied plans, are recorded: a plan that includes a hold would otherwise renew it forever.
+#[derive(Debug)]
+pub(crate) struct Stabilizer {
+    window: Duration,
+    history: VecDeque<(Instant, Vec<usize>)>,
+}
+
+impl Stabilizer {
+    pub(crate) fn new(window: Duration) -> Self {
+        Stabilizer {
+            window,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// The largest demand of each queue among those recorded within the window before `now`.
+    pub(crate) fn holds(&mut self, now: Instant, queues: usize) -> Vec<usize> {
+        while let Some((at, _)) = self.history.front() {
+            if now.saturating_duration_since(*at) > self.window {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+        let mut holds = vec![0; queues];
+        for (_, plan) in &self.history {
+            for (h, p) in holds.iter_mut().zip(plan) {
+                *h = (*h).max(*p);
+            }
+        }
+        holds
+    }
+
+    /// Records the demands seen at `now`. Consecutive equal demands keep only the newest entry,
+    /// so a steady pool's history stays one entry long however often the monitor ticks.
+    pub(crate) fn record(&mut self, now: Instant, demands: Vec<usize>) {
+        if self.window.is_zero() {
+            return;
+        }
+        if let Some((at, last)) = self.history.back_mut() {
+            if *last == demands {
+                *at = now;
+                return;
+            }
+        }
+        self.history.push_back((now, demands));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: Limits = Limits {
+        jobs_per_thread: 50,
+        max_per_queue: 10,
+        max_total: 20,
+    };
+
+    fn q(backlog: usize) -> QueueInput {
+        QueueInput {
+            backlog,
+            min: 0,
+            weight: 1,
+            hold: 0,
+        }
+    }
+
+    #[test]
+    fn host_examples() {
+        for (backlog, threads) in [
+            (0, 0),
+            (1, 1),
+            (50, 1),
+            (51, 2),
+            (100, 2),
+            (101, 3),
+            (150, 3),
+            (322, 7),
+            (5000, 10),
+        ] {
+            assert_eq!(plan(&[q(backlog)], &HOST), vec![threads], "backlog {backlog}");
+        }
+    }
+
+    #[test]
+    fn forty_sixty_split() {
+        let limits = Limits {
+            jobs_per_thread: 1,
+            max_per_queue: 100,
+            max_total: 10,
+        };
+        let a = QueueInput { weight: 40, ..q(1000) };
+        let b = QueueInput { weight: 60, ..q(1000) };
+        assert_eq!(plan(&[a, b], &limits), vec![4, 6]);
+    }
+
+    #[test]
+    fn hold_uses_spare_room_only() {
+        let held = QueueInput { hold: 10, ..q(0) };
+        assert_eq!(plan(&[held, q(1000)], &HOST), vec![10, 10]);
+        let limits = Limits {
+            max_total: 12,
+            ..HOST
+        };
+        assert_eq!(plan(&[held, q(1000)], &limits), vec![2, 10]);
+    }
+
+    #[test]
+    fn stabilizer_holds_for_the_window() {
+        let t0 = Instant::now();
+        let mut s = Stabilizer::new(Duration::from_secs(30));
+        s.record(t0, vec![7]);
+        assert_eq!(s.holds(t0 + Duration::from_secs(29), 1), vec![7]);
+        s.record(t0 + Duration::from_secs(29), vec![1]);
+        assert_eq!(s.holds(t0 + Duration::from_secs(31), 1), vec![1]);
+        let mut none = Stabilizer::new(Duration::ZERO);
+        none.record(t0, vec![7]);
+        assert_eq!(none.holds(t0, 1), vec![0]);
+    }
+
+    mod invariants {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn limits() -> impl Strategy<Value = Limits> {
+            (1usize..100, 1usize..16, 1usize..40).prop_map(|(j, per, total)| Limits {
+                jobs_per_thread: j,
+                max_per_queue: per,
+                max_total: total,
+            })
+        }
+
+        /// Queues whose minimums fit under the limits, as `build()` guarantees.
+        fn case() -> impl Strategy<Value = (Limits, Vec<QueueInput>)> {
+            limits().prop_flat_map(|l| {
+                let queue = (0usize..2000, 0usize..3, 1u32..100, 0usize..20).prop_map(
+                    move |(backlog, min, weight, hold)| QueueInput {
+                        backlog,
+                        min: min.min(l.max_per_queue),
+                        weight,
+                        hold,
+                    },
+                );
+                (Just(l), prop::collection::vec(queue, 1..6)).prop_filter(
+                    "minimums fit under the cap",
+                    |(l, qs)| qs.iter().map(|q| q.min).sum::<usize>() <= l.max_total,
+                )
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn total_never_passes_the_cap((l, qs) in case()) {
+                prop_assert!(plan(&qs, &l).iter().sum::<usize>() <= l.max_total);
+            }
+
+            #[test]
+            fn each_queue_within_its_bounds((l, qs) in case()) {
+                for (q, t) in qs.iter().zip(plan(&qs, &l)) {
+                    prop_assert!(t >= q.min && t <= l.max_per_queue, "{q:?} -> {t}");
+                }
+            }
+
+            #[test]
+            fn same_input_same_plan((l, qs) in case()) {
+                prop_assert_eq!(plan(&qs, &l), plan(&qs, &l));
+            }
+
+            #[test]
+            fn more_backlog_never_fewer_threads(
+                (l, mut qs) in case(), pick in any::<prop::sample::Index>(), more in 1usize..500,
+            ) {
+                for q in &mut qs { q.hold = 0; }
+                let i = pick.index(qs.len());
+                let before = plan(&qs, &l)[i];
+                qs[i].backlog += more;
+                prop_assert!(plan(&qs, &l)[i] >= before);
+            }
+
+            #[test]
+            fn no_queue_with_work_starves((l, qs) in case()) {
+                let with_work = qs.iter().filter(|q| q.backlog > 0).count();
+                let mins: usize = qs.iter().map(|q| q.min).sum();
+                if with_work + mins <= l.max_total {
+                    for (q, t) in qs.iter().zip(plan(&qs, &l)) {
+                        prop_assert!(q.backlog == 0 || t >= 1, "{q:?} starved");
+                    }
+                }
+            }
+
+            #[test]
+            fn demand_is_served_when_it_fits((l, qs) in case()) {
+                let demands: Vec<usize> =
+                    qs.iter().map(|q| demand(q.backlog, q.min, &l)).collect();
+                let planned = plan(&qs, &l);
+                if demands.iter().sum::<usize>() <= l.max_total {
+                    for (d, t) in demands.iter().zip(&planned) {
+                        prop_assert!(t >= d);
+                    }
+                }
+            }
+
+            #[test]
+            fn holding_never_takes_from_demand((l, qs) in case()) {
+                let bare: Vec<QueueInput> =
+                    qs.iter().map(|q| QueueInput { hold: 0, ..*q }).collect();
+                for (with, without) in plan(&qs, &l).iter().zip(plan(&bare, &l)) {
+                    prop_assert!(*with >= without);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Where jobs come from: the [`JobSource`] trait and its per-worker [`Consumer`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::error::{JobError, SourceError};
+
+pub(crate) mod memory;
+
+/// A queue of jobs the pool drains: an in-memory queue, a Redis list, anything else.
+///
+/// The pool calls [`backlog`](JobSource::backlog) from its monitor thread to decide how many
+/// workers the queue needs, and [`consumer`](JobSource::consumer) once on each worker thread to
+/// get that worker's own handle for fetching and acknowledging jobs.
+///
+/// # Contract
+///
+/// | method | called on | may block | cost |
+/// |---|---|---|---|
+/// | `backlog` | the monitor, every `rebalance_interval` | briefly (one round trip at most) | must be cheap: it runs ~20 times a second by default |
+/// | `consumer` | each new worker, before its first fetch | yes (connect, register) | once per worker |
+/// | [`Consumer::fetch`] | the worker, in a loop | up to the context's deadline | per job |
+/// | [`Consumer::complete`] | the worker, after each job | yes (one round trip) | per job |
+///
+/// Errors are never fatal: the pool reports them (log, [`EventHandler`](crate::EventHandler),
+/// stats) and retries with exponential back-off. A source must therefore leave a job it could not
+/// acknowledge recoverable (still in the source, or handed back in [`Unacked`]).
+///
+/// Delivery is at-least-once when the source keeps a job until it is completed; the in-memory
+/// source gives exactly-once within the process, the Redis source at-least-once across crashes.
+pub trait JobSource: Send + Sync + 'static {
+    /// What the executor receives.
+    type Job: Send + 'static;
+    /// What the executor returns on success, handed back to the source.
+    type Output: Send + 'static;
+    /// A worker's handle on the source.
+    type Consumer: Consumer<Job = Self::Job, Output = Self::Output>;
+
+    /// Jobs waiting to be fetched (not counting jobs being run or waiting for a retry).
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the count cannot be read; the monitor keeps the last known count.
+    fn backlog(&self) -> Result<usize, SourceError>;
+
+    /// Builds the consumer for one worker thread. Called on that thread.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the consumer cannot be built (server down); the worker retries with
+    /// back-off until it succeeds or is told to stop.
+    fn consumer(&self, worker: &WorkerInfo) -> Result<Self::Consumer, SourceError>;
+}
+
+/// One worker's handle on a [`JobSource`]. It holds at most one job at a time: every job returned
+/// by [`fetch`](Consumer::fetch) is passed to [`complete`](Consumer::complete) before the next
+/// fetch. Dropping the consumer is the worker leaving (the Redis source deregisters).
+pub trait Consumer: 'static {
+    /// What the executor receives.
+    type Job;
+    /// What the executor returns on success.
+    type Output;
+
+    /// Takes the next job, blocking until one arrives, the context's
+    /// [`deadline`](FetchContext::deadline) passes, or the worker is
+    /// [interrupted](FetchContext::is_interrupted) (retiring or shutting down). Returns
+    /// `Ok(None)` in the latter two cases.
+    ///
+    /// A source that cannot wake on interruption should block in slices no longer than the
+    /// context's deadline allows, so that idle workers retire promptly.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the source failed; the worker backs off and calls again.
+    fn fetch(&mut self, cx: &FetchContext<'_>) -> Result<Option<Self::Job>, SourceError>;
+
+    /// Records how the fetched `job` ended: the source stores the output, schedules a retry or
+    /// dead-letters it.
+    ///
+    /// # Errors
+    ///
+    /// On failure the job and its outcome are handed back in [`Unacked`]; the worker retries
+    /// with back-off.
+    fn complete(
+        &mut self,
+        job: Self::Job,
+        outcome: Result<Self::Output, JobError>,
+    ) -> Result<(), Unacked<Self::Job, Self::Output>>;
+}
+
+/// A completion the source could not record, handed back so that the worker can try again.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Unacked<J, O> {
+    /// Why it failed.
+    pub error: SourceError,
+    /// The job, as it was passed to `complete`.
+    pub job: J,
+    /// The outcome, as it was passed to `complete`.
+    pub outcome: Result<O, JobError>,
+}
+
+impl<J, O> Unacked<J, O> {
+    /// Bundles a failed completion.
+    pub fn new(error: SourceError, job: J, outcome: Result<O, JobError>) -> Self {
+        Unacked {
+            error,
+            job,
+            outcome,
+        }
+    }
+}
+
+/// Who a worker is: passed to a queue's `init` closure and to [`JobSource::consumer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    queue: Arc<str>,
+    name: String,
+    index: u64,
+}
+
+impl WorkerInfo {
+    pub(crate) fn new(queue: Arc<str>, name: String, index: u64) -> Self {
+        WorkerInfo { queue, name, index }
+    }
+
+    /// The queue's name as given to the builder.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The thread's name, `{prefix}-{queue}-{index}`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A number unique among the workers this pool started for the queue; never reused.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+/// What a fetch may wait for: its deadline, and the pool asking the worker to stop waiting.
+#[derive(Debug)]
+pub struct FetchContext<'a> {
+    deadline: Instant,
+    pub(crate) wake: &'a Receiver<()>,
+    pub(crate) stop: &'a Receiver<()>,
+    stopping: &'a AtomicBool,
+}
+
+impl<'a> FetchContext<'a> {
+    pub(crate) fn new(
+        deadline: Instant,
+        wake: &'a Receiver<()>,
+        stop: &'a Receiver<()>,
+        stopping: &'a AtomicBool,
+    ) -> Self {
+        FetchContext {
+            deadline,
+            wake,
+            stop,
+            stopping,
+        }
+    }
+
+    /// When the fetch should give up and return `Ok(None)`.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left until the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the pool is shutting down, in which case the fetch should return `Ok(None)` as
+    /// soon as it can.
+    pub fn is_interrupted(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}

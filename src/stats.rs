@@ -1,0 +1,263 @@
+//! Counters kept by the workers and the snapshots built from them.
+//!
+//! Each worker owns its counters and is their only writer, so the hot path does plain loads and
+//! stores (no locked read-modify-write, no shared cache line between workers). A snapshot sums
+//! the live workers and the totals folded in from workers that have exited.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Linear buckets below 2^SUB_BITS ns, then 2^SUB_BITS buckets per power of two: the bucket
+/// holding a value is at most 1/16 (6%) wider than the value.
+const SUB_BITS: u32 = 4;
+const SUB: usize = 1 << SUB_BITS;
+/// Values from 2^MAX_EXP ns (~73 minutes) up share the top bucket.
+const MAX_EXP: u32 = 42;
+const BUCKETS: usize = SUB + (MAX_EXP - SUB_BITS + 1) as usize * SUB;
+
+fn bucket_of(ns: u64) -> usize {
+    if ns < SUB as u64 {
+        return ns as usize;
+    }
+    let exp = (63 - ns.leading_zeros()).min(MAX_EXP);
+    let sub = if exp == MAX_EXP && ns >= 1 << (MAX_EXP + 1) {
+        SUB - 1
+    } else {
+        ((ns >> (exp - SUB_BITS)) as usize) & (SUB - 1)
+    };
+    SUB + (exp - SUB_BITS) as usize * SUB + sub
+}
+
+/// The middle of a bucket, in nanoseconds.
+fn bucket_mid(index: usize) -> u64 {
+    if index < SUB {
+        return index as u64;
+    }
+    let exp = (index - SUB) / SUB + SUB_BITS as usize;
+    let sub = ((index - SUB) % SUB) as u64;
+    let width = 1u64 << (exp - SUB_BITS as usize);
+    (1u64 << exp) + sub * width + width / 2
+}
+
+/// Adds to a counter that only the calling thread writes.
+#[inline]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
+}
+
+/// Job counters of one worker (single writer) or the folded totals of exited workers.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) ok: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) busy: AtomicBool,
+    pub(crate) busy_since_ns: AtomicU64,
+    time_sum_ns: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            busy_since_ns: AtomicU64::new(0),
+            time_sum_ns: AtomicU64::new(0),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// How one job ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Ok,
+    Failed,
+    Panicked,
+}
+
+impl Counters {
+    /// Records a finished job. Only the owning worker calls this.
+    #[inline]
+    pub(crate) fn record(&self, ended: Ended, took: Duration) {
+        let counter = match ended {
+            Ended::Ok => &self.ok,
+            Ended::Failed => &self.failed,
+            Ended::Panicked => &self.panicked,
+        };
+        bump(counter, 1);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        bump(&self.time_sum_ns, ns);
+        bump(&self.buckets[bucket_of(ns)], 1);
+    }
+
+    /// Adds `other` into `self` (for folding an exited worker into the queue totals; called
+    /// under the queue's lock, so there is one writer).
+    pub(crate) fn absorb(&self, other: &Counters) {
+        bump(&self.ok, other.ok.load(Relaxed));
+        bump(&self.failed, other.failed.load(Relaxed));
+        bump(&self.panicked, other.panicked.load(Relaxed));
+        bump(&self.time_sum_ns, other.time_sum_ns.load(Relaxed));
+        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
+            let n = theirs.load(Relaxed);
+            if n != 0 {
+                bump(mine, n);
+            }
+        }
+    }
+
+    pub(crate) fn add_to(&self, acc: &mut Accumulator) {
+        acc.ok += self.ok.load(Relaxed);
+        acc.failed += self.failed.load(Relaxed);
+        acc.panicked += self.panicked.load(Relaxed);
+        acc.time_sum_ns = acc
+            .time_sum_ns
+            .saturating_add(self.time_sum_ns.load(Relaxed));
+        if acc.buckets.is_empty() {
+            acc.buckets = vec![0; BUCKETS];
+        }
+        for (a, b) in acc.buckets.iter_mut().zip(self.buckets.iter()) {
+            *a += b.load(Relaxed);
+        }
+    }
+}
+
+/// Plain sums used while building a snapshot.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Accumulator {
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) panicked: u64,
+    time_sum_ns: u64,
+    buckets: Vec<u64>,
+}
+
+impl Accumulator {
+    pub(crate) fn merge(&mut self, other: &Accumulator) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.panicked += other.panicked;
+        self.time_sum_ns = self.time_sum_ns.saturating_add(other.time_sum_ns);
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; BUCKETS];
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+    }
+
+    fn jobs(&self) -> u64 {
+        self.ok + self.failed + self.panicked
+    }
+
+    pub(crate) fn mean(&self) -> Option<Duration> {
+        let n = self.jobs();
+        (n > 0).then(|| Duration::from_nanos(self.time_sum_ns / n))
+    }
+
+    /// The `q` quantile (0.0..=1.0) of job durations, within the 6% bucket precision.
+    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
+        let n: u64 = self.buckets.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (i, &count) in self.buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_nanos(bucket_mid(i)));
+            }
+        }
+        None
+    }
+}
+
+/// A point-in-time view of one queue, from [`ThreadPoolManager::stats`](crate::ThreadPoolManager::stats).
+///
+/// Counts are read without stopping the pool, so fields may be a few jobs apart from each other.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue's name as given to the builder (`"total"` in [`PoolStats::total`]).
+    pub name: String,
+    /// Worker threads serving the queue, idle or busy (excludes workers already retiring).
+    pub workers: usize,
+    /// Workers running a job right now.
+    pub busy: usize,
+    /// Jobs waiting in the source at the monitor's last check.
+    pub backlog: usize,
+    /// Threads the scaling policy wants for this queue right now.
+    pub target: usize,
+    /// Jobs completed successfully.
+    pub jobs_ok: u64,
+    /// Jobs whose executor returned an error.
+    pub jobs_failed: u64,
+    /// Jobs whose executor panicked.
+    pub jobs_panicked: u64,
+    /// Worker threads started over the pool's life.
+    pub spawned: u64,
+    /// Worker threads that have exited.
+    pub retired: u64,
+    /// Failed attempts to build a worker's state (the `init` closure returned an error or panicked).
+    pub init_failures: u64,
+    /// Errors reported by the job source (fetch, acknowledgement, backlog).
+    pub source_errors: u64,
+    /// Mean executor time per job, `None` before the first job.
+    pub mean_job_time: Option<Duration>,
+    /// 99th percentile of executor time per job (within 6%), `None` before the first job.
+    pub p99_job_time: Option<Duration>,
+}
+
+/// A point-in-time view of the pool, from [`ThreadPoolManager::stats`](crate::ThreadPoolManager::stats).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// One entry per queue, in the order they were added to the builder.
+    pub queues: Vec<QueueStats>,
+    /// Sums over all queues; durations are over all jobs of all queues.
+    pub total: QueueStats,
+}
+
+impl PoolStats {
+    /// The stats of the queue called `name`.
+    pub fn queue(&self, name: &str) -> Option<&QueueStats> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_ordered_and_tight() {
+        let mut last = 0;
+        for ns in (0..5_000u64).chain((13..64).map(|e| 1u64 << e)) {
+            let b = bucket_of(ns);
+            assert!(b >= last && b < BUCKETS, "{ns} -> {b}");
+            last = b;
+            if ns < 1 << MAX_EXP {
+                let mid = bucket_mid(b) as f64;
+                assert!((mid - ns as f64).abs() <= ns as f64 / 16.0 + 1.0, "{ns} vs {mid}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles() {
+        let c = Counters::default();
+        for ms in 1..=100 {
+            c.record(Ended::Ok, Duration::from_millis(ms));
+        }
+        let mut acc = Accumulator::default();
+        c.add_to(&mut acc);
+        let p99 = acc.quantile(0.99).unwrap().as_secs_f64() * 1000.0;
+        assert!((p99 - 99.0).abs() < 99.0 / 16.0, "{p99}");
+        let mean = acc.mean().unwrap().as_secs_f64() * 1000.0;
+        assert!((mean - 50.5).abs() < 0.01, "{mean}");
+    }
+}
