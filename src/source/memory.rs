@@ -195,18 +195,21 @@ impl<T: Send + 'static, O: Send + 'static> Default for MemorySource<T, O> {
     }
 }
 
+impl MemorySource<()> {
+    /// Configures a source; the job and output types are fixed by
+    /// [`build`](MemorySourceBuilder::build) (usually inferred from the binding).
+    pub fn builder() -> MemorySourceBuilder {
+        MemorySourceBuilder::default()
+    }
+}
+
 impl<T: Send + 'static, O: Send + 'static> MemorySource<T, O> {
     /// A source with the defaults of [`MemorySourceBuilder`]: 3 attempts, back-off from 100 ms
     /// to 10 s, results not kept.
     pub fn new() -> Self {
-        Self::builder()
+        MemorySourceBuilder::default()
             .build()
             .expect("the default settings are valid")
-    }
-
-    /// Configures a source.
-    pub fn builder() -> MemorySourceBuilder {
-        MemorySourceBuilder::default()
     }
 
     /// Appends a job at the tail of the queue. Never blocks.

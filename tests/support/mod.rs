@@ -1,0 +1,142 @@
+//! Shared test helpers: waiting on conditions with deadlines, recording events, counting
+//! threads, and a gate that holds jobs until the test releases them.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use threadtide::{ErrorEvent, EventHandler, ScaleEvent, WorkerEvent};
+
+/// Generous: a condition that needs this long is a bug, not a slow machine.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `condition` until it returns true; panics after `within` with `describe()`, so a
+/// failure says what state it saw.
+pub fn wait_until<D: Debug>(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+    describe: impl Fn() -> D,
+) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {what}; last state: {:?}", describe());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Names of this process's threads whose name starts with `prefix` (Linux: /proc/self/task).
+/// Thread names are cut to 15 bytes by the kernel, so keep prefixes short.
+pub fn threads_named(prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").expect("procfs") {
+        let path = entry.expect("task entry").path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(path) {
+            let name = name.trim_end().to_owned();
+            if name.starts_with(prefix) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// Records every event the pool reports.
+#[derive(Default, Clone)]
+pub struct Recorder {
+    pub scales: Arc<Mutex<Vec<(Instant, ScaleEvent)>>>,
+    pub starts: Arc<Mutex<Vec<WorkerEvent>>>,
+    pub exits: Arc<Mutex<Vec<WorkerEvent>>>,
+    pub errors: Arc<Mutex<Vec<ErrorEvent>>>,
+}
+
+impl EventHandler for Recorder {
+    fn on_scale(&self, event: &ScaleEvent) {
+        self.scales.lock().push((Instant::now(), event.clone()));
+    }
+    fn on_worker_start(&self, event: &WorkerEvent) {
+        self.starts.lock().push(event.clone());
+    }
+    fn on_worker_exit(&self, event: &WorkerEvent) {
+        self.exits.lock().push(event.clone());
+    }
+    fn on_error(&self, event: &ErrorEvent) {
+        self.errors.lock().push(event.clone());
+    }
+}
+
+/// Holds executors until the test opens it; counts how many are waiting.
+#[derive(Default, Clone)]
+pub struct Gate {
+    inner: Arc<(Mutex<bool>, Condvar)>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    /// Blocks the calling executor until [`open`](Self::open).
+    pub fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.inner.0.lock();
+        while !*open {
+            self.inner.1.wait(&mut open);
+        }
+        drop(open);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub fn open(&self) {
+        *self.inner.0.lock() = true;
+        self.inner.1.notify_all();
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts live values and remembers the highest count seen: a worker state that tracks
+/// itself, so tests see when states are built and dropped.
+#[derive(Default, Clone, Debug)]
+pub struct Census {
+    live: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    built: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Census {
+    pub fn enter(&self) -> Member {
+        let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        self.built.fetch_add(1, Ordering::SeqCst);
+        Member(self.clone())
+    }
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+    pub fn built(&self) -> usize {
+        self.built.load(Ordering::SeqCst)
+    }
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+/// One live member of a [`Census`]; dropping it leaves.
+#[derive(Debug)]
+pub struct Member(Census);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.0.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
