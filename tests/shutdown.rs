@@ -1,0 +1,158 @@
+//! Shutdown: stops fetching, lets running jobs finish, joins every thread, loses nothing;
+//! bounded, idempotent, refused from inside a worker; Drop is graceful.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use support::{Census, Gate, PATIENCE, threads_named, wait_until};
+use threadtide::{MemorySource, StartError, ThreadPoolManager, WaitError};
+
+fn gated_pool(prefix: &str, source: &MemorySource<u32>, gate: &Gate, states: &Census) -> ThreadPoolManager {
+    let (g, c) = (gate.clone(), states.clone());
+    ThreadPoolManager::builder()
+        .thread_name_prefix(prefix)
+        .jobs_per_thread(1)
+        .max_threads_per_type(4)
+        .queue("q", source.clone(), move |_| Ok::<_, Infallible>(c.enter()), move |_, _| {
+            g.pass();
+            Ok(())
+        })
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn shutdown_finishes_running_jobs_joins_every_thread_and_loses_nothing() {
+    let source = MemorySource::new();
+    let (gate, states) = (Gate::default(), Census::default());
+    let pool = gated_pool("sd1", &source, &gate, &states);
+    source.extend(0..100);
+    pool.start().unwrap();
+    wait_until(PATIENCE, "4 jobs running", || gate.waiting() == 4, || pool.stats());
+    assert_eq!(threads_named("sd1-").len(), 5, "4 workers and the monitor");
+    pool.shutdown();
+    assert!(pool.is_shutdown());
+    // Running jobs are not interrupted: the wait cannot end while they are held.
+    assert!(matches!(pool.wait_timeout(Duration::from_millis(30)), Err(WaitError::TimedOut { .. })));
+    gate.open();
+    pool.wait().unwrap();
+    assert!(threads_named("sd1-").is_empty(), "{:?}", threads_named("sd1-"));
+    let stats = pool.stats();
+    assert_eq!(stats.total.jobs_ok, 4, "only the running jobs finished: {stats:?}");
+    assert_eq!(source.unfinished(), 96, "the rest stay in the source");
+    assert_eq!(source.len(), 96);
+    assert_eq!(states.live(), 0, "every state dropped");
+}
+
+#[test]
+fn shutdown_timeout_reports_what_is_still_running_and_a_later_wait_joins_it() {
+    let source = MemorySource::new();
+    let (gate, states) = (Gate::default(), Census::default());
+    let pool = gated_pool("sd2", &source, &gate, &states);
+    source.extend(0..2);
+    pool.start().unwrap();
+    wait_until(PATIENCE, "2 jobs running", || gate.waiting() == 2, || pool.stats());
+    match pool.shutdown_timeout(Duration::from_millis(20)) {
+        Err(WaitError::TimedOut { running }) => {
+            assert_eq!(running.len(), 2, "{running:?}");
+            assert!(running.iter().all(|r| r.queue == "q" && r.worker.starts_with("sd2-q-")));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    gate.open();
+    pool.wait().unwrap();
+    assert!(threads_named("sd2-").is_empty());
+    assert_eq!(pool.stats().total.jobs_ok, 2);
+}
+
+#[test]
+fn shutdown_is_idempotent_and_start_is_refused_after_it() {
+    let source = MemorySource::new();
+    let (gate, states) = (Gate::default(), Census::default());
+    let pool = gated_pool("sd3", &source, &gate, &states);
+    pool.start().unwrap();
+    assert!(matches!(pool.start(), Err(StartError::AlreadyStarted)));
+    pool.shutdown();
+    pool.shutdown();
+    pool.wait().unwrap();
+    pool.wait().unwrap();
+    pool.shutdown_timeout(Duration::ZERO).unwrap();
+
+    let never_started = gated_pool("sd3b", &source, &gate, &states);
+    never_started.shutdown();
+    assert!(matches!(never_started.start(), Err(StartError::ShutDown)));
+    never_started.wait().unwrap();
+}
+
+#[test]
+fn wait_from_inside_a_worker_is_an_error_not_a_deadlock() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let slot: Arc<Mutex<Option<threadtide::ShutdownHandle>>> = Arc::default();
+    let seen = Arc::new(Mutex::new(None));
+    let pool_cell: Arc<Mutex<Option<Arc<ThreadPoolManager>>>> = Arc::default();
+    let (p, s) = (pool_cell.clone(), seen.clone());
+    let pool = Arc::new(
+        ThreadPoolManager::builder()
+            .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
+                let pool = p.lock().clone().expect("pool set before start");
+                *s.lock() = Some(pool.wait().map_err(|e| e.to_string()));
+                Ok(())
+            })
+            .build()
+            .unwrap(),
+    );
+    *pool_cell.lock() = Some(pool.clone());
+    *slot.lock() = Some(pool.shutdown_handle());
+    source.push(1);
+    pool.start().unwrap();
+    wait_until(PATIENCE, "job ran", || seen.lock().is_some(), || pool.stats());
+    let result = seen.lock().clone().unwrap();
+    assert_eq!(result, Err("cannot wait for the pool from one of its own threads".to_owned()));
+    pool_cell.lock().take();
+    pool.shutdown();
+    pool.wait().unwrap();
+}
+
+#[test]
+fn a_shutdown_handle_stops_the_pool_from_another_thread() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let pool = ThreadPoolManager::builder()
+        .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    let handle = pool.shutdown_handle();
+    let stopper = std::thread::spawn(move || handle.shutdown());
+    pool.wait().unwrap();
+    stopper.join().unwrap();
+    assert!(pool.is_shutdown());
+}
+
+#[test]
+fn drop_is_a_graceful_shutdown() {
+    let source = MemorySource::new();
+    let (gate, states) = (Gate::default(), Census::default());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let pool = gated_pool("sd4", &source, &gate, &states);
+    source.extend(0..3);
+    pool.start().unwrap();
+    wait_until(PATIENCE, "3 jobs running", || gate.waiting() == 3, || pool.stats());
+    let (g, f, handle) = (gate.clone(), finished.clone(), pool.shutdown_handle());
+    let opener = std::thread::spawn(move || {
+        // Open the gate only once the drop has begun (it shuts the pool down first).
+        wait_until(PATIENCE, "drop to begin", || handle.is_shutdown(), || ());
+        f.store(1, SeqCst);
+        g.open();
+    });
+    drop(pool);
+    assert_eq!(finished.load(SeqCst), 1, "drop returned before the running jobs were let go");
+    opener.join().unwrap();
+    assert!(threads_named("sd4-").is_empty(), "drop joined every thread");
+    assert_eq!(states.live(), 0);
+    assert_eq!(source.unfinished(), 0, "the three running jobs finished");
+}

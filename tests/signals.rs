@@ -1,0 +1,37 @@
+//! SIGTERM and SIGINT trigger a graceful shutdown (this test binary is its own process, so
+//! raising a signal here touches nothing else).
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use support::{Gate, PATIENCE, threads_named, wait_until};
+use threadtide::{MemorySource, ThreadPoolManager};
+
+#[test]
+fn sigterm_drains_the_pool_gracefully() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let gate = Gate::default();
+    let g = gate.clone();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("zsg")
+        .jobs_per_thread(1)
+        .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
+            g.pass();
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    pool.shutdown_on_signals().unwrap();
+    source.extend(0..5);
+    pool.start().unwrap();
+    wait_until(PATIENCE, "jobs running", || gate.waiting() == 5, || pool.stats());
+    signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
+    wait_until(PATIENCE, "shutdown requested", || pool.is_shutdown(), || pool.stats());
+    assert!(pool.wait_timeout(Duration::from_millis(20)).is_err(), "running jobs still held");
+    gate.open();
+    pool.wait().unwrap();
+    assert!(threads_named("zsg").is_empty(), "workers, monitor and listener joined: {:?}", threads_named("zsg"));
+    assert_eq!(pool.stats().total.jobs_ok, 5);
+}
