@@ -334,7 +334,10 @@ impl Builder {
             return Err(BuildError::new(
                 "backoff.max",
                 format!("{:?}", c.backoff.max),
-                format!("must not be shorter than backoff.initial ({:?})", c.backoff.initial),
+                format!(
+                    "must not be shorter than backoff.initial ({:?})",
+                    c.backoff.initial
+                ),
             ));
         }
         check_name("thread_name_prefix", &c.thread_name_prefix)?;
@@ -346,7 +349,11 @@ impl Builder {
             check_name("queue.name", &q.name)?;
             let field = |f: &str| format!("queue[{}].{f}", q.name);
             if !seen.insert(q.name.as_str()) {
-                return Err(BuildError::new(field("name"), &q.name, "duplicate queue name"));
+                return Err(BuildError::new(
+                    field("name"),
+                    &q.name,
+                    "duplicate queue name",
+                ));
             }
             if q.weight == 0 {
                 return Err(BuildError::new(field("weight"), 0, "must be at least 1"));
@@ -393,7 +400,11 @@ fn check_name(field: &str, name: &str) -> Result<(), BuildError> {
         return Err(BuildError::new(field, "\"\"", "must not be empty"));
     }
     if name.contains('\0') {
-        return Err(BuildError::new(field, format!("{name:?}"), "must not contain NUL"));
+        return Err(BuildError::new(
+            field,
+            format!("{name:?}"),
+            "must not contain NUL",
+        ));
     }
     Ok(())
 }

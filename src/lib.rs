@@ -112,8 +112,12 @@ mod stats;
 mod worker;
 
 pub use builder::{Builder, Queue};
-pub use error::{BuildError, FailureKind, JobError, RunningJob, SourceError, StartError, WaitError};
-pub use event::{ErrorEvent, ErrorKind, EventHandler, ExitReason, ScaleEvent, ScaleReason, WorkerEvent};
+pub use error::{
+    BuildError, FailureKind, JobError, RunningJob, SourceError, StartError, WaitError,
+};
+pub use event::{
+    ErrorEvent, ErrorKind, EventHandler, ExitReason, ScaleEvent, ScaleReason, WorkerEvent,
+};
 pub use manager::{ShutdownHandle, ThreadPoolManager};
 pub use source::memory::{
     Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,

@@ -207,10 +207,10 @@ impl ThreadPoolManager {
         }
         let mut threads = self.threads.lock();
         threads.abandoned = false;
-        if let Some(monitor) = threads.monitor.take() {
-            if monitor.join().is_err() {
-                log::error!("the monitor thread panicked");
-            }
+        if let Some(monitor) = threads.monitor.take()
+            && monitor.join().is_err()
+        {
+            log::error!("the monitor thread panicked");
         }
         if let Some((handle, thread)) = threads.signals.take() {
             handle.close();

@@ -67,7 +67,10 @@ impl Monitor {
         for q in &self.pool.queues {
             q.target.store(0, Ordering::Release);
         }
-        log::info!("shutting down: waiting for {} worker(s)", self.workers.len());
+        log::info!(
+            "shutting down: waiting for {} worker(s)",
+            self.workers.len()
+        );
         for handle in self.workers.drain(..) {
             if handle.join().is_err() {
                 log::error!("a worker thread panicked outside a job");

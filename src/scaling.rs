@@ -149,11 +149,11 @@ impl Stabilizer {
         if self.window.is_zero() {
             return;
         }
-        if let Some((at, last)) = self.history.back_mut() {
-            if *last == demands {
-                *at = now;
-                return;
-            }
+        if let Some((at, last)) = self.history.back_mut()
+            && *last == demands
+        {
+            *at = now;
+            return;
         }
         self.history.push_back((now, demands));
     }
@@ -191,7 +191,11 @@ mod tests {
             (322, 7),
             (5000, 10),
         ] {
-            assert_eq!(plan(&[q(backlog)], &HOST), vec![threads], "backlog {backlog}");
+            assert_eq!(
+                plan(&[q(backlog)], &HOST),
+                vec![threads],
+                "backlog {backlog}"
+            );
         }
     }
 
@@ -202,8 +206,14 @@ mod tests {
             max_per_queue: 100,
             max_total: 10,
         };
-        let a = QueueInput { weight: 40, ..q(1000) };
-        let b = QueueInput { weight: 60, ..q(1000) };
+        let a = QueueInput {
+            weight: 40,
+            ..q(1000)
+        };
+        let b = QueueInput {
+            weight: 60,
+            ..q(1000)
+        };
         assert_eq!(plan(&[a, b], &limits), vec![4, 6]);
     }
 
@@ -254,10 +264,10 @@ mod tests {
                         hold,
                     },
                 );
-                (Just(l), prop::collection::vec(queue, 1..6)).prop_filter(
-                    "minimums fit under the cap",
-                    |(l, qs)| qs.iter().map(|q| q.min).sum::<usize>() <= l.max_total,
-                )
+                (Just(l), prop::collection::vec(queue, 1..6))
+                    .prop_filter("minimums fit under the cap", |(l, qs)| {
+                        qs.iter().map(|q| q.min).sum::<usize>() <= l.max_total
+                    })
             })
         }
 

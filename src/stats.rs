@@ -242,7 +242,10 @@ mod tests {
             last = b;
             if ns < 1 << MAX_EXP {
                 let mid = bucket_mid(b) as f64;
-                assert!((mid - ns as f64).abs() <= ns as f64 / 16.0 + 1.0, "{ns} vs {mid}");
+                assert!(
+                    (mid - ns as f64).abs() <= ns as f64 / 16.0 + 1.0,
+                    "{ns} vs {mid}"
+                );
             }
         }
     }

@@ -128,14 +128,14 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 /// Drops a worker's state, surviving a `Drop` that panics (a browser that fails to close).
 fn drop_state<St>(state: &mut Option<St>, worker: &Worker<'_>) {
-    if let Some(s) = state.take() {
-        if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(s))) {
-            log::error!(
-                "{}: dropping the worker state panicked: {}",
-                worker.info.name(),
-                panic_message(&*p)
-            );
-        }
+    if let Some(s) = state.take()
+        && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(s)))
+    {
+        log::error!(
+            "{}: dropping the worker state panicked: {}",
+            worker.info.name(),
+            panic_message(&*p)
+        );
     }
 }
 

@@ -26,19 +26,29 @@ fn panics_are_caught_retried_and_keep_the_pool_size() {
         .jobs_per_thread(1)
         .max_threads_per_type(2)
         .event_handler(recorder.clone())
-        .queue("q", source.clone(), move |_| Ok::<_, Infallible>(c.enter()), move |_, job: &u32| {
-            // Every even job panics on its first run and succeeds on the second.
-            if job % 2 == 0 && r.lock().insert(*job) {
-                panic!("boom on job {job}");
-            }
-            Ok(())
-        })
+        .queue(
+            "q",
+            source.clone(),
+            move |_| Ok::<_, Infallible>(c.enter()),
+            move |_, job: &u32| {
+                // Every even job panics on its first run and succeeds on the second.
+                if job.is_multiple_of(2) && r.lock().insert(*job) {
+                    panic!("boom on job {job}");
+                }
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     // Keep both workers busy with a steady trickle of jobs.
     pool.start().unwrap();
     source.extend(0..40);
-    wait_until(PATIENCE, "every job done", || source.unfinished() == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "every job done",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
     let stats = pool.stats();
     assert_eq!(stats.total.jobs_panicked, 20, "{stats:?}");
     assert_eq!(stats.total.jobs_ok, 40, "{stats:?}");
@@ -47,7 +57,11 @@ fn panics_are_caught_retried_and_keep_the_pool_size() {
     assert_eq!(stats.total.spawned, 2, "{stats:?}");
     assert_eq!(stats.total.retired, 0, "{stats:?}");
     // State rebuilt once per panic, on top of the first build of each worker.
-    assert_eq!(states.built() as u64, 2 + stats.total.jobs_panicked, "{stats:?}");
+    assert_eq!(
+        states.built() as u64,
+        2 + stats.total.jobs_panicked,
+        "{stats:?}"
+    );
     let panics = recorder
         .errors
         .lock()
@@ -70,21 +84,34 @@ fn a_job_that_always_panics_is_dead_lettered_after_max_attempts() {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let pool = ThreadPoolManager::builder()
-        .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), move |_, job: &&str| {
-            if *job == "poison" {
-                r.fetch_add(1, SeqCst);
-                panic!("always");
-            }
-            Ok(())
-        })
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, job: &&str| {
+                if *job == "poison" {
+                    r.fetch_add(1, SeqCst);
+                    panic!("always");
+                }
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     source.extend(["a", "poison", "b"]);
     pool.start().unwrap();
-    wait_until(PATIENCE, "all settled", || source.unfinished() == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "all settled",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
     let dead = source.dead_letters();
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].job, dead[0].reason, dead[0].attempts), ("poison", DeadReason::AttemptsExhausted, 4));
+    assert_eq!(
+        (dead[0].job, dead[0].reason, dead[0].attempts),
+        ("poison", DeadReason::AttemptsExhausted, 4)
+    );
     assert!(dead[0].error.contains("always"), "{}", dead[0].error);
     assert_eq!(runs.load(SeqCst), 4);
     let stats = pool.stats();
@@ -101,19 +128,36 @@ fn a_state_whose_drop_panics_does_not_kill_the_worker() {
     }
     let source: MemorySource<u32> = MemorySource::builder().max_attempts(1).build().unwrap();
     let pool = ThreadPoolManager::builder()
-        .queue("q", source.clone(), |_| Ok::<_, Infallible>(Fragile), |_, job: &u32| {
-            if *job == 0 {
-                panic!("job panics, state dropped, drop panics too");
-            }
-            Ok(())
-        })
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(Fragile),
+            |_, job: &u32| {
+                if *job == 0 {
+                    panic!("job panics, state dropped, drop panics too");
+                }
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     source.extend(0..5);
     pool.start().unwrap();
-    wait_until(PATIENCE, "all settled", || source.unfinished() == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "all settled",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
     let stats = pool.stats();
-    assert_eq!((stats.total.jobs_ok, stats.total.jobs_panicked, stats.total.spawned), (4, 1, 1));
+    assert_eq!(
+        (
+            stats.total.jobs_ok,
+            stats.total.jobs_panicked,
+            stats.total.spawned
+        ),
+        (4, 1, 1)
+    );
     pool.shutdown();
     pool.wait().unwrap();
 }

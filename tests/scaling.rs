@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use support::{Census, Gate, PATIENCE, Recorder, threads_named, wait_until};
@@ -21,15 +21,25 @@ fn backlog_of_322_gives_7_threads() {
     let g = gate.clone();
     let pool = ThreadPoolManager::builder()
         .thread_name_prefix("s322")
-        .queue("conf", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-            g.pass();
-            Ok(())
-        })
+        .queue(
+            "conf",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                g.pass();
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
     // Each of the 7 workers holds one job at the gate: 315 left, which still asks for 7.
-    wait_until(PATIENCE, "7 workers at the gate", || gate.waiting() == 7, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "7 workers at the gate",
+        || gate.waiting() == 7,
+        || pool.stats(),
+    );
     let stats = pool.stats();
     let q = stats.queue("conf").unwrap();
     assert_eq!((q.target, q.workers, q.busy), (7, 7, 7), "{q:?}");
@@ -98,7 +108,10 @@ fn caps_hold_under_a_concurrent_push_storm() {
         assert!(c.peak() <= PER_TYPE, "queue {i} peak {}", c.peak());
         assert!(c.built() >= 1, "queue {i} never got a worker");
     }
-    assert!(all.peak() > PER_TYPE, "the storm never needed more than one queue's cap");
+    assert!(
+        all.peak() > PER_TYPE,
+        "the storm never needed more than one queue's cap"
+    );
     assert_eq!(all.live(), 0, "states left after shutdown");
 }
 
@@ -107,10 +120,15 @@ fn total_cap_is_split_by_weight() {
     let gate = Gate::default();
     let make = |name: &str, weight: u32, source: &MemorySource<u32>| {
         let g = gate.clone();
-        Queue::new(name, source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-            g.pass();
-            Ok(())
-        })
+        Queue::new(
+            name,
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                g.pass();
+                Ok(())
+            },
+        )
         .weight(weight)
     };
     let (a, b) = (MemorySource::new(), MemorySource::new());
@@ -125,7 +143,12 @@ fn total_cap_is_split_by_weight() {
         .build()
         .unwrap();
     pool.start().unwrap();
-    wait_until(PATIENCE, "10 workers at the gate", || gate.waiting() == 10, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "10 workers at the gate",
+        || gate.waiting() == 10,
+        || pool.stats(),
+    );
     let stats = pool.stats();
     let (f, s) = (stats.queue("forty").unwrap(), stats.queue("sixty").unwrap());
     assert_eq!((f.target, f.workers), (4, 4), "{f:?}");
@@ -144,18 +167,33 @@ fn a_queue_with_work_is_not_starved_by_a_big_one() {
     let pool = ThreadPoolManager::builder()
         .max_threads_per_type(10)
         .max_total_threads(10)
-        .queue("big", big.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-            g.pass();
-            Ok(())
-        })
-        .queue("small", small.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-            g2.pass();
-            Ok(())
-        })
+        .queue(
+            "big",
+            big.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                g.pass();
+                Ok(())
+            },
+        )
+        .queue(
+            "small",
+            small.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                g2.pass();
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
-    wait_until(PATIENCE, "10 workers at the gate", || gate.waiting() == 10, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "10 workers at the gate",
+        || gate.waiting() == 10,
+        || pool.stats(),
+    );
     let stats = pool.stats();
     assert_eq!(stats.queue("small").unwrap().busy, 1, "{stats:?}");
     assert_eq!(stats.queue("big").unwrap().busy, 9, "{stats:?}");
@@ -173,30 +211,61 @@ fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
         .jobs_per_thread(10)
         .scale_down_delay(WINDOW)
         .event_handler(recorder.clone())
-        .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-            g.pass();
-            Ok(())
-        })
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                g.pass();
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
     source.extend(0..45); // 5 threads
-    wait_until(PATIENCE, "5 workers busy", || gate.waiting() == 5, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "5 workers busy",
+        || gate.waiting() == 5,
+        || pool.stats(),
+    );
     gate.open();
-    let drained = Instant::now();
-    wait_until(PATIENCE, "queue drained", || source.unfinished() == 0, || pool.stats());
-    wait_until(PATIENCE, "scaled to 0", || pool.stats().total.workers == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "queue drained",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
+    wait_until(
+        PATIENCE,
+        "scaled to 0",
+        || pool.stats().total.workers == 0,
+        || pool.stats(),
+    );
     let scales = recorder.scales.lock().clone();
-    let up: Vec<_> = scales.iter().filter(|(_, e)| e.reason == ScaleReason::Up).collect();
-    let down: Vec<_> = scales.iter().filter(|(_, e)| e.reason == ScaleReason::Down).collect();
-    assert_eq!(up.len(), 1, "one step up, straight to the target: {scales:?}");
+    let up: Vec<_> = scales
+        .iter()
+        .filter(|(_, e)| e.reason == ScaleReason::Up)
+        .collect();
+    let down: Vec<_> = scales
+        .iter()
+        .filter(|(_, e)| e.reason == ScaleReason::Down)
+        .collect();
+    assert_eq!(
+        up.len(),
+        1,
+        "one step up, straight to the target: {scales:?}"
+    );
     assert_eq!((up[0].1.from, up[0].1.to), (0, 5));
     // The demand of 5 seen at the scale-up tick is held for the whole window: no target may
     // go down before it has passed (the up event is stamped just after that tick).
     let first_down = down.first().expect("a scale-down").0;
     let gap = first_down - up[0].0;
-    assert!(gap + Duration::from_millis(5) >= WINDOW, "scaled down {gap:?} after scaling up");
-    drop(drained);
+    assert!(
+        gap + Duration::from_millis(5) >= WINDOW,
+        "scaled down {gap:?} after scaling up"
+    );
 }
 
 #[test]
@@ -205,12 +274,26 @@ fn the_hosts_sixty_second_interval_is_expressible() {
     source.extend(0..60); // pushed before start: the first check happens at start
     let pool = ThreadPoolManager::builder()
         .rebalance_interval(Duration::from_secs(60))
-        .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
-    wait_until(PATIENCE, "first check ran the jobs", || source.unfinished() == 0, || pool.stats());
-    assert_eq!(pool.stats().total.spawned, 2, "60 jobs at the start-up check -> 2 threads");
+    wait_until(
+        PATIENCE,
+        "first check ran the jobs",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
+    assert_eq!(
+        pool.stats().total.spawned,
+        2,
+        "60 jobs at the start-up check -> 2 threads"
+    );
     pool.shutdown();
     pool.wait().unwrap();
 }
@@ -224,14 +307,25 @@ fn thread_names_say_pool_queue_and_number() {
     let pool = ThreadPoolManager::builder()
         .jobs_per_thread(1)
         .thread_name_prefix("rpa")
-        .queue("pdf", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-            n.lock().insert(thread::current().name().unwrap().to_owned());
-            Ok(())
-        })
+        .queue(
+            "pdf",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                n.lock()
+                    .insert(thread::current().name().unwrap().to_owned());
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
-    wait_until(PATIENCE, "jobs done", || source.unfinished() == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "jobs done",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
     pool.shutdown();
     pool.wait().unwrap();
     for name in names.lock().iter() {

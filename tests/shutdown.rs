@@ -12,16 +12,26 @@ use parking_lot::Mutex;
 use support::{Census, Gate, PATIENCE, threads_named, wait_until};
 use threadtide::{MemorySource, StartError, ThreadPoolManager, WaitError};
 
-fn gated_pool(prefix: &str, source: &MemorySource<u32>, gate: &Gate, states: &Census) -> ThreadPoolManager {
+fn gated_pool(
+    prefix: &str,
+    source: &MemorySource<u32>,
+    gate: &Gate,
+    states: &Census,
+) -> ThreadPoolManager {
     let (g, c) = (gate.clone(), states.clone());
     ThreadPoolManager::builder()
         .thread_name_prefix(prefix)
         .jobs_per_thread(1)
         .max_threads_per_type(4)
-        .queue("q", source.clone(), move |_| Ok::<_, Infallible>(c.enter()), move |_, _| {
-            g.pass();
-            Ok(())
-        })
+        .queue(
+            "q",
+            source.clone(),
+            move |_| Ok::<_, Infallible>(c.enter()),
+            move |_, _| {
+                g.pass();
+                Ok(())
+            },
+        )
         .build()
         .unwrap()
 }
@@ -33,17 +43,32 @@ fn shutdown_finishes_running_jobs_joins_every_thread_and_loses_nothing() {
     let pool = gated_pool("sd1", &source, &gate, &states);
     source.extend(0..100);
     pool.start().unwrap();
-    wait_until(PATIENCE, "4 jobs running", || gate.waiting() == 4, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "4 jobs running",
+        || gate.waiting() == 4,
+        || pool.stats(),
+    );
     assert_eq!(threads_named("sd1-").len(), 5, "4 workers and the monitor");
     pool.shutdown();
     assert!(pool.is_shutdown());
     // Running jobs are not interrupted: the wait cannot end while they are held.
-    assert!(matches!(pool.wait_timeout(Duration::from_millis(30)), Err(WaitError::TimedOut { .. })));
+    assert!(matches!(
+        pool.wait_timeout(Duration::from_millis(30)),
+        Err(WaitError::TimedOut { .. })
+    ));
     gate.open();
     pool.wait().unwrap();
-    assert!(threads_named("sd1-").is_empty(), "{:?}", threads_named("sd1-"));
+    assert!(
+        threads_named("sd1-").is_empty(),
+        "{:?}",
+        threads_named("sd1-")
+    );
     let stats = pool.stats();
-    assert_eq!(stats.total.jobs_ok, 4, "only the running jobs finished: {stats:?}");
+    assert_eq!(
+        stats.total.jobs_ok, 4,
+        "only the running jobs finished: {stats:?}"
+    );
     assert_eq!(source.unfinished(), 96, "the rest stay in the source");
     assert_eq!(source.len(), 96);
     assert_eq!(states.live(), 0, "every state dropped");
@@ -56,11 +81,20 @@ fn shutdown_timeout_reports_what_is_still_running_and_a_later_wait_joins_it() {
     let pool = gated_pool("sd2", &source, &gate, &states);
     source.extend(0..2);
     pool.start().unwrap();
-    wait_until(PATIENCE, "2 jobs running", || gate.waiting() == 2, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "2 jobs running",
+        || gate.waiting() == 2,
+        || pool.stats(),
+    );
     match pool.shutdown_timeout(Duration::from_millis(20)) {
         Err(WaitError::TimedOut { running }) => {
             assert_eq!(running.len(), 2, "{running:?}");
-            assert!(running.iter().all(|r| r.queue == "q" && r.worker.starts_with("sd2-q-")));
+            assert!(
+                running
+                    .iter()
+                    .all(|r| r.queue == "q" && r.worker.starts_with("sd2-q-"))
+            );
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
@@ -98,11 +132,16 @@ fn wait_from_inside_a_worker_is_an_error_not_a_deadlock() {
     let (p, s) = (pool_cell.clone(), seen.clone());
     let pool = Arc::new(
         ThreadPoolManager::builder()
-            .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-                let pool = p.lock().clone().expect("pool set before start");
-                *s.lock() = Some(pool.wait().map_err(|e| e.to_string()));
-                Ok(())
-            })
+            .queue(
+                "q",
+                source.clone(),
+                |_| Ok::<_, Infallible>(()),
+                move |_, _| {
+                    let pool = p.lock().clone().expect("pool set before start");
+                    *s.lock() = Some(pool.wait().map_err(|e| e.to_string()));
+                    Ok(())
+                },
+            )
             .build()
             .unwrap(),
     );
@@ -110,9 +149,17 @@ fn wait_from_inside_a_worker_is_an_error_not_a_deadlock() {
     *slot.lock() = Some(pool.shutdown_handle());
     source.push(1);
     pool.start().unwrap();
-    wait_until(PATIENCE, "job ran", || seen.lock().is_some(), || pool.stats());
+    wait_until(
+        PATIENCE,
+        "job ran",
+        || seen.lock().is_some(),
+        || pool.stats(),
+    );
     let result = seen.lock().clone().unwrap();
-    assert_eq!(result, Err("cannot wait for the pool from one of its own threads".to_owned()));
+    assert_eq!(
+        result,
+        Err("cannot wait for the pool from one of its own threads".to_owned())
+    );
     pool_cell.lock().take();
     pool.shutdown();
     pool.wait().unwrap();
@@ -122,7 +169,12 @@ fn wait_from_inside_a_worker_is_an_error_not_a_deadlock() {
 fn a_shutdown_handle_stops_the_pool_from_another_thread() {
     let source: MemorySource<u32> = MemorySource::new();
     let pool = ThreadPoolManager::builder()
-        .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
@@ -141,7 +193,12 @@ fn drop_is_a_graceful_shutdown() {
     let pool = gated_pool("sd4", &source, &gate, &states);
     source.extend(0..3);
     pool.start().unwrap();
-    wait_until(PATIENCE, "3 jobs running", || gate.waiting() == 3, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "3 jobs running",
+        || gate.waiting() == 3,
+        || pool.stats(),
+    );
     let (g, f, handle) = (gate.clone(), finished.clone(), pool.shutdown_handle());
     let opener = std::thread::spawn(move || {
         // Open the gate only once the drop has begun (it shuts the pool down first).
@@ -150,7 +207,11 @@ fn drop_is_a_graceful_shutdown() {
         g.open();
     });
     drop(pool);
-    assert_eq!(finished.load(SeqCst), 1, "drop returned before the running jobs were let go");
+    assert_eq!(
+        finished.load(SeqCst),
+        1,
+        "drop returned before the running jobs were let go"
+    );
     opener.join().unwrap();
     assert!(threads_named("sd4-").is_empty(), "drop joined every thread");
     assert_eq!(states.live(), 0);

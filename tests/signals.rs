@@ -17,21 +17,43 @@ fn sigterm_drains_the_pool_gracefully() {
     let pool = ThreadPoolManager::builder()
         .thread_name_prefix("zsg")
         .jobs_per_thread(1)
-        .queue("q", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-            g.pass();
-            Ok(())
-        })
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                g.pass();
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     pool.shutdown_on_signals().unwrap();
     source.extend(0..5);
     pool.start().unwrap();
-    wait_until(PATIENCE, "jobs running", || gate.waiting() == 5, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "jobs running",
+        || gate.waiting() == 5,
+        || pool.stats(),
+    );
     signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
-    wait_until(PATIENCE, "shutdown requested", || pool.is_shutdown(), || pool.stats());
-    assert!(pool.wait_timeout(Duration::from_millis(20)).is_err(), "running jobs still held");
+    wait_until(
+        PATIENCE,
+        "shutdown requested",
+        || pool.is_shutdown(),
+        || pool.stats(),
+    );
+    assert!(
+        pool.wait_timeout(Duration::from_millis(20)).is_err(),
+        "running jobs still held"
+    );
     gate.open();
     pool.wait().unwrap();
-    assert!(threads_named("zsg").is_empty(), "workers, monitor and listener joined: {:?}", threads_named("zsg"));
+    assert!(
+        threads_named("zsg").is_empty(),
+        "workers, monitor and listener joined: {:?}",
+        threads_named("zsg")
+    );
     assert_eq!(pool.stats().total.jobs_ok, 5);
 }

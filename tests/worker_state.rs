@@ -34,11 +34,20 @@ fn state_is_built_once_per_worker_and_kept_across_jobs() {
         .unwrap();
     source.extend(0..100);
     pool.start().unwrap();
-    wait_until(PATIENCE, "jobs done", || source.unfinished() == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "jobs done",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
     assert_eq!(states.built(), 1, "one worker, one state for 100 jobs");
     pool.shutdown();
     pool.wait().unwrap();
-    assert_eq!((states.live(), states.dropped()), (0, 1), "state dropped when the worker exits");
+    assert_eq!(
+        (states.live(), states.dropped()),
+        (0, 1),
+        "state dropped when the worker exits"
+    );
 }
 
 #[test]
@@ -60,7 +69,12 @@ fn recycle_after_rebuilds_the_state() {
         .unwrap();
     source.extend(0..35);
     pool.start().unwrap();
-    wait_until(PATIENCE, "jobs done", || source.unfinished() == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "jobs done",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
     pool.shutdown();
     pool.wait().unwrap();
     // Jobs 1-10, 11-20, 21-30 each end a state; 31-35 use a fourth.
@@ -86,7 +100,11 @@ fn failing_init_is_retried_with_backoff_not_a_tight_loop() {
             move |_| {
                 let mut a = a.lock();
                 a.push(Instant::now());
-                if a.len() < 4 { Err("login refused") } else { Ok(()) }
+                if a.len() < 4 {
+                    Err("login refused")
+                } else {
+                    Ok(())
+                }
             },
             move |_, _| {
                 r.fetch_add(1, SeqCst);
@@ -97,16 +115,31 @@ fn failing_init_is_retried_with_backoff_not_a_tight_loop() {
         .unwrap();
     source.extend(0..3);
     pool.start().unwrap();
-    wait_until(PATIENCE, "jobs done after init succeeds", || source.unfinished() == 0, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "jobs done after init succeeds",
+        || source.unfinished() == 0,
+        || pool.stats(),
+    );
     let attempts = attempts.lock().clone();
     assert_eq!(attempts.len(), 4);
     // Retry n waits at least half of INITIAL * 2^(n-1) (equal jitter).
     for (n, pair) in attempts.windows(2).enumerate() {
         let gap = pair[1] - pair[0];
         let floor = INITIAL * (1 << n) / 2;
-        assert!(gap >= floor, "retry {} after {gap:?}, expected >= {floor:?}", n + 1);
+        assert!(
+            gap >= floor,
+            "retry {} after {gap:?}, expected >= {floor:?}",
+            n + 1
+        );
     }
-    let init_errors: Vec<_> = recorder.errors.lock().iter().filter(|e| e.kind == ErrorKind::Init).cloned().collect();
+    let init_errors: Vec<_> = recorder
+        .errors
+        .lock()
+        .iter()
+        .filter(|e| e.kind == ErrorKind::Init)
+        .cloned()
+        .collect();
     assert_eq!(init_errors.len(), 3);
     assert!(init_errors[0].message.contains("login refused"));
     assert_eq!(pool.stats().total.init_failures, 3);
@@ -118,12 +151,22 @@ fn a_worker_stuck_in_init_backoff_still_shuts_down_promptly() {
     let source: MemorySource<u32> = MemorySource::new();
     let pool = ThreadPoolManager::builder()
         .backoff(Duration::from_secs(3600), Duration::from_secs(3600))
-        .queue("q", source.clone(), |_| Err::<(), _>("never"), |_, _| Ok(()))
+        .queue(
+            "q",
+            source.clone(),
+            |_| Err::<(), _>("never"),
+            |_, _| Ok(()),
+        )
         .build()
         .unwrap();
     source.push(1);
     pool.start().unwrap();
-    wait_until(PATIENCE, "init failed once", || pool.stats().total.init_failures == 1, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "init failed once",
+        || pool.stats().total.init_failures == 1,
+        || pool.stats(),
+    );
     // An hour of back-off ahead: a bounded wait proves the pause is interruptible.
     pool.shutdown_timeout(PATIENCE).unwrap();
     assert_eq!(source.unfinished(), 1, "the job stays in the source");

@@ -80,6 +80,8 @@ impl<T> Ord for Delayed<T> {
     }
 }
 
+type ResultChannel<T, O> = (Sender<Completed<T, O>>, Receiver<Completed<T, O>>);
+
 struct Shared<T, O> {
     tx: Sender<Envelope<T>>,
     rx: Receiver<Envelope<T>>,
@@ -88,7 +90,7 @@ struct Shared<T, O> {
     /// Due time of the earliest delayed retry, in ns since `epoch`; `NO_RETRY_DUE` when none.
     next_due_ns: AtomicU64,
     unfinished: AtomicUsize,
-    results: Option<(Sender<Completed<T, O>>, Receiver<Completed<T, O>>)>,
+    results: Option<ResultChannel<T, O>>,
     dead: Mutex<Vec<DeadLetter<T>>>,
     max_attempts: u32,
     backoff: Backoff,
@@ -183,7 +185,10 @@ impl<T, O> fmt::Debug for MemorySource<T, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemorySource")
             .field("len", &self.shared.rx.len())
-            .field("unfinished", &self.shared.unfinished.load(Ordering::Relaxed))
+            .field(
+                "unfinished",
+                &self.shared.unfinished.load(Ordering::Relaxed),
+            )
             .field("max_attempts", &self.shared.max_attempts)
             .finish_non_exhaustive()
     }

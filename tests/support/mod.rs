@@ -24,7 +24,10 @@ pub fn wait_until<D: Debug>(
     let deadline = Instant::now() + within;
     while !condition() {
         if Instant::now() > deadline {
-            panic!("timed out after {within:?} waiting for {what}; last state: {:?}", describe());
+            panic!(
+                "timed out after {within:?} waiting for {what}; last state: {:?}",
+                describe()
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }
