@@ -124,3 +124,8 @@ pub use source::memory::{
 };
 pub use source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
