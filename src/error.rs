@@ -125,6 +125,9 @@ pub enum WaitError {
     TimedOut {
         /// Jobs still running at the deadline.
         running: Vec<RunningJob>,
+        /// Of those, how many their sources put back for other processes (a crash-safe source
+        /// such as Redis does, once the pool is shutting down; the in-memory source cannot).
+        requeued: usize,
     },
 }
 
@@ -134,9 +137,11 @@ impl fmt::Display for WaitError {
             WaitError::InsideWorker => {
                 f.write_str("cannot wait for the pool from one of its own threads")
             }
-            WaitError::TimedOut { running } => {
-                write!(f, "timed out with {} job(s) still running", running.len())
-            }
+            WaitError::TimedOut { running, requeued } => write!(
+                f,
+                "timed out with {} job(s) still running, {requeued} put back in their source",
+                running.len()
+            ),
         }
     }
 }

@@ -122,6 +122,10 @@ pub use manager::{ShutdownHandle, ThreadPoolManager};
 pub use source::memory::{
     Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,
 };
+#[cfg(feature = "redis")]
+pub use source::redis::{
+    QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats,
+};
 pub use source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
 

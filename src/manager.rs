@@ -26,6 +26,8 @@ struct Threads {
     signals: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
     /// A bounded wait gave up with jobs still running: Drop must not block on them.
     abandoned: bool,
+    /// Running jobs were handed back to their sources after a shutdown deadline.
+    requeued: bool,
 }
 
 /// A pool of worker threads per queue that grows and shrinks with each queue's backlog.
@@ -203,7 +205,12 @@ impl ThreadPoolManager {
             for q in &self.shared.queues {
                 q.running_jobs(&self.shared, &mut running);
             }
-            return Err(WaitError::TimedOut { running });
+            let requeued = if self.shared.is_stopping() {
+                self.requeue_running()
+            } else {
+                0
+            };
+            return Err(WaitError::TimedOut { running, requeued });
         }
         let mut threads = self.threads.lock();
         threads.abandoned = false;
@@ -217,6 +224,25 @@ impl ThreadPoolManager {
             let _ = thread.join();
         }
         Ok(())
+    }
+
+    /// Asks each source, once, to put back the jobs still running (see
+    /// [`JobSource::requeue_running`](crate::JobSource::requeue_running)).
+    fn requeue_running(&self) -> usize {
+        if std::mem::replace(&mut self.threads.lock().requeued, true) {
+            return 0;
+        }
+        let mut total = 0;
+        for q in &self.shared.queues {
+            match q.config.runner.requeue_running() {
+                Ok(n) => total += n,
+                Err(e) => log::error!("queue {}: cannot put back running jobs: {e}", q.name()),
+            }
+        }
+        if total > 0 {
+            log::warn!("shutdown deadline passed: {total} running job(s) put back in their source");
+        }
+        total
     }
 
     /// Makes SIGINT and SIGTERM shut the pool down gracefully, as [`shutdown`](Self::shutdown)

@@ -76,6 +76,9 @@ impl Monitor {
                 log::error!("a worker thread panicked outside a job");
             }
         }
+        for q in &self.pool.queues {
+            q.config.runner.close();
+        }
         log::info!("shut down: every worker joined");
         self.pool.mark_done();
     }

@@ -34,6 +34,8 @@ pub(crate) fn mark_pool_thread(id: usize) {
 /// A queue's job loop with its types erased, so the pool holds queues of different types.
 pub(crate) trait Runner: Send + Sync {
     fn backlog(&self) -> Result<usize, SourceError>;
+    fn close(&self);
+    fn requeue_running(&self) -> Result<usize, SourceError>;
     fn run(&self, worker: &Worker<'_>) -> ExitReason;
 }
 
@@ -95,17 +97,18 @@ impl Worker<'_> {
         if let Some(c) = counter {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        log::warn!(
-            "{}: {} ({}); retrying in {:?}",
-            self.info.name(),
-            match kind {
-                ErrorKind::Init => "worker init failed",
-                ErrorKind::Source => "job source error",
-                _ => "job panicked",
-            },
-            message,
-            retry_in
-        );
+        let name = self.info.name();
+        match kind {
+            ErrorKind::Init => {
+                log::warn!("{name}: worker init failed ({message}); retrying in {retry_in:?}")
+            }
+            ErrorKind::Source => {
+                log::warn!("{name}: job source error ({message}); retrying in {retry_in:?}")
+            }
+            _ => log::warn!(
+                "{name}: job panicked ({message}); reported failed to its source, state rebuilt"
+            ),
+        }
         self.pool.events.on_error(&ErrorEvent {
             kind,
             queue: self.queue.name().to_owned(),
@@ -149,6 +152,14 @@ where
 {
     fn backlog(&self) -> Result<usize, SourceError> {
         self.source.backlog()
+    }
+
+    fn close(&self) {
+        self.source.close();
+    }
+
+    fn requeue_running(&self) -> Result<usize, SourceError> {
+        self.source.requeue_running()
     }
 
     fn run(&self, w: &Worker<'_>) -> ExitReason {

@@ -9,6 +9,8 @@ use crossbeam_channel::Receiver;
 use crate::error::{JobError, SourceError};
 
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 /// A queue of jobs the pool drains: an in-memory queue, a Redis list, anything else.
 ///
@@ -53,6 +55,27 @@ pub trait JobSource: Send + Sync + 'static {
     /// Returns an error when the consumer cannot be built (server down); the worker retries with
     /// back-off until it succeeds or is told to stop.
     fn consumer(&self, worker: &WorkerInfo) -> Result<Self::Consumer, SourceError>;
+
+    /// Called once, on the monitor thread, after every worker of the pool has exited and been
+    /// joined: stop background threads (the Redis source's heartbeat) here. Defaults to
+    /// nothing.
+    fn close(&self) {}
+
+    /// Called once when a bounded shutdown ([`shutdown_timeout`]) gives up while jobs of this
+    /// source still run: put those jobs back where another process can take them, and make sure
+    /// their late completions are refused. Returns how many were put back.
+    ///
+    /// Defaults to `Ok(0)`: an in-memory job in a worker's hands cannot be handed to another
+    /// worker without running it twice in one process.
+    ///
+    /// # Errors
+    ///
+    /// When the jobs could not be put back; they stay recoverable by the source's own means.
+    ///
+    /// [`shutdown_timeout`]: crate::ThreadPoolManager::shutdown_timeout
+    fn requeue_running(&self) -> Result<usize, SourceError> {
+        Ok(0)
+    }
 }
 
 /// One worker's handle on a [`JobSource`]. It holds at most one job at a time: every job returned

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+
+#[cfg(feature = "redis")]
+pub mod redis;
 use threadtide::{ErrorEvent, EventHandler, ScaleEvent, WorkerEvent};
 
 /// Generous: a condition that needs this long is a bug, not a slow machine.

@@ -1,0 +1,261 @@
+//! The host program's worker, on threadtide: Redis lists in, results list out.
+//!
+//! ```text
+//! cargo run --release --example rpa_worker -- --redis redis://127.0.0.1:6379 \
+//!     --queue conferencia=fila:conferencia --queue emissao=fila:emissao \
+//!     --results fila:resultados [--jobs-per-thread N] [--max-threads-per-type N] \
+//!     [--max-total-threads N] [--rebalance-interval-ms N] [--exit-when-idle]
+//! ```
+//!
+//! A payload is JSON `{"id": "...", "ms": 40}`: the simulated work time. An optional `"fail"`
+//! exercises failures: `"error"` (a retryable error), `"panic"`, and for fault tests `"abort"`
+//! (kills the whole process) and `"hang"` (never returns). Anything that is not such JSON is
+//! dead-lettered as `malformed`. Each success pushes JSON with `id`, `queue`, `ok`, `worker`,
+//! `started_ms` and `finished_ms` (Unix ms) to the results list. SIGTERM / SIGINT drain
+//! gracefully and exit 0.
+//!
+//! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
+//! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
+//! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
+//! `--exec-log PATH` (appends `queue id worker started_ms` for every execution).
+
+use std::error::Error;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use threadtide::{JobError, RedisSource, ThreadPoolManager, WaitError, WorkerInfo};
+
+#[derive(Debug, Default)]
+struct Args {
+    redis: String,
+    queues: Vec<(String, String)>,
+    results: String,
+    jobs_per_thread: Option<usize>,
+    max_threads_per_type: Option<usize>,
+    max_total_threads: Option<usize>,
+    rebalance_interval_ms: Option<u64>,
+    scale_down_delay_ms: Option<u64>,
+    exit_when_idle: bool,
+    max_attempts: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    worker_ttl_ms: Option<u64>,
+    job_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: u64,
+    init_ms: u64,
+    exec_log: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        shutdown_timeout_ms: 30_000,
+        init_ms: 50,
+        ..Args::default()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--exit-when-idle" {
+            args.exit_when_idle = true;
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
+        match flag.as_str() {
+            "--redis" => args.redis = value,
+            "--results" => args.results = value,
+            "--queue" => {
+                let (name, key) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--queue wants NAME=KEY, got {value}"))?;
+                args.queues.push((name.to_owned(), key.to_owned()));
+            }
+            "--jobs-per-thread" => args.jobs_per_thread = Some(num(&value)? as usize),
+            "--max-threads-per-type" => args.max_threads_per_type = Some(num(&value)? as usize),
+            "--max-total-threads" => args.max_total_threads = Some(num(&value)? as usize),
+            "--rebalance-interval-ms" => args.rebalance_interval_ms = Some(num(&value)?),
+            "--scale-down-delay-ms" => args.scale_down_delay_ms = Some(num(&value)?),
+            "--max-attempts" => args.max_attempts = Some(num(&value)? as u32),
+            "--retry-backoff-ms" => args.retry_backoff_ms = Some(num(&value)?),
+            "--heartbeat-ms" => args.heartbeat_ms = Some(num(&value)?),
+            "--worker-ttl-ms" => args.worker_ttl_ms = Some(num(&value)?),
+            "--job-timeout-ms" => args.job_timeout_ms = Some(num(&value)?),
+            "--shutdown-timeout-ms" => args.shutdown_timeout_ms = num(&value)?,
+            "--init-ms" => args.init_ms = num(&value)?,
+            "--exec-log" => args.exec_log = Some(value),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if args.redis.is_empty() || args.queues.is_empty() || args.results.is_empty() {
+        return Err("--redis, --results and at least one --queue are required".to_owned());
+    }
+    Ok(args)
+}
+
+/// A job as the host's poller writes it.
+#[derive(Debug)]
+struct Job {
+    id: String,
+    ms: u64,
+    fail: Option<String>,
+}
+
+fn decode(bytes: &[u8]) -> Result<Job, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let id = match value.get("id") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return Err("missing \"id\"".to_owned()),
+    };
+    let ms = value
+        .get("ms")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or("missing or invalid \"ms\"")?;
+    let fail = value.get("fail").and_then(|f| f.as_str()).map(str::to_owned);
+    Ok(Job { id, ms, fail })
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Stands in for a logged-in browser session.
+struct Session {
+    worker: String,
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = parse_args().map_err(|e| {
+        eprintln!("usage: rpa_worker --redis URL --queue NAME=KEY... --results KEY [options]");
+        e
+    })?;
+    let exec_log: Option<Arc<Mutex<File>>> = match &args.exec_log {
+        Some(path) => Some(Arc::new(Mutex::new(
+            OpenOptions::new().create(true).append(true).open(path)?,
+        ))),
+        None => None,
+    };
+
+    let mut builder = ThreadPoolManager::builder().thread_name_prefix("rpa");
+    if let Some(n) = args.jobs_per_thread {
+        builder = builder.jobs_per_thread(n);
+    }
+    if let Some(n) = args.max_threads_per_type {
+        builder = builder.max_threads_per_type(n);
+    }
+    if let Some(n) = args.max_total_threads {
+        builder = builder.max_total_threads(n);
+    }
+    if let Some(ms) = args.rebalance_interval_ms {
+        builder = builder.rebalance_interval(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.scale_down_delay_ms {
+        builder = builder.scale_down_delay(Duration::from_millis(ms));
+    }
+    let mut sources = Vec::new();
+    for (name, key) in &args.queues {
+        let mut source = RedisSource::builder(args.redis.as_str(), key.as_str())
+            .results(args.results.as_str())
+            .decoder(decode);
+        if let Some(n) = args.max_attempts {
+            source = source.max_attempts(n);
+        }
+        if let Some(ms) = args.retry_backoff_ms {
+            let d = Duration::from_millis(ms);
+            source = source.retry_backoff(d, d * 16);
+        }
+        if let Some(ms) = args.heartbeat_ms {
+            source = source.heartbeat_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = args.worker_ttl_ms {
+            source = source.worker_ttl(Duration::from_millis(ms));
+        }
+        if let Some(ms) = args.job_timeout_ms {
+            source = source.job_timeout(Duration::from_millis(ms));
+        }
+        let source = source.build()?;
+        sources.push(source.clone());
+        let (queue, log, init_ms) = (name.clone(), exec_log.clone(), args.init_ms);
+        builder = builder.queue(
+            name.as_str(),
+            source,
+            move |worker: &WorkerInfo| {
+                std::thread::sleep(Duration::from_millis(init_ms)); // the "login"
+                Ok::<_, std::convert::Infallible>(Session {
+                    worker: worker.name().to_owned(),
+                })
+            },
+            move |session: &mut Session, job: &Job| {
+                let started_ms = now_ms();
+                if let Some(log) = &log {
+                    let line = format!("{queue} {} {} {started_ms}\n", job.id, session.worker);
+                    let _ = log.lock().write_all(line.as_bytes());
+                }
+                match job.fail.as_deref() {
+                    Some("panic") => panic!("job {} asked to panic", job.id),
+                    Some("abort") => std::process::abort(),
+                    Some("hang") => loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    },
+                    _ => {}
+                }
+                std::thread::sleep(Duration::from_millis(job.ms));
+                if job.fail.as_deref() == Some("error") {
+                    return Err(JobError::retryable(format!("job {} asked to fail", job.id)));
+                }
+                let result = serde_json::json!({
+                    "id": job.id,
+                    "queue": queue,
+                    "ok": true,
+                    "worker": session.worker,
+                    "started_ms": started_ms as u64,
+                    "finished_ms": now_ms() as u64,
+                });
+                Ok(result.to_string().into_bytes())
+            },
+        );
+    }
+    let pool = builder.build()?;
+    pool.shutdown_on_signals()?;
+    pool.start()?;
+    log::info!("rpa_worker {} started", std::process::id());
+
+    if args.exit_when_idle {
+        while !pool.is_shutdown() {
+            std::thread::sleep(Duration::from_millis(100));
+            let idle = sources
+                .iter()
+                .all(|s| s.summary().is_ok_and(|sum| sum.is_idle()));
+            if idle && pool.stats().total.busy == 0 {
+                log::info!("every queue is idle: exiting");
+                pool.shutdown();
+            }
+        }
+    } else {
+        // Block until a signal asks us to stop.
+        while !pool.is_shutdown() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    match pool.shutdown_timeout(Duration::from_millis(args.shutdown_timeout_ms)) {
+        Ok(()) => {}
+        Err(WaitError::TimedOut { running, requeued }) => {
+            log::warn!("{} job(s) still running at the deadline, {requeued} put back", running.len());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let total = pool.stats().total;
+    log::info!(
+        "rpa_worker {} done: {} ok, {} failed, {} panicked",
+        std::process::id(),
+        total.jobs_ok,
+        total.jobs_failed,
+        total.jobs_panicked
+    );
+    Ok(())
+}
