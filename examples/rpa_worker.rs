@@ -62,7 +62,10 @@ fn parse_args() -> Result<Args, String> {
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
         match flag.as_str() {
             "--redis" => args.redis = value,
             "--results" => args.results = value,
@@ -113,7 +116,10 @@ fn decode(bytes: &[u8]) -> Result<Job, String> {
         .get("ms")
         .and_then(serde_json::Value::as_u64)
         .ok_or("missing or invalid \"ms\"")?;
-    let fail = value.get("fail").and_then(|f| f.as_str()).map(str::to_owned);
+    let fail = value
+        .get("fail")
+        .and_then(|f| f.as_str())
+        .map(str::to_owned);
     Ok(Job { id, ms, fail })
 }
 
@@ -245,7 +251,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     match pool.shutdown_timeout(Duration::from_millis(args.shutdown_timeout_ms)) {
         Ok(()) => {}
         Err(WaitError::TimedOut { running, requeued }) => {
-            log::warn!("{} job(s) still running at the deadline, {requeued} put back", running.len());
+            log::warn!(
+                "{} job(s) still running at the deadline, {requeued} put back",
+                running.len()
+            );
         }
         Err(e) => return Err(e.into()),
     }

@@ -123,9 +123,7 @@ pub use source::memory::{
     Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,
 };
 #[cfg(feature = "redis")]
-pub use source::redis::{
-    QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats,
-};
+pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
 pub use source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
 

@@ -59,10 +59,16 @@ impl Tally {
             *counts.entry(r).or_insert(0) += 1;
         }
         let processing_keys: Vec<String> = c.keys(format!("{Q}:processing:*")).unwrap();
-        let processing = processing_keys.iter().map(|k| c.llen::<_, usize>(k).unwrap()).sum();
+        let processing = processing_keys
+            .iter()
+            .map(|k| c.llen::<_, usize>(k).unwrap())
+            .sum();
         Tally {
             results: counts,
-            dead: dead.iter().map(|d| serde_json::from_str(d).unwrap()).collect(),
+            dead: dead
+                .iter()
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect(),
             ready: c.llen(Q).unwrap(),
             delayed: c.zcard(format!("{Q}:delayed")).unwrap(),
             processing,
@@ -123,10 +129,15 @@ fn case_01_no_faults_thousands_of_jobs() {
     let runs = Runs::default();
     let r = runs.clone();
     let pool = ThreadPoolManager::builder()
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            r.record(id);
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
@@ -135,10 +146,20 @@ fn case_01_no_faults_thousands_of_jobs() {
     pool.wait().unwrap();
     let t = Tally::read(&server);
     assert_eq!(t.lost(&all), Vec::<String>::new());
-    assert_eq!((t.duplicate_results(), runs.duplicates(), t.dead.len()), (0, 0, 0));
+    assert_eq!(
+        (t.duplicate_results(), runs.duplicates(), t.dead.len()),
+        (0, 0, 0)
+    );
     let summary = source.summary().unwrap();
-    assert_eq!((summary.workers, summary.processing), (0, 0), "workers deregistered");
-    assert!(pool.stats().total.spawned >= 2, "3000 jobs scaled past one thread");
+    assert_eq!(
+        (summary.workers, summary.processing),
+        (0, 0),
+        "workers deregistered"
+    );
+    assert!(
+        pool.stats().total.spawned >= 2,
+        "3000 jobs scaled past one thread"
+    );
 }
 
 #[test]
@@ -153,12 +174,17 @@ fn case_03_panics_on_first_attempts_all_succeed_on_retry_and_keep_the_pool_size(
         .jobs_per_thread(100)
         .max_threads_per_type(3)
         .scale_down_delay(Duration::from_secs(60))
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            if r.record(id) == 1 && id.ends_with('7') {
-                panic!("first run of {id} crashes the page");
-            }
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                if r.record(id) == 1 && id.ends_with('7') {
+                    panic!("first run of {id} crashes the page");
+                }
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
@@ -170,8 +196,16 @@ fn case_03_panics_on_first_attempts_all_succeed_on_retry_and_keep_the_pool_size(
     assert_eq!(t.lost(&all), Vec::<String>::new());
     assert_eq!((t.duplicate_results(), t.dead.len()), (0, 0));
     assert_eq!(stats.total.jobs_panicked, 30, "{stats:?}");
-    assert_eq!(runs.duplicates(), 30, "each panicked job ran exactly once more");
-    assert_eq!((stats.total.spawned, stats.total.retired), (3, 0), "pool size kept: {stats:?}");
+    assert_eq!(
+        runs.duplicates(),
+        30,
+        "each panicked job ran exactly once more"
+    );
+    assert_eq!(
+        (stats.total.spawned, stats.total.retired),
+        (3, 0),
+        "pool size kept: {stats:?}"
+    );
 }
 
 #[test]
@@ -184,13 +218,18 @@ fn case_04_a_job_that_always_panics_runs_max_attempts_then_is_dead_lettered() {
     let runs = Runs::default();
     let r = runs.clone();
     let pool = ThreadPoolManager::builder()
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            r.record(id);
-            if id == "poison" {
-                panic!("always");
-            }
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                if id == "poison" {
+                    panic!("always");
+                }
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
@@ -205,7 +244,11 @@ fn case_04_a_job_that_always_panics_runs_max_attempts_then_is_dead_lettered() {
     assert_eq!(t.dead[0]["attempts"], 4);
     assert_eq!(t.dead[0]["payload"], "poison");
     assert!(t.dead[0]["error"].as_str().unwrap().contains("always"));
-    assert_eq!((t.results.len(), t.duplicate_results()), (50, 0), "other jobs unaffected");
+    assert_eq!(
+        (t.results.len(), t.duplicate_results()),
+        (50, 0),
+        "other jobs unaffected"
+    );
     assert_eq!(source.stats().dead_exhausted, 1);
 }
 
@@ -224,12 +267,17 @@ fn case_06_a_hung_job_is_fenced_recovered_rerun_and_its_late_ack_refused() {
         .jobs_per_thread(1)
         .scale_down_delay(Duration::from_secs(60))
         .add_queue(
-            threadtide::Queue::new("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-                if r.record(id) == 1 && id == "hang" {
-                    g.pass(); // hangs until the test lets it go
-                }
-                Ok(id.clone().into_bytes())
-            })
+            threadtide::Queue::new(
+                "conferencia",
+                source.clone(),
+                |_| Ok::<_, Infallible>(()),
+                move |_, id: &String| {
+                    if r.record(id) == 1 && id == "hang" {
+                        g.pass(); // hangs until the test lets it go
+                    }
+                    Ok(id.clone().into_bytes())
+                },
+            )
             .min_threads(2),
         )
         .build()
@@ -237,13 +285,32 @@ fn case_06_a_hung_job_is_fenced_recovered_rerun_and_its_late_ack_refused() {
     pool.start().unwrap();
     // Past the job timeout its heartbeat stops, the reaper puts the job back, and the other
     // worker runs it again.
-    wait_until(PATIENCE, "the hung job rerun", || runs.of("hang") == 2, || (pool.stats(), Tally::read(&server)));
-    wait_until(PATIENCE, "the rerun's result", || Tally::read(&server).results.contains_key("hang"), || Tally::read(&server));
+    wait_until(
+        PATIENCE,
+        "the hung job rerun",
+        || runs.of("hang") == 2,
+        || (pool.stats(), Tally::read(&server)),
+    );
+    wait_until(
+        PATIENCE,
+        "the rerun's result",
+        || Tally::read(&server).results.contains_key("hang"),
+        || Tally::read(&server),
+    );
     gate.open(); // the first run finally returns: its ack must be refused
-    wait_until(PATIENCE, "the late ack refused", || source.stats().acks_refused == 1, || source.stats());
+    wait_until(
+        PATIENCE,
+        "the late ack refused",
+        || source.stats().acks_refused == 1,
+        || source.stats(),
+    );
     wait_idle(&server, 2);
     let t = Tally::read(&server);
-    assert_eq!(t.results.get("hang"), Some(&1), "exactly one result for the hung job");
+    assert_eq!(
+        t.results.get("hang"),
+        Some(&1),
+        "exactly one result for the hung job"
+    );
     assert_eq!((t.duplicate_results(), t.dead.len()), (0, 0));
     assert!(source.stats().recovered >= 1);
     // The fenced worker registered again under a new id and keeps working.
@@ -262,17 +329,20 @@ fn case_08_malformed_payloads_are_dead_lettered_without_reaching_the_executor() 
         .results(RESULTS)
         .decoder(|b: &[u8]| {
             let v: serde_json::Value = serde_json::from_slice(b).map_err(|e| e.to_string())?;
-            v["id"].as_str().map(str::to_owned).ok_or_else(|| "no id".to_owned())
+            v["id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| "no id".to_owned())
         })
         .build()
         .unwrap();
     let huge = vec![b'x'; 1 << 20];
     let bad: Vec<Vec<u8>> = vec![
-        vec![0xff, 0xfe, 0x00],        // not UTF-8
-        Vec::new(),                    // empty
-        huge,                          // huge, not JSON
-        b"{\"id\": \"trunc".to_vec(),  // truncated
-        b"[1, 2, 3]".to_vec(),         // JSON, not the expected shape
+        vec![0xff, 0xfe, 0x00],       // not UTF-8
+        Vec::new(),                   // empty
+        huge,                         // huge, not JSON
+        b"{\"id\": \"trunc".to_vec(), // truncated
+        b"[1, 2, 3]".to_vec(),        // JSON, not the expected shape
     ];
     let good = br#"{"id":"fine"}"#.to_vec();
     let mut payloads = bad.clone();
@@ -281,10 +351,15 @@ fn case_08_malformed_payloads_are_dead_lettered_without_reaching_the_executor() 
     let calls = Runs::default();
     let c = calls.clone();
     let pool = ThreadPoolManager::builder()
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            c.record(id);
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                c.record(id);
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
@@ -292,10 +367,18 @@ fn case_08_malformed_payloads_are_dead_lettered_without_reaching_the_executor() 
     pool.shutdown();
     pool.wait().unwrap();
     let t = Tally::read(&server);
-    assert_eq!(calls.0.lock().len(), 1, "only the good job reached the executor");
+    assert_eq!(
+        calls.0.lock().len(),
+        1,
+        "only the good job reached the executor"
+    );
     assert_eq!(t.results.get("fine"), Some(&1));
     assert_eq!(t.dead.len(), bad.len());
-    assert!(t.dead.iter().all(|d| d["reason"] == "malformed"), "{:?}", t.dead);
+    assert!(
+        t.dead.iter().all(|d| d["reason"] == "malformed"),
+        "{:?}",
+        t.dead
+    );
     // Every byte of each bad payload is kept.
     assert_eq!(t.dead[0]["payload_hex"], "fffe00");
     assert_eq!(t.dead[1]["payload"], "");
@@ -317,21 +400,32 @@ fn case_09_byte_identical_payloads_each_run_and_each_yield_a_result() {
     let r = runs.clone();
     let pool = ThreadPoolManager::builder()
         .jobs_per_thread(10)
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            // The first 100 runs fail once. Identical payloads must not share a retry count.
-            if r.record(id) <= 100 {
-                return Err(JobError::retryable("flaky"));
-            }
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                // The first 100 runs fail once. Identical payloads must not share a retry count.
+                if r.record(id) <= 100 {
+                    return Err(JobError::retryable("flaky"));
+                }
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
     let delayed = format!("{Q}:delayed");
     let mut c = server.conn();
-    wait_until(PATIENCE, "first runs settled", || {
-        Tally::read(&server).results.get("same") == Some(&400) && c.zcard::<_, usize>(&delayed).unwrap() == 100
-    }, || Tally::read(&server));
+    wait_until(
+        PATIENCE,
+        "first runs settled",
+        || {
+            Tally::read(&server).results.get("same") == Some(&400)
+                && c.zcard::<_, usize>(&delayed).unwrap() == 100
+        },
+        || Tally::read(&server),
+    );
     // One entry per failed job, though all 100 payloads are the same bytes. Make them due now.
     let members: Vec<Vec<u8>> = c.zrange(&delayed, 0, -1).unwrap();
     for m in &members {
@@ -354,22 +448,39 @@ fn case_11_a_pool_started_before_redis_waits_and_then_works() {
     let r = runs.clone();
     let pool = ThreadPoolManager::builder()
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            r.record(id);
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
-    wait_until(PATIENCE, "a connection error reported", || pool.stats().total.source_errors >= 2, || pool.stats());
-    assert!(server.spawn(), "redis-server did not start:\n{}", server.log());
+    wait_until(
+        PATIENCE,
+        "a connection error reported",
+        || pool.stats().total.source_errors >= 2,
+        || pool.stats(),
+    );
+    assert!(
+        server.spawn(),
+        "redis-server did not start:\n{}",
+        server.log()
+    );
     let all = ids("late", 100);
     source.push(&all).unwrap();
     wait_idle(&server, all.len());
     pool.shutdown();
     pool.wait().unwrap();
     let t = Tally::read(&server);
-    assert_eq!((t.lost(&all).len(), t.duplicate_results(), runs.duplicates()), (0, 0, 0));
+    assert_eq!(
+        (t.lost(&all).len(), t.duplicate_results(), runs.duplicates()),
+        (0, 0, 0)
+    );
 }
 
 #[test]
@@ -383,11 +494,16 @@ fn case_13_resize_storm_under_load_loses_nothing_and_never_runs_a_job_twice() {
         .max_threads_per_type(8)
         .scale_down_delay(Duration::ZERO)
         .rebalance_interval(Duration::from_millis(10))
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            r.record(id);
-            std::thread::sleep(Duration::from_millis(2));
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                std::thread::sleep(Duration::from_millis(2));
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
@@ -405,8 +521,15 @@ fn case_13_resize_storm_under_load_loses_nothing_and_never_runs_a_job_twice() {
     pool.wait().unwrap();
     let t = Tally::read(&server);
     assert_eq!(t.lost(&all), Vec::<String>::new());
-    assert_eq!((t.duplicate_results(), runs.duplicates()), (0, 0), "a job ran on two workers");
-    assert!(stats.total.retired >= 3, "the storm never shrank the pool: {stats:?}");
+    assert_eq!(
+        (t.duplicate_results(), runs.duplicates()),
+        (0, 0),
+        "a job ran on two workers"
+    );
+    assert!(
+        stats.total.retired >= 3,
+        "the storm never shrank the pool: {stats:?}"
+    );
 }
 
 #[test]
@@ -419,18 +542,28 @@ fn case_14_graceful_shutdown_with_a_deadline_leaves_nothing_in_processing() {
     let g = gate.clone();
     let pool = ThreadPoolManager::builder()
         .jobs_per_thread(50)
-        .queue("conferencia", source.clone(), |_| Ok::<_, Infallible>(()), move |_, id: &String| {
-            if id == "s3" {
-                g.pass(); // one job outlives the deadline
-            } else {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(id.clone().into_bytes())
-        })
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                if id == "s3" {
+                    g.pass(); // one job outlives the deadline
+                } else {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(id.clone().into_bytes())
+            },
+        )
         .build()
         .unwrap();
     pool.start().unwrap();
-    wait_until(PATIENCE, "the long job running", || gate.waiting() == 1, || pool.stats());
+    wait_until(
+        PATIENCE,
+        "the long job running",
+        || gate.waiting() == 1,
+        || pool.stats(),
+    );
     let outcome = pool.shutdown_timeout(Duration::from_millis(300));
     match outcome {
         Err(WaitError::TimedOut { running, requeued }) => {
@@ -448,8 +581,15 @@ fn case_14_graceful_shutdown_with_a_deadline_leaves_nothing_in_processing() {
     pool.wait().unwrap();
     let t = Tally::read(&server);
     assert_eq!(t.processing, 0);
-    assert!(!t.results.contains_key("s3"), "the abandoned run's result was refused");
-    assert_eq!(t.results.len() + t.ready, all.len(), "every job is done or back in the queue");
+    assert!(
+        !t.results.contains_key("s3"),
+        "the abandoned run's result was refused"
+    );
+    assert_eq!(
+        t.results.len() + t.ready,
+        all.len(),
+        "every job is done or back in the queue"
+    );
     assert_eq!(t.duplicate_results(), 0);
     assert_eq!(source.stats().acks_refused, 1);
 }
@@ -462,7 +602,9 @@ fn case_15_several_reapers_at_once_requeue_each_orphan_exactly_once() {
     for w in 0..10 {
         let wid = format!("ghost:{w}");
         let _: () = c.zadd(format!("{Q}:workers"), &wid, 0).unwrap();
-        let _: () = c.rpush(format!("{Q}:processing:{wid}"), format!("orphan{w}")).unwrap();
+        let _: () = c
+            .rpush(format!("{Q}:processing:{wid}"), format!("orphan{w}"))
+            .unwrap();
     }
     // Eight sources (as in eight processes) start their keepers at the same moment.
     let sources: Vec<_> = (0..8).map(|_| source(&server).build().unwrap()).collect();
@@ -480,11 +622,22 @@ fn case_15_several_reapers_at_once_requeue_each_orphan_exactly_once() {
     for h in handles {
         h.join().unwrap();
     }
-    wait_until(PATIENCE, "every ghost reaped", || c.zcard::<_, usize>(format!("{Q}:workers")).unwrap() == 0, || ());
+    wait_until(
+        PATIENCE,
+        "every ghost reaped",
+        || c.zcard::<_, usize>(format!("{Q}:workers")).unwrap() == 0,
+        || (),
+    );
     let queued: Vec<Vec<u8>> = c.lrange(Q, 0, -1).unwrap();
     let mut names: Vec<String> = queued
         .iter()
-        .map(|e| String::from_utf8_lossy(e).rsplit(':').next().unwrap().to_owned())
+        .map(|e| {
+            String::from_utf8_lossy(e)
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     names.sort();
     let mut expected: Vec<String> = (0..10).map(|w| format!("orphan{w}")).collect();
@@ -492,9 +645,75 @@ fn case_15_several_reapers_at_once_requeue_each_orphan_exactly_once() {
     assert_eq!(names, expected, "each orphan exactly once");
     // Each keeper counts after its script returns: wait for the counts, then check them.
     let recovered = || sources.iter().map(|s| s.stats().recovered).sum::<u64>();
-    wait_until(PATIENCE, "recoveries counted", || recovered() >= 10, recovered);
+    wait_until(
+        PATIENCE,
+        "recoveries counted",
+        || recovered() >= 10,
+        recovered,
+    );
     assert_eq!(recovered(), 10);
     for s in &sources {
         threadtide::JobSource::close(s);
     }
+}
+
+#[test]
+fn a_blmove_left_pending_by_a_reaped_worker_is_swept_back() {
+    let server = RedisServer::start();
+    // A "stopped" worker: registered long ago, with a BLMOVE pending on the server.
+    let mut c = server.conn();
+    let ghost = "ghost:stopped";
+    let _: () = c.zadd(format!("{Q}:workers"), ghost, 0).unwrap();
+    let mut pending = server.conn();
+    let blmove = std::thread::spawn(move || {
+        redis::cmd("BLMOVE")
+            .arg(Q)
+            .arg(format!("{Q}:processing:{ghost}"))
+            .arg("LEFT")
+            .arg("LEFT")
+            .arg(8)
+            .query::<Option<String>>(&mut pending)
+            .unwrap()
+    });
+    wait_until(
+        PATIENCE,
+        "the BLMOVE blocked",
+        || {
+            let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+            clients.contains("cmd=blmove")
+        },
+        || (),
+    );
+    let source = source(&server).build().unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = ThreadPoolManager::builder()
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                Ok(id.clone().into_bytes())
+            },
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the ghost reaped",
+        || c.zcard::<_, usize>(format!("{Q}:workers")).unwrap() == 0,
+        || (),
+    );
+    // The pool is idle (no worker blocks on the queue yet), so the ghost's pending BLMOVE takes
+    // the job into the processing list of a worker the server no longer knows.
+    source.push(&["late"]).unwrap();
+    assert_eq!(blmove.join().unwrap().as_deref(), Some("late"));
+    wait_idle(&server, 1);
+    let t = Tally::read(&server);
+    assert_eq!(t.results.get("late"), Some(&1), "{t:?}");
+    assert_eq!(runs.of("late"), 1);
+    pool.shutdown();
+    pool.wait().unwrap();
 }

@@ -89,7 +89,10 @@ fn shutdown_timeout_reports_what_is_still_running_and_a_later_wait_joins_it() {
     );
     match pool.shutdown_timeout(Duration::from_millis(20)) {
         Err(WaitError::TimedOut { running, requeued }) => {
-            assert_eq!(requeued, 0, "the memory source cannot put back a running job");
+            assert_eq!(
+                requeued, 0,
+                "the memory source cannot put back a running job"
+            );
             assert_eq!(running.len(), 2, "{running:?}");
             assert!(
                 running

@@ -14,7 +14,11 @@ pub struct RedisServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
@@ -53,9 +57,18 @@ impl RedisServer {
 
     /// Picks a free port without starting a server there yet (for "Redis comes up later").
     pub fn reserve() -> RedisServer {
-        let dir = std::env::temp_dir().join(format!("threadtide-redis-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "threadtide-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
-        RedisServer { port: free_port(), dir, child: None, args: vec!["--appendonly".into(), "no".into()] }
+        RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+            args: vec!["--appendonly".into(), "no".into()],
+        }
     }
 
     pub fn url(&self) -> String {
@@ -73,7 +86,14 @@ impl RedisServer {
     /// Starts the server on `self.port`; true once it answers PING (within 10 s).
     pub fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--dir", self.dir.to_str().unwrap()])
             .args(["--logfile", self.log_path().to_str().unwrap()])
             .args(&self.args)
@@ -85,11 +105,17 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                eprintln!("redis-server exited at start ({status}) on port {}", self.port);
+                eprintln!(
+                    "redis-server exited at start ({status}) on port {}",
+                    self.port
+                );
                 self.child = None;
                 return false;
             }
-            if let Ok(mut c) = self.client().get_connection_with_timeout(Duration::from_millis(200)) {
+            if let Ok(mut c) = self
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(200))
+            {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                     return true;
                 }
@@ -104,7 +130,10 @@ impl RedisServer {
     }
 
     pub fn conn(&self) -> redis::Connection {
-        let c = self.client().get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+        let c = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         c
     }
@@ -141,7 +170,11 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- redis-server log (port {}) ---\n{}", self.port, self.log());
+            eprintln!(
+                "--- redis-server log (port {}) ---\n{}",
+                self.port,
+                self.log()
+            );
         }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -59,6 +59,7 @@ pub(crate) fn release<J>(
         .key(&k.workers)
         .key(format!("{}{wid}", k.processing_prefix))
         .key(&k.queue)
+        .key(&k.retired)
         .arg(wid)
         .invoke(conn)
         .map_err(|e| redis_error("cannot release a worker's jobs", e))
@@ -242,7 +243,13 @@ impl<J> RedisConsumer<J> {
     }
 
     /// Dead-letters an entry found while fetching (malformed, or out of attempts).
-    fn bury(&mut self, entry: &[u8], reason: Reason, error: &str, runs: u32) -> Result<(), SourceError> {
+    fn bury(
+        &mut self,
+        entry: &[u8],
+        reason: Reason,
+        error: &str,
+        runs: u32,
+    ) -> Result<(), SourceError> {
         let payload = envelope::decode(entry).payload;
         let record = envelope::dead_record(
             &self.shared.keys.queue,
@@ -315,13 +322,19 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
         }
     }
 
-    fn complete(&mut self, job: J, outcome: Result<Vec<u8>, JobError>) -> Result<(), Unacked<J, Vec<u8>>> {
+    fn complete(
+        &mut self,
+        job: J,
+        outcome: Result<Vec<u8>, JobError>,
+    ) -> Result<(), Unacked<J, Vec<u8>>> {
         let Some(held) = self.in_hand.take() else {
             return Ok(());
         };
         let runs = held.runs + 1;
         let result = match &outcome {
-            Ok(output) => self.settle(Settle::Ack, &held.entry, output, 0).map(|c| (c, "ack")),
+            Ok(output) => self
+                .settle(Settle::Ack, &held.entry, output, 0)
+                .map(|c| (c, "ack")),
             Err(e) if e.is_retryable() && runs < self.shared.max_attempts => {
                 let payload = envelope::decode(&held.entry).payload;
                 let next = envelope::encode(runs, backoff::random(), payload);

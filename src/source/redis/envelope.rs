@@ -139,8 +139,22 @@ mod tests {
 
     #[test]
     fn raw_payloads_have_no_runs() {
-        for raw in [&b"{\"id\":1}"[..], b"", b"\x1ftt1:", b"\x1ftt1:x:1:p", b"\x1ftt1:1::p", b"\x1ftt1:+1:a:p", b"\xff"] {
-            assert_eq!(decode(raw), Stored { runs: 0, payload: raw });
+        for raw in [
+            &b"{\"id\":1}"[..],
+            b"",
+            b"\x1ftt1:",
+            b"\x1ftt1:x:1:p",
+            b"\x1ftt1:1::p",
+            b"\x1ftt1:+1:a:p",
+            b"\xff",
+        ] {
+            assert_eq!(
+                decode(raw),
+                Stored {
+                    runs: 0,
+                    payload: raw
+                }
+            );
         }
     }
 
@@ -154,11 +168,25 @@ mod tests {
 
     #[test]
     fn dead_records_are_json_and_keep_every_byte() {
-        let rec = dead_record("fila", Reason::Malformed, "bad \"x\"\n", 1, "w", b"\xff\x00a");
+        let rec = dead_record(
+            "fila",
+            Reason::Malformed,
+            "bad \"x\"\n",
+            1,
+            "w",
+            b"\xff\x00a",
+        );
         let text = String::from_utf8(rec).unwrap();
         assert!(text.contains("\"payload_hex\":\"ff0061\""), "{text}");
         assert!(text.contains("\"error\":\"bad \\\"x\\\"\\n\""), "{text}");
-        let rec = dead_record("fila", Reason::Permanent, "e", 2, "w", "{\"é\":1}".as_bytes());
+        let rec = dead_record(
+            "fila",
+            Reason::Permanent,
+            "e",
+            2,
+            "w",
+            "{\"é\":1}".as_bytes(),
+        );
         let text = String::from_utf8(rec).unwrap();
         assert!(text.contains("\"payload\":\"{\\\"é\\\":1}\""), "{text}");
         assert!(text.contains("\"reason\":\"permanent\""), "{text}");

@@ -16,6 +16,11 @@ use crate::error::SourceError;
 const BATCH: usize = 500;
 /// Due retries are looked for at least this often.
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// How long the processing lists of workers that left are still swept for jobs that a
+/// `BLMOVE` left pending on the server moved there late. A server unblocks a `BLMOVE` after
+/// its timeout (1 s by default), so ten minutes also covers a command delayed by TCP
+/// retransmission through a network partition.
+const RETIRED_GRACE: Duration = Duration::from_secs(600);
 
 pub(crate) struct Keeper {
     stop: Sender<()>,
@@ -138,15 +143,17 @@ impl<J> State<J> {
             .reap
             .key(&k.workers)
             .key(&k.queue)
+            .key(&k.retired)
             .arg(ttl_ms)
             .arg(&k.processing_prefix)
             .arg(BATCH)
+            .arg(RETIRED_GRACE.as_millis() as u64)
             .invoke(self.conn()?)
             .map_err(|e| redis_error("reaping failed", e))?;
-        if workers > 0 {
+        if workers > 0 || jobs > 0 {
             shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);
             log::warn!(
-                "{}: reaped {workers} dead worker(s), {jobs} job(s) back in the queue",
+                "{}: reaped {workers} dead worker(s); {jobs} job(s) back in the queue",
                 k.queue
             );
         }

@@ -31,6 +31,7 @@ type Decoder<J> = dyn Fn(&[u8]) -> Result<J, String> + Send + Sync;
 pub(crate) struct Keys {
     pub(crate) queue: String,
     pub(crate) workers: String,
+    pub(crate) retired: String,
     pub(crate) delayed: String,
     pub(crate) dead: String,
     pub(crate) processing_prefix: String,
@@ -42,6 +43,7 @@ impl Keys {
         Keys {
             queue: queue.to_owned(),
             workers: format!("{queue}:workers"),
+            retired: format!("{queue}:retired"),
             delayed: format!("{queue}:delayed"),
             dead: format!("{queue}:dead"),
             processing_prefix: format!("{queue}:processing:"),
@@ -319,6 +321,7 @@ impl<J: Send + 'static> RedisSource<J> {
             .key(&k.delayed)
             .key(&k.dead)
             .key(&k.workers)
+            .key(&k.retired)
             .arg(&k.processing_prefix)
             .invoke(&mut conn)
             .map_err(|e| redis_error("cannot read the queue summary", e))?;
@@ -609,7 +612,10 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
         if self.retry_backoff.max < self.retry_backoff.initial {
             return Err(BuildError::new(
                 "retry_backoff",
-                format!("{:?}..{:?}", self.retry_backoff.initial, self.retry_backoff.max),
+                format!(
+                    "{:?}..{:?}",
+                    self.retry_backoff.initial, self.retry_backoff.max
+                ),
                 "max must not be shorter than initial",
             ));
         }

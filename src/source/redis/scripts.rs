@@ -40,14 +40,18 @@ pub(crate) struct Scripts {
     pub(crate) dead: Script,
     /// KEYS: delayed, queue. ARGV: limit, to head ("1"/"0"). Moves due retries back.
     pub(crate) promote: Script,
-    /// KEYS: workers, queue. ARGV: ttl ms, processing key prefix, limit. Requeues the jobs of
-    /// workers whose heartbeat is older than the TTL (checked inside the script) and removes
-    /// them. Returns {workers reaped, jobs requeued}.
+    /// KEYS: workers, queue, retired. ARGV: ttl ms, processing key prefix, limit, grace ms.
+    /// Requeues the jobs of workers whose heartbeat is older than the TTL (checked inside the
+    /// script) and moves them to `retired`. Then sweeps the processing lists of every retired
+    /// worker: a `BLMOVE` it left pending on the server (a stopped or partitioned process) can
+    /// still move a job there after it was reaped; such jobs are requeued too. Retired workers
+    /// are forgotten after the grace period. Returns {workers reaped, jobs requeued}.
     pub(crate) reap: Script,
-    /// KEYS: workers, processing, queue. ARGV: wid. Puts the worker's jobs back at the head of
-    /// the queue (one more run each) and deregisters it. Returns the number of jobs.
+    /// KEYS: workers, processing, queue, retired. ARGV: wid. Puts the worker's jobs back at the
+    /// head of the queue (one more run each), deregisters it and records it as retired.
+    /// Returns the number of jobs.
     pub(crate) release: Script,
-    /// KEYS: queue, delayed, dead, workers. ARGV: processing key prefix.
+    /// KEYS: queue, delayed, dead, workers, retired. ARGV: processing key prefix.
     /// Returns {ready, delayed, dead, processing, workers}.
     pub(crate) summary: Script,
 }
@@ -106,19 +110,28 @@ return #due
             ),
             reap: script(
                 r#"
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms() - tonumber(ARGV[1]),
-  'LIMIT', 0, tonumber(ARGV[3]))
-local jobs = 0
-for _, wid in ipairs(dead) do
-  local pk = ARGV[2] .. wid
+local now = now_ms()
+local limit = tonumber(ARGV[3])
+local function requeue(wid)
+  local pk, n = ARGV[2] .. wid, 0
   while true do
     local v = redis.call('RPOP', pk)
-    if not v then break end
+    if not v then return n end
     redis.call('LPUSH', KEYS[2], bump(v))
-    jobs = jobs + 1
+    n = n + 1
   end
-  redis.call('ZREM', KEYS[1], wid)
 end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, limit)
+local jobs = 0
+for _, wid in ipairs(dead) do
+  jobs = jobs + requeue(wid)
+  redis.call('ZREM', KEYS[1], wid)
+  redis.call('ZADD', KEYS[3], now, wid)
+end
+for _, wid in ipairs(redis.call('ZRANGE', KEYS[3], 0, limit - 1)) do
+  jobs = jobs + requeue(wid)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]))
 return {#dead, jobs}
 "#,
             ),
@@ -132,14 +145,17 @@ while true do
   jobs = jobs + 1
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[4], now_ms(), ARGV[1])
 return jobs
 "#,
             ),
             summary: script(
                 r#"
 local processing = 0
-for _, wid in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  processing = processing + redis.call('LLEN', ARGV[1] .. wid)
+for _, set in ipairs({KEYS[4], KEYS[5]}) do
+  for _, wid in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+    processing = processing + redis.call('LLEN', ARGV[1] .. wid)
+  end
 end
 return {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('LLEN', KEYS[3]),
   processing, redis.call('ZCARD', KEYS[4])}
