@@ -136,9 +136,8 @@ struct Session {
 
 fn main() -> Result<(), Box<dyn Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = parse_args().map_err(|e| {
+    let args = parse_args().inspect_err(|_| {
         eprintln!("usage: rpa_worker --redis URL --queue NAME=KEY... --results KEY [options]");
-        e
     })?;
     let exec_log: Option<Arc<Mutex<File>>> = match &args.exec_log {
         Some(path) => Some(Arc::new(Mutex::new(

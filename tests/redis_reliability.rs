@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::Commands;
+use support::proxy::Proxy;
 use support::redis::RedisServer;
 use support::{Gate, PATIENCE, wait_until};
 use threadtide::{JobError, RedisSource, RedisSourceBuilder, ThreadPoolManager, WaitError};
@@ -716,4 +717,84 @@ fn a_blmove_left_pending_by_a_reaped_worker_is_swept_back() {
     assert_eq!(runs.of("late"), 1);
     pool.shutdown();
     pool.wait().unwrap();
+}
+
+#[test]
+fn case_12_a_silent_network_and_connection_resets_lose_nothing() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port);
+    let source = RedisSource::builder(proxy.url(), Q)
+        .results(RESULTS)
+        .decoder(|b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string()))
+        .heartbeat_interval(Duration::from_millis(100))
+        .worker_ttl(Duration::from_millis(500))
+        .block_timeout(Duration::from_millis(200))
+        .io_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let all = ids("n", 1500);
+    let _: () = server.conn().rpush(Q, &all).unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = ThreadPoolManager::builder()
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                std::thread::sleep(Duration::from_millis(2));
+                Ok(id.clone().into_bytes())
+            },
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    let results = || server.conn().llen::<_, usize>(RESULTS).unwrap();
+    wait_until(PATIENCE, "progress", || results() >= 200, results);
+    // Silence: every command hangs. Read timeouts must fire and the workers must back off.
+    proxy.go_silent();
+    let errors = pool.stats().total.source_errors;
+    wait_until(
+        PATIENCE,
+        "timeouts reported",
+        || pool.stats().total.source_errors >= errors + 3,
+        || pool.stats(),
+    );
+    proxy.heal();
+    let done = results();
+    wait_until(
+        PATIENCE,
+        "progress after healing",
+        || results() >= done + 200,
+        results,
+    );
+    // Resets: every connection is cut at once.
+    let before = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    proxy.reset_all();
+    wait_until(
+        PATIENCE,
+        "reconnected",
+        || proxy.connections.load(std::sync::atomic::Ordering::SeqCst) > before,
+        || (),
+    );
+    wait_idle(&server, all.len());
+    let stats = pool.stats();
+    pool.shutdown();
+    pool.wait().unwrap();
+    let t = Tally::read(&server);
+    eprintln!(
+        "case 12: {} jobs, silent network + resets: lost {}, duplicate results {}, duplicate \
+         executions {}, source errors {}, reconnects {}",
+        all.len(),
+        t.lost(&all).len(),
+        t.duplicate_results(),
+        runs.duplicates(),
+        stats.total.source_errors,
+        source.stats().reconnects
+    );
+    assert_eq!(t.lost(&all), Vec::<String>::new());
+    assert_eq!(t.duplicate_results(), 0);
+    assert!(t.dead.is_empty(), "{:?}", t.dead);
 }

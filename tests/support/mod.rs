@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 #[cfg(feature = "redis")]
+pub mod proxy;
+#[cfg(feature = "redis")]
 pub mod redis;
 use threadtide::{ErrorEvent, EventHandler, ScaleEvent, WorkerEvent};
 

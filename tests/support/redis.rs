@@ -115,10 +115,9 @@ impl RedisServer {
             if let Ok(mut c) = self
                 .client()
                 .get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
             {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return true;
-                }
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -215,11 +215,19 @@ impl<J> RedisConsumer<J> {
             Settle::Retry => inv.arg(delay_ms),
             Settle::Dead => &mut inv,
         };
-        let result = inv.invoke(conn);
-        result.map_err(|e| {
-            self.conn = None;
-            redis_error("cannot settle a job", e)
-        })
+        let result: redis::RedisResult<(i64, u64)> = inv.invoke(conn);
+        match result {
+            Ok((code, left)) => {
+                if left > 0 {
+                    self.check_own = true;
+                }
+                Ok(code)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(redis_error("cannot settle a job", e))
+            }
+        }
     }
 
     fn note_settled(&self, code: i64, what: &str) {
@@ -302,6 +310,9 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 if checked_own {
                     continue; // nothing left behind: now fetch from the queue
                 }
+                // Idle: before blocking again, look at our own list once, in case a stale
+                // BLMOVE from a connection given up on moved a job there meanwhile.
+                self.check_own = true;
                 return Ok(None);
             };
             let stored = envelope::decode(&entry);

@@ -32,11 +32,14 @@ pub(crate) struct Scripts {
     /// (reaped: they are fenced).
     pub(crate) heartbeat: Script,
     /// KEYS: processing, workers, results. ARGV: wid, entry, result, push ("1"/"0").
-    /// -1 fenced (refused), 0 not in processing (already done), 1 acknowledged.
+    /// Returns {code, entries left in processing}: code -1 fenced (refused), 0 not in
+    /// processing (already done), 1 acknowledged. Entries left over mean a stale `BLMOVE`
+    /// (from a connection given up on) put a job there: the worker takes it next.
     pub(crate) ack: Script,
-    /// KEYS: processing, workers, delayed. ARGV: wid, entry, new entry, delay ms. As `ack`.
+    /// KEYS: processing, workers, delayed. ARGV: wid, entry, new entry, delay ms. Returns as
+    /// `ack`.
     pub(crate) retry: Script,
-    /// KEYS: processing, workers, dead. ARGV: wid, entry, record. As `ack`.
+    /// KEYS: processing, workers, dead. ARGV: wid, entry, record. Returns as `ack`.
     pub(crate) dead: Script,
     /// KEYS: delayed, queue. ARGV: limit, to head ("1"/"0"). Moves due retries back.
     pub(crate) promote: Script,
@@ -76,26 +79,26 @@ return fenced
             ),
             ack: script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return -1 end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0} end
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1])} end
 if ARGV[4] == '1' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
-return 1
+return {1, redis.call('LLEN', KEYS[1])}
 "#,
             ),
             retry: script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return -1 end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0} end
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1])} end
 redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[4]), ARGV[3])
-return 1
+return {1, redis.call('LLEN', KEYS[1])}
 "#,
             ),
             dead: script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return -1 end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0} end
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1])} end
 redis.call('RPUSH', KEYS[3], ARGV[3])
-return 1
+return {1, redis.call('LLEN', KEYS[1])}
 "#,
             ),
             promote: script(
