@@ -17,7 +17,7 @@
 //! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
 //! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
 //! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
-//! `--exec-log PATH` (appends `queue id worker started_ms` for every execution).
+//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -198,7 +198,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             move |session: &mut Session, job: &Job| {
                 let started_ms = now_ms();
                 if let Some(log) = &log {
-                    let line = format!("{queue} {} {} {started_ms}\n", job.id, session.worker);
+                    let line = format!(
+                        "{queue} {} {} {started_ms} {}\n",
+                        job.id,
+                        session.worker,
+                        std::process::id()
+                    );
                     let _ = log.lock().write_all(line.as_bytes());
                 }
                 match job.fail.as_deref() {

@@ -19,20 +19,32 @@ const Q: &str = "fila:conferencia";
 const Q2: &str = "fila:emissao";
 const RESULTS: &str = "fila:resultados";
 
-/// The example binary, built by `cargo test` next to this test's own binary.
+/// The example binary, built (once per test run, through the same cargo) next to this test's
+/// own binary: `cargo test --test redis_faults` alone does not build examples, and a stale
+/// binary would test old code.
 fn rpa_worker() -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = deps.parent().unwrap().join("examples").join("rpa_worker");
-    assert!(
-        bin.exists(),
-        "{} missing: run through `cargo test`",
-        bin.display()
-    );
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let deps = std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf();
+            let profile_dir = deps.parent().unwrap().to_path_buf();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "--example", "rpa_worker"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo");
+            assert!(status.success(), "building the rpa_worker example failed");
+            let bin = profile_dir.join("examples").join("rpa_worker");
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
 }
 
 struct Scratch(PathBuf);
@@ -390,25 +402,17 @@ fn case_07_sigstop_past_the_ttl_reruns_jobs_elsewhere_and_refuses_late_acks() {
         report.duplicate_results,
         report.duplicate_executions
     );
-    if !report.lost.is_empty() {
-        let mut c = server.conn();
-        let keys: Vec<String> = c.keys("fila:*").unwrap();
-        eprintln!(
-            "lost {:?}; keys {keys:?}; queue {:?}",
-            report.lost,
-            c.lrange::<_, Vec<String>>(Q, 0, -1).unwrap()
-        );
-    }
     assert_eq!(
         (report.lost.len(), report.duplicate_results),
         (0, 0),
         "{report:?}"
     );
-    assert!(
-        report.duplicate_executions >= 1,
-        "A's jobs ran again elsewhere"
+    // A held at most two jobs (two threads): each runs once more, elsewhere, and no more.
+    assert!((1..=2).contains(&report.duplicate_executions), "{report:?}");
+    assert_eq!(
+        report.duplicate_executions, refused,
+        "one rerun per refused late ack"
     );
-    assert!(refused >= 1, "A's late acks were refused:\n{a_log}");
     assert_eq!(processing_left(&server), 0);
 }
 

@@ -156,11 +156,14 @@ impl<J> RedisConsumer<J> {
     }
 
     /// Takes the next stored entry: our own processing list first when it may hold one, else
-    /// `BLMOVE` from the queue, blocking up to `block`.
-    fn take_entry(&mut self, block: Duration) -> Result<Option<Vec<u8>>, SourceError> {
+    /// `BLMOVE` from the queue, blocking up to `block`. Also says whether it was the own list
+    /// that was read.
+    fn take_entry(&mut self, block: Duration) -> Result<(bool, Option<Vec<u8>>), SourceError> {
+        // Identity first: `ready` may move a fenced worker to a new id and processing list.
+        self.ready()?;
         let (queue, processing) = (self.shared.keys.queue.clone(), self.processing.clone());
         let check_own = self.check_own;
-        let conn = self.ready()?;
+        let conn = self.conn.as_mut().expect("ready connects");
         let result = if check_own {
             redis::cmd("LINDEX").arg(&processing).arg(0).query(conn)
         } else {
@@ -175,7 +178,7 @@ impl<J> RedisConsumer<J> {
         match result {
             Ok(entry) => {
                 self.check_own = false;
-                Ok(entry)
+                Ok((check_own, entry))
             }
             Err(e) => {
                 self.conn = None;
@@ -305,8 +308,8 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 return Ok(None);
             }
             let block = remaining.min(self.shared.block);
-            let checked_own = self.check_own;
-            let Some(entry) = self.take_entry(block)? else {
+            let (checked_own, entry) = self.take_entry(block)?;
+            let Some(entry) = entry else {
                 if checked_own {
                     continue; // nothing left behind: now fetch from the queue
                 }
