@@ -93,10 +93,15 @@ fn stats_events_and_log_lines_tell_what_the_pool_does() {
         || source.unfinished() == 0,
         || pool.stats(),
     );
+    // A worker leaves `workers` when it commits to retiring, and counts in `retired` once its
+    // thread has exited: wait for the latter.
     wait_until(
         PATIENCE,
-        "scaled down",
-        || pool.stats().total.workers == 0,
+        "scaled down and exited",
+        || {
+            let t = pool.stats().total;
+            t.workers == 0 && t.retired == t.spawned
+        },
         || pool.stats(),
     );
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use support::{Census, Gate, PATIENCE, threads_named, wait_until};
+use support::{Census, Gate, PATIENCE, threads_named, wait_threads_gone, wait_until};
 use threadtide::{MemorySource, StartError, ThreadPoolManager, WaitError};
 
 fn gated_pool(
@@ -59,11 +59,7 @@ fn shutdown_finishes_running_jobs_joins_every_thread_and_loses_nothing() {
     ));
     gate.open();
     pool.wait().unwrap();
-    assert!(
-        threads_named("sd1-").is_empty(),
-        "{:?}",
-        threads_named("sd1-")
-    );
+    wait_threads_gone("sd1-");
     let stats = pool.stats();
     assert_eq!(
         stats.total.jobs_ok, 4,
@@ -104,7 +100,7 @@ fn shutdown_timeout_reports_what_is_still_running_and_a_later_wait_joins_it() {
     }
     gate.open();
     pool.wait().unwrap();
-    assert!(threads_named("sd2-").is_empty());
+    wait_threads_gone("sd2-");
     assert_eq!(pool.stats().total.jobs_ok, 2);
 }
 
@@ -217,7 +213,7 @@ fn drop_is_a_graceful_shutdown() {
         "drop returned before the running jobs were let go"
     );
     opener.join().unwrap();
-    assert!(threads_named("sd4-").is_empty(), "drop joined every thread");
+    wait_threads_gone("sd4-");
     assert_eq!(states.live(), 0);
     assert_eq!(source.unfinished(), 0, "the three running jobs finished");
 }

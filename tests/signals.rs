@@ -6,7 +6,7 @@ mod support;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use support::{Gate, PATIENCE, threads_named, wait_until};
+use support::{Gate, PATIENCE, wait_threads_gone, wait_until};
 use threadtide::{MemorySource, ThreadPoolManager};
 
 #[test]
@@ -50,10 +50,6 @@ fn sigterm_drains_the_pool_gracefully() {
     );
     gate.open();
     pool.wait().unwrap();
-    assert!(
-        threads_named("zsg").is_empty(),
-        "workers, monitor and listener joined: {:?}",
-        threads_named("zsg")
-    );
+    wait_threads_gone("zsg");
     assert_eq!(pool.stats().total.jobs_ok, 5);
 }

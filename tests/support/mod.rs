@@ -54,6 +54,18 @@ pub fn threads_named(prefix: &str) -> Vec<String> {
     names
 }
 
+/// Waits until no thread of this process is named with `prefix`. After a join returns, the
+/// kernel may list the finished thread for a moment longer; a thread still running stays
+/// listed and fails the wait.
+pub fn wait_threads_gone(prefix: &str) {
+    wait_until(
+        PATIENCE,
+        &format!("threads {prefix}* gone"),
+        || threads_named(prefix).is_empty(),
+        || threads_named(prefix),
+    );
+}
+
 /// Records every event the pool reports.
 #[derive(Default, Clone)]
 pub struct Recorder {
