@@ -128,6 +128,6 @@ pub use source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
 
 /// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "redis"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
