@@ -127,6 +127,10 @@ impl Monitor {
     }
 
     fn rebalance(&mut self, now: Instant) {
+        let now_ns = self.pool.ns_since_epoch(now);
+        for q in &self.pool.queues {
+            q.stamp_untimed(now_ns);
+        }
         self.read_backlogs();
         let c = &self.pool.config;
         let limits = Limits {

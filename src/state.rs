@@ -93,15 +93,36 @@ impl QueueState {
         self.exited.absorb(counters);
     }
 
+    /// Gives running jobs that were not timed (see `JobTimer`) a start time: now, so their
+    /// elapsed time is known to within one monitor tick.
+    pub(crate) fn stamp_untimed(&self, now_ns: u64) {
+        for (_, c) in self.workers.lock().iter() {
+            if c.busy.load(Ordering::Acquire) {
+                let _ = c.busy_since_ns.compare_exchange(
+                    0,
+                    now_ns.max(1),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
     pub(crate) fn running_jobs(&self, pool: &PoolShared, out: &mut Vec<RunningJob>) {
         let now = pool.now_ns();
         for (name, c) in self.workers.lock().iter() {
             if c.busy.load(Ordering::Acquire) {
+                // 0: an untimed job not stamped yet, so it started within the last tick.
                 let since = c.busy_since_ns.load(Ordering::Acquire);
+                let elapsed = if since == 0 {
+                    0
+                } else {
+                    now.saturating_sub(since)
+                };
                 out.push(RunningJob {
                     queue: self.name().to_owned(),
                     worker: name.to_string(),
-                    elapsed: std::time::Duration::from_nanos(now.saturating_sub(since)),
+                    elapsed: std::time::Duration::from_nanos(elapsed),
                 });
             }
         }
@@ -183,7 +204,11 @@ impl PoolShared {
     }
 
     pub(crate) fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.ns_since_epoch(Instant::now())
+    }
+
+    pub(crate) fn ns_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn is_stopping(&self) -> bool {

@@ -15,7 +15,7 @@ use crate::error::{JobError, SourceError};
 use crate::event::{ErrorEvent, ErrorKind, ExitReason, WorkerEvent};
 use crate::source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
 use crate::state::{PoolShared, QueueState};
-use crate::stats::{Counters, Ended};
+use crate::stats::{Counters, Ended, JobTimer};
 
 thread_local! {
     /// The id of the pool whose worker or monitor runs on this thread (0: none).
@@ -169,6 +169,7 @@ where
         let mut since_init = 0u64;
         let mut init_failures = 0u32;
         let mut source_failures = 0u32;
+        let mut timer = JobTimer::new();
         let exit = loop {
             if let Some(reason) = w.should_exit() {
                 break reason;
@@ -208,9 +209,8 @@ where
                 }
                 continue;
             };
-            let deadline = Instant::now() + w.pool.config.fetch_timeout;
             let cx = FetchContext::new(
-                deadline,
+                w.pool.config.fetch_timeout,
                 &w.queue.wake_rx,
                 &w.pool.stop_rx,
                 &w.pool.stopping,
@@ -230,25 +230,29 @@ where
                 }
             };
 
-            w.counters
-                .busy_since_ns
-                .store(w.pool.now_ns(), Ordering::Relaxed);
+            // An untimed job's start is stamped by the monitor within one tick (0 = unknown).
+            let started = timer.next().then(Instant::now);
+            let since = started.map_or(0, |s| w.pool.ns_since_epoch(s).max(1));
+            w.counters.busy_since_ns.store(since, Ordering::Relaxed);
             w.counters.busy.store(true, Ordering::Release);
-            let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| (self.exec)(st, &job)));
-            let took = started.elapsed();
             w.counters.busy.store(false, Ordering::Release);
+            if let Some(started) = started {
+                let took = started.elapsed();
+                w.counters.record_time(took);
+                timer.saw(took);
+            }
             let outcome = match result {
                 Ok(Ok(output)) => {
-                    w.counters.record(Ended::Ok, took);
+                    w.counters.record(Ended::Ok);
                     Ok(output)
                 }
                 Ok(Err(e)) => {
-                    w.counters.record(Ended::Failed, took);
+                    w.counters.record(Ended::Failed);
                     Err(e)
                 }
                 Err(p) => {
-                    w.counters.record(Ended::Panicked, took);
+                    w.counters.record(Ended::Panicked);
                     let message = panic_message(&*p);
                     w.report(ErrorKind::JobPanic, message.clone(), Duration::ZERO);
                     // The state may be half-way through something: rebuild it.

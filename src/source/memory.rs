@@ -16,6 +16,13 @@ use crate::source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
 
 const NO_RETRY_DUE: u64 = u64::MAX;
 
+/// A counter on cache lines of its own: written on every job by one thread, it must not share
+/// a line with what other threads read or write per job (128 bytes, as crossbeam's
+/// `CachePadded`, for adjacent-line prefetch).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicUsize);
+
 /// A job that finished successfully, with what the executor returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -89,7 +96,13 @@ struct Shared<T, O> {
     delayed: Mutex<(BinaryHeap<Reverse<Delayed<T>>>, u64)>,
     /// Due time of the earliest delayed retry, in ns since `epoch`; `NO_RETRY_DUE` when none.
     next_due_ns: AtomicU64,
-    unfinished: AtomicUsize,
+    /// Jobs ever pushed. `unfinished = pushed - settled`: producers and workers never write
+    /// the same cache line on the hot path.
+    pushed: Padded,
+    /// Jobs settled (succeeded or dead-lettered) by each live consumer, single writer each,
+    /// and by consumers since dropped.
+    settled: Mutex<Vec<Arc<Padded>>>,
+    settled_by_dropped: AtomicUsize,
     results: Option<ResultChannel<T, O>>,
     dead: Mutex<Vec<DeadLetter<T>>>,
     max_attempts: u32,
@@ -103,7 +116,9 @@ impl<T, O> Shared<T, O> {
 
     /// Moves due retries to the tail of the ready queue. Cheap when nothing is delayed.
     fn promote_due(&self) {
-        if self.next_due_ns.load(Ordering::Acquire) > self.now_ns() {
+        // The common case, no retry pending, reads no clock.
+        let due = self.next_due_ns.load(Ordering::Acquire);
+        if due == NO_RETRY_DUE || due > self.now_ns() {
             return;
         }
         let mut guard = self.delayed.lock();
@@ -132,6 +147,22 @@ impl<T, O> Shared<T, O> {
         if due < self.next_due_ns.load(Ordering::Acquire) {
             self.next_due_ns.store(due, Ordering::Release);
         }
+    }
+
+    /// Settled counts are read before `pushed`: each is monotonic and a job is pushed before it
+    /// settles, so the difference never undercounts what is still unfinished.
+    fn unfinished(&self) -> usize {
+        let settled: usize = self.settled_by_dropped.load(Ordering::Acquire)
+            + self
+                .settled
+                .lock()
+                .iter()
+                .map(|c| c.0.load(Ordering::Acquire))
+                .sum::<usize>();
+        self.pushed
+            .0
+            .load(Ordering::Acquire)
+            .saturating_sub(settled)
     }
 
     fn time_to_next_retry(&self) -> Option<Duration> {
@@ -185,10 +216,7 @@ impl<T, O> fmt::Debug for MemorySource<T, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemorySource")
             .field("len", &self.shared.rx.len())
-            .field(
-                "unfinished",
-                &self.shared.unfinished.load(Ordering::Relaxed),
-            )
+            .field("unfinished", &self.shared.unfinished())
             .field("max_attempts", &self.shared.max_attempts)
             .finish_non_exhaustive()
     }
@@ -219,7 +247,7 @@ impl<T: Send + 'static, O: Send + 'static> MemorySource<T, O> {
 
     /// Appends a job at the tail of the queue. Never blocks.
     pub fn push(&self, job: T) {
-        self.shared.unfinished.fetch_add(1, Ordering::Relaxed);
+        self.shared.pushed.0.fetch_add(1, Ordering::Release);
         // The receiver lives in `shared`, so the channel is never disconnected.
         let _ = self.shared.tx.send(Envelope { job, attempts: 0 });
     }
@@ -249,7 +277,7 @@ impl<T: Send + 'static, O: Send + 'static> MemorySource<T, O> {
     /// Jobs pushed that have neither succeeded nor been dead-lettered: ready, running, or
     /// waiting for a retry. Zero means all work is done.
     pub fn unfinished(&self) -> usize {
-        self.shared.unfinished.load(Ordering::Acquire)
+        self.shared.unfinished()
     }
 
     /// Takes one kept result without blocking. Always `None` unless results are kept.
@@ -342,7 +370,9 @@ impl MemorySourceBuilder {
                 epoch: Instant::now(),
                 delayed: Mutex::new((BinaryHeap::new(), 0)),
                 next_due_ns: AtomicU64::new(NO_RETRY_DUE),
-                unfinished: AtomicUsize::new(0),
+                pushed: Padded::default(),
+                settled: Mutex::new(Vec::new()),
+                settled_by_dropped: AtomicUsize::new(0),
                 results: self.keep_results.then(unbounded),
                 dead: Mutex::new(Vec::new()),
                 max_attempts: self.max_attempts,
@@ -363,9 +393,12 @@ impl<T: Send + 'static, O: Send + 'static> JobSource for MemorySource<T, O> {
     }
 
     fn consumer(&self, _worker: &WorkerInfo) -> Result<Self::Consumer, SourceError> {
+        let settled = Arc::new(Padded::default());
+        self.shared.settled.lock().push(Arc::clone(&settled));
         Ok(MemoryConsumer {
             shared: Arc::clone(&self.shared),
             attempts: 0,
+            settled,
         })
     }
 }
@@ -375,6 +408,19 @@ pub struct MemoryConsumer<T, O> {
     shared: Arc<Shared<T, O>>,
     /// Runs of the job in hand, this one included.
     attempts: u32,
+    /// Jobs this consumer settled; it is the only writer.
+    settled: Arc<Padded>,
+}
+
+impl<T, O> Drop for MemoryConsumer<T, O> {
+    fn drop(&mut self) {
+        let mut all = self.shared.settled.lock();
+        all.retain(|c| !Arc::ptr_eq(c, &self.settled));
+        // Under the lock, so a concurrent `unfinished` sees it in exactly one place.
+        self.shared
+            .settled_by_dropped
+            .fetch_add(self.settled.0.load(Ordering::Acquire), Ordering::AcqRel);
+    }
 }
 
 impl<T, O> fmt::Debug for MemoryConsumer<T, O> {
@@ -385,22 +431,20 @@ impl<T, O> fmt::Debug for MemoryConsumer<T, O> {
     }
 }
 
-impl<T: Send + 'static, O: Send + 'static> MemoryConsumer<T, O> {
-    fn take(&mut self, envelope: Envelope<T>) -> Option<T> {
-        self.attempts = envelope.attempts + 1;
-        Some(envelope.job)
-    }
-}
-
 impl<T: Send + 'static, O: Send + 'static> Consumer for MemoryConsumer<T, O> {
     type Job = T;
     type Output = O;
 
     fn fetch(&mut self, cx: &FetchContext<'_>) -> Result<Option<T>, SourceError> {
-        let shared = Arc::clone(&self.shared);
+        let shared = &*self.shared;
+        let attempts = &mut self.attempts;
+        let mut take = |envelope: Envelope<T>| {
+            *attempts = envelope.attempts + 1;
+            Some(envelope.job)
+        };
         shared.promote_due();
         match shared.rx.try_recv() {
-            Ok(envelope) => return Ok(self.take(envelope)),
+            Ok(envelope) => return Ok(take(envelope)),
             Err(TryRecvError::Disconnected) => unreachable!("the source holds a sender"),
             Err(TryRecvError::Empty) => {}
         }
@@ -415,7 +459,7 @@ impl<T: Send + 'static, O: Send + 'static> Consumer for MemoryConsumer<T, O> {
             select! {
                 recv(shared.rx) -> msg => {
                     let envelope = msg.expect("the source holds a sender");
-                    return Ok(self.take(envelope));
+                    return Ok(take(envelope));
                 }
                 recv(cx.wake) -> _ => return Ok(None),
                 recv(cx.stop) -> _ => return Ok(None),
@@ -455,7 +499,9 @@ impl<T: Send + 'static, O: Send + 'static> Consumer for MemoryConsumer<T, O> {
                 });
             }
         }
-        shared.unfinished.fetch_sub(1, Ordering::AcqRel);
+        // Single writer: a plain load and store, no locked read-modify-write.
+        let settled = self.settled.0.load(Ordering::Relaxed) + 1;
+        self.settled.0.store(settled, Ordering::Release);
         Ok(())
     }
 }

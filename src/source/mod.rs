@@ -1,5 +1,6 @@
 //! Where jobs come from: the [`JobSource`] trait and its per-worker [`Consumer`].
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -167,9 +168,13 @@ impl WorkerInfo {
 }
 
 /// What a fetch may wait for: its deadline, and the pool asking the worker to stop waiting.
+///
+/// The deadline is fixed the first time it is asked for, so a fetch that finds a job at once
+/// never reads the clock.
 #[derive(Debug)]
 pub struct FetchContext<'a> {
-    deadline: Instant,
+    timeout: Duration,
+    deadline: Cell<Option<Instant>>,
     pub(crate) wake: &'a Receiver<()>,
     pub(crate) stop: &'a Receiver<()>,
     stopping: &'a AtomicBool,
@@ -177,27 +182,36 @@ pub struct FetchContext<'a> {
 
 impl<'a> FetchContext<'a> {
     pub(crate) fn new(
-        deadline: Instant,
+        timeout: Duration,
         wake: &'a Receiver<()>,
         stop: &'a Receiver<()>,
         stopping: &'a AtomicBool,
     ) -> Self {
         FetchContext {
-            deadline,
+            timeout,
+            deadline: Cell::new(None),
             wake,
             stop,
             stopping,
         }
     }
 
-    /// When the fetch should give up and return `Ok(None)`.
+    /// When the fetch should give up and return `Ok(None)`: the pool's `fetch_timeout` after
+    /// the first call.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        match self.deadline.get() {
+            Some(d) => d,
+            None => {
+                let d = Instant::now() + self.timeout;
+                self.deadline.set(Some(d));
+                d
+            }
+        }
     }
 
     /// Time left until the deadline (zero once it has passed).
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline().saturating_duration_since(Instant::now())
     }
 
     /// Whether the pool is shutting down, in which case the fetch should return `Ok(None)` as
