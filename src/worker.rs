@@ -272,41 +272,49 @@ where
     }
 }
 
-/// Hands the outcome to the source, retrying with back-off while it fails. While the pool is
-/// stopping it gives up after a few tries: the source keeps the job recoverable (the Redis
-/// source leaves it in the worker's processing list for the reaper).
+/// Hands the outcome to the source. The common case is one call that succeeds; retrying is
+/// kept out of line so the hot path does not carry it.
+#[inline]
 fn acknowledge<C: Consumer>(
     consumer: &mut C,
-    mut job: C::Job,
-    mut outcome: Result<C::Output, JobError>,
+    job: C::Job,
+    outcome: Result<C::Output, JobError>,
+    w: &Worker<'_>,
+) {
+    if let Err(unacked) = consumer.complete(job, outcome) {
+        acknowledge_with_retries(consumer, unacked, w);
+    }
+}
+
+/// Retries a completion with back-off while the source fails. While the pool is stopping it
+/// gives up after a few tries: the source keeps the job recoverable (the Redis source leaves it
+/// in the worker's processing list for the reaper).
+#[cold]
+#[inline(never)]
+fn acknowledge_with_retries<C: Consumer>(
+    consumer: &mut C,
+    mut unacked: Unacked<C::Job, C::Output>,
     w: &Worker<'_>,
 ) {
     const TRIES_WHILE_STOPPING: u32 = 3;
     let backoff = w.pool.config.backoff;
     let mut failures = 0;
     loop {
-        match consumer.complete(job, outcome) {
+        failures += 1;
+        let delay = backoff.delay(failures);
+        if w.pool.is_stopping() && failures >= TRIES_WHILE_STOPPING {
+            log::error!(
+                "{}: giving up acknowledging a job while stopping: {}",
+                w.info.name(),
+                unacked.error
+            );
+            return;
+        }
+        w.report(ErrorKind::Source, unacked.error.to_string(), delay);
+        std::thread::sleep(delay);
+        match consumer.complete(unacked.job, unacked.outcome) {
             Ok(()) => return,
-            Err(Unacked {
-                error,
-                job: j,
-                outcome: o,
-                ..
-            }) => {
-                failures += 1;
-                let delay = backoff.delay(failures);
-                if w.pool.is_stopping() && failures >= TRIES_WHILE_STOPPING {
-                    log::error!(
-                        "{}: giving up acknowledging a job while stopping: {error}",
-                        w.info.name()
-                    );
-                    return;
-                }
-                w.report(ErrorKind::Source, error.to_string(), delay);
-                std::thread::sleep(delay);
-                job = j;
-                outcome = o;
-            }
+            Err(again) => unacked = again,
         }
     }
 }

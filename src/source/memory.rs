@@ -115,6 +115,7 @@ impl<T, O> Shared<T, O> {
     }
 
     /// Moves due retries to the tail of the ready queue. Cheap when nothing is delayed.
+    #[inline]
     fn promote_due(&self) {
         // The common case, no retry pending, reads no clock.
         let due = self.next_due_ns.load(Ordering::Acquire);
