@@ -76,9 +76,17 @@ fn main() {
 
     let redis = server::RedisServer::start();
     let queue = |name: &str, key: &str, min: usize| {
-        let source = RedisSource::builder(redis.url(), key).results("fila:resultados").build().unwrap();
-        Queue::new(name, source, |_| Ok::<_, Infallible>(()), |_, _: &Vec<u8>| Ok(Vec::new()))
-            .min_threads(min)
+        let source = RedisSource::builder(redis.url(), key)
+            .results("fila:resultados")
+            .build()
+            .unwrap();
+        Queue::new(
+            name,
+            source,
+            |_| Ok::<_, Infallible>(()),
+            |_, _: &Vec<u8>| Ok(Vec::new()),
+        )
+        .min_threads(min)
     };
     for min in [0, 1] {
         let pool = ThreadPoolManager::builder()
@@ -86,6 +94,10 @@ fn main() {
             .add_queue(queue("emissao", "fila:emissao", min))
             .build()
             .unwrap();
-        measure(&format!("redis, 2 queues, {min} idle worker(s) each"), pool, Some(&redis));
+        measure(
+            &format!("redis, 2 queues, {min} idle worker(s) each"),
+            pool,
+            Some(&redis),
+        );
     }
 }

@@ -22,8 +22,6 @@ use redis::{Commands, Script};
 use server::RedisServer;
 use threadtide::{RedisSource, ThreadPoolManager};
 
-const Q: &str = "bench:q";
-const RESULTS: &str = "bench:results";
 const JOBS: usize = 2000;
 
 /// The acknowledgement of the reliable protocol, as the source's own script does it: refuse a
@@ -34,15 +32,11 @@ if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
 redis.call('RPUSH', KEYS[3], ARGV[3])
 return 1";
 
-fn push_round(conn: &mut redis::Connection) {
+fn push_round(conn: &mut redis::Connection, queue: &str) {
     let payloads: Vec<String> = (0..JOBS).map(|i| format!("job-{i}")).collect();
     for chunk in payloads.chunks(500) {
-        let _: () = conn.rpush(Q, chunk).unwrap();
+        let _: () = conn.rpush(queue, chunk).unwrap();
     }
-}
-
-fn reset(conn: &mut redis::Connection) {
-    let _: () = redis::cmd("DEL").arg(RESULTS).query(conn).unwrap();
 }
 
 fn commands(conn: &mut redis::Connection) -> HashMap<String, u64> {
@@ -72,68 +66,166 @@ fn per_job(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> Strin
         .filter(|(_, n)| *n >= 0.005)
         .collect();
     calls.sort_by(|a, b| a.0.cmp(&b.0));
-    calls.iter().map(|(k, n)| format!("{k} {n:.2}")).collect::<Vec<_>>().join(", ")
+    calls
+        .iter()
+        .map(|(k, n)| format!("{k} {n:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// Runs `workers` bare-loop threads until `stop`; each job bumps `done`.
-fn bare_workers(
-    server: &RedisServer,
-    workers: usize,
-    reliable: bool,
+/// One way of consuming a queue, with its own keys so that all can stay live at once.
+struct Rig {
+    name: &'static str,
+    queue: String,
+    results: String,
     done: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-) -> Vec<thread::JoinHandle<()>> {
-    (0..workers)
-        .map(|w| {
-            let mut conn = server.conn();
-            let (done, stop) = (done.clone(), stop.clone());
-            thread::spawn(move || {
-                let wid = format!("bare-{w}");
-                let processing = format!("{Q}:processing:{wid}");
-                let ack = Script::new(ACK);
-                let _: () = conn.zadd(format!("{Q}:workers"), &wid, 0).unwrap();
-                while !stop.load(Ordering::Acquire) {
-                    if reliable {
-                        let job: Option<Vec<u8>> = redis::cmd("BLMOVE")
-                            .arg(Q)
-                            .arg(&processing)
-                            .arg("LEFT")
-                            .arg("LEFT")
-                            .arg(0.2)
-                            .query(&mut conn)
-                            .unwrap();
-                        if let Some(job) = job {
-                            let _: i64 = ack
-                                .key(&processing)
-                                .key(format!("{Q}:workers"))
-                                .key(RESULTS)
-                                .arg(&wid)
-                                .arg(&job)
-                                .arg(&job)
-                                .invoke(&mut conn)
+    threads: Vec<thread::JoinHandle<()>>,
+    pool: Option<ThreadPoolManager>,
+}
+
+impl Rig {
+    /// `bare-reliable-loop` (BLMOVE + the ack script) or `blpop-rpush-loop`.
+    fn bare(server: &RedisServer, name: &'static str, workers: usize) -> Rig {
+        let queue = format!("bench:{name}");
+        let results = format!("{queue}:results");
+        let (done, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let threads = (0..workers)
+            .map(|w| {
+                let mut conn = server.conn();
+                let (done, stop) = (done.clone(), stop.clone());
+                let (queue, results) = (queue.clone(), results.clone());
+                thread::spawn(move || {
+                    let wid = format!("bare-{w}");
+                    let processing = format!("{queue}:processing:{wid}");
+                    let workers_key = format!("{queue}:workers");
+                    let ack = Script::new(ACK);
+                    let _: () = conn.zadd(&workers_key, &wid, 0).unwrap();
+                    while !stop.load(Ordering::Acquire) {
+                        let got = if name == "bare-reliable-loop" {
+                            let job: Option<Vec<u8>> = redis::cmd("BLMOVE")
+                                .arg(&queue)
+                                .arg(&processing)
+                                .arg("LEFT")
+                                .arg("LEFT")
+                                .arg(0.2)
+                                .query(&mut conn)
                                 .unwrap();
-                            done.fetch_add(1, Ordering::AcqRel);
-                        }
-                    } else {
-                        let job: Option<(String, Vec<u8>)> =
-                            redis::cmd("BLPOP").arg(Q).arg(0.2).query(&mut conn).unwrap();
-                        if let Some((_, job)) = job {
-                            let _: () = conn.rpush(RESULTS, job).unwrap();
+                            job.map(|job| {
+                                let _: i64 = ack
+                                    .key(&processing)
+                                    .key(&workers_key)
+                                    .key(&results)
+                                    .arg(&wid)
+                                    .arg(&job)
+                                    .arg(&job)
+                                    .invoke(&mut conn)
+                                    .unwrap();
+                            })
+                        } else {
+                            let job: Option<(String, Vec<u8>)> = redis::cmd("BLPOP")
+                                .arg(&queue)
+                                .arg(0.2)
+                                .query(&mut conn)
+                                .unwrap();
+                            job.map(|(_, job)| {
+                                let _: () = conn.rpush(&results, job).unwrap();
+                            })
+                        };
+                        if got.is_some() {
                             done.fetch_add(1, Ordering::AcqRel);
                         }
                     }
-                }
+                })
             })
-        })
-        .collect()
+            .collect();
+        Rig {
+            name,
+            queue,
+            results,
+            done,
+            stop,
+            threads,
+            pool: None,
+        }
+    }
+
+    /// The pool with the Redis source: the full reliable cycle.
+    fn threadtide(server: &RedisServer, workers: usize) -> Rig {
+        let queue = "bench:threadtide".to_owned();
+        let results = format!("{queue}:results");
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        let source = RedisSource::builder(server.url(), queue.as_str())
+            .results(results.as_str())
+            .build()
+            .unwrap();
+        let q = threadtide::Queue::new(
+            "q",
+            source,
+            |_| Ok::<_, Infallible>(()),
+            move |_, job: &Vec<u8>| {
+                d.fetch_add(1, Ordering::AcqRel);
+                Ok(job.clone())
+            },
+        )
+        .min_threads(workers);
+        let pool = ThreadPoolManager::builder()
+            .max_threads_per_type(workers)
+            .max_total_threads(workers)
+            .add_queue(q)
+            .build()
+            .unwrap();
+        pool.start().unwrap();
+        Rig {
+            name: "threadtide",
+            queue,
+            results,
+            done,
+            stop: Arc::default(),
+            threads: Vec::new(),
+            pool: Some(pool),
+        }
+    }
+
+    /// Pushes one round of jobs and waits until they are all done; returns the time taken.
+    fn round(&self, conn: &mut redis::Connection) -> Duration {
+        let _: () = redis::cmd("DEL").arg(&self.results).query(conn).unwrap();
+        let target = self.done.load(Ordering::Acquire) + JOBS;
+        let start = Instant::now();
+        push_round(conn, &self.queue);
+        let deadline = start + Duration::from_secs(60);
+        while self.done.load(Ordering::Acquire) < target {
+            assert!(
+                Instant::now() < deadline,
+                "{}: jobs did not finish",
+                self.name
+            );
+            thread::sleep(Duration::from_micros(200));
+        }
+        // The pool counts a job when its executor ran; wait for its acknowledgement too.
+        while conn.llen::<_, usize>(&self.results).unwrap() < JOBS {
+            thread::sleep(Duration::from_micros(200));
+        }
+        start.elapsed()
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.threads.into_iter().for_each(|t| t.join().unwrap());
+        if let Some(pool) = self.pool {
+            pool.shutdown();
+            pool.wait().unwrap();
+        }
+    }
 }
 
-fn wait_done(done: &AtomicUsize, target: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done.load(Ordering::Acquire) < target {
-        assert!(Instant::now() < deadline, "jobs did not finish");
-        thread::sleep(Duration::from_micros(200));
-    }
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 fn bench(c: &mut Criterion) {
@@ -142,76 +234,52 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("redis");
     group.sample_size(10);
     group.throughput(Throughput::Elements(JOBS as u64));
-    let mut per_job_report = Vec::new();
+    let mut calls = Vec::new();
+    let mut interleaved = Vec::new();
     for workers in [1usize, 4, 16] {
-        for (name, reliable) in [("bare-reliable-loop", true), ("blpop-rpush-loop", false)] {
-            let done = Arc::new(AtomicUsize::new(0));
-            let stop = Arc::new(AtomicBool::new(false));
-            let threads = bare_workers(&server, workers, reliable, done.clone(), stop.clone());
+        let rigs = [
+            Rig::bare(&server, "bare-reliable-loop", workers),
+            Rig::bare(&server, "blpop-rpush-loop", workers),
+            Rig::threadtide(&server, workers),
+        ];
+        for rig in &rigs {
             let before = commands(&mut conn);
-            reset(&mut conn);
-            let target = done.load(Ordering::Acquire) + JOBS;
-            push_round(&mut conn);
-            wait_done(&done, target);
-            per_job_report.push((name, workers, per_job(&before, &commands(&mut conn))));
-            group.bench_function(BenchmarkId::new(name, workers), |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        reset(&mut conn);
-                        let target = done.load(Ordering::Acquire) + JOBS;
-                        push_round(&mut conn);
-                        wait_done(&done, target);
-                    }
-                    start.elapsed()
-                })
+            rig.round(&mut conn);
+            calls.push((rig.name, workers, per_job(&before, &commands(&mut conn))));
+            group.bench_function(BenchmarkId::new(rig.name, workers), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| rig.round(&mut conn)).sum())
             });
-            stop.store(true, Ordering::Release);
-            threads.into_iter().for_each(|t| t.join().unwrap());
         }
-
-        let source = RedisSource::builder(server.url(), Q).results(RESULTS).build().unwrap();
-        let queue = threadtide::Queue::new("q", source, |_| Ok::<_, Infallible>(()), |_, job: &Vec<u8>| {
-            Ok(job.clone())
-        })
-        .min_threads(workers);
-        let pool = ThreadPoolManager::builder()
-            .max_threads_per_type(workers)
-            .max_total_threads(workers)
-            .add_queue(queue)
-            .build()
-            .unwrap();
-        pool.start().unwrap();
-        let ok = || pool.stats().total.jobs_ok as usize;
-        let before = commands(&mut conn);
-        reset(&mut conn);
-        let target = ok() + JOBS;
-        push_round(&mut conn);
-        while ok() < target {
-            thread::sleep(Duration::from_micros(200));
+        // The same rounds interleaved, so that drift of a shared machine hits all alike.
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); rigs.len()];
+        for r in 0..15 {
+            for k in 0..rigs.len() {
+                let i = (r + k) % rigs.len();
+                times[i].push(rigs[i].round(&mut conn));
+            }
         }
-        per_job_report.push(("threadtide", workers, per_job(&before, &commands(&mut conn))));
-        group.bench_function(BenchmarkId::new("threadtide", workers), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    reset(&mut conn);
-                    let target = ok() + JOBS;
-                    push_round(&mut conn);
-                    while ok() < target {
-                        thread::sleep(Duration::from_micros(200));
-                    }
-                }
-                start.elapsed()
-            })
-        });
-        pool.shutdown();
-        pool.wait().unwrap();
+        let rate = |d: Duration| JOBS as f64 / d.as_secs_f64();
+        let medians: Vec<f64> = times.into_iter().map(|t| rate(median(t))).collect();
+        interleaved.push((workers, medians));
+        for rig in rigs {
+            rig.stop();
+        }
     }
     group.finish();
-    println!("\nRedis calls per job (one round of {JOBS} jobs; idle polling included):");
-    for (name, workers, calls) in per_job_report {
-        println!("  {name:<20} {workers:>2} workers: {calls}");
+    println!("\nInterleaved rounds ({JOBS} jobs each, median of 15), jobs/s:");
+    println!("  workers  bare-reliable  blpop-rpush  threadtide  threadtide/bare-reliable");
+    for (workers, m) in interleaved {
+        println!(
+            "  {workers:>7}  {:>13.0}  {:>11.0}  {:>10.0}  {:>23.0}%",
+            m[0],
+            m[1],
+            m[2],
+            m[2] / m[0] * 100.0
+        );
+    }
+    println!("\nRedis calls per job (one round; idle polling included):");
+    for (name, workers, c) in calls {
+        println!("  {name:<20} {workers:>2} workers: {c}");
     }
 }
 

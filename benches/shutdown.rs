@@ -20,11 +20,16 @@ fn sample(job: Duration) -> Duration {
     let running = Arc::new(AtomicUsize::new(0));
     let r = running.clone();
     let source: MemorySource<u32> = MemorySource::new();
-    let queue = Queue::new("q", source.clone(), |_| Ok::<_, Infallible>(()), move |_, _| {
-        r.fetch_add(1, Ordering::AcqRel);
-        std::thread::sleep(job);
-        Ok(())
-    })
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        |_| Ok::<_, Infallible>(()),
+        move |_, _| {
+            r.fetch_add(1, Ordering::AcqRel);
+            std::thread::sleep(job);
+            Ok(())
+        },
+    )
     .min_threads(WORKERS);
     let pool = ThreadPoolManager::builder()
         .max_threads_per_type(WORKERS)
@@ -40,7 +45,11 @@ fn sample(job: Duration) -> Duration {
     pool.shutdown();
     pool.wait().unwrap();
     let took = last_start.elapsed();
-    assert_eq!(source.unfinished(), QUEUED, "a job was lost or ran after shutdown");
+    assert_eq!(
+        source.unfinished(),
+        QUEUED,
+        "a job was lost or ran after shutdown"
+    );
     assert_eq!(running.load(Ordering::Acquire), WORKERS);
     took.saturating_sub(job)
 }
@@ -50,9 +59,10 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20);
     for ms in [50u64, 200] {
         let job = Duration::from_millis(ms);
-        group.bench_function(BenchmarkId::new("overhead_beyond_job", format!("{ms}ms")), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| sample(job)).sum())
-        });
+        group.bench_function(
+            BenchmarkId::new("overhead_beyond_job", format!("{ms}ms")),
+            |b| b.iter_custom(|iters| (0..iters).map(|_| sample(job)).sum()),
+        );
     }
     group.finish();
 }

@@ -3,12 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::Connection;
 
 use super::envelope::{self, Reason};
-use super::{Shared, Slot, redis_error};
+use super::{Shared, Slot, SlotState, redis_error};
 use crate::backoff;
 use crate::error::{JobError, SourceError};
 use crate::source::{Consumer, FetchContext, Unacked};
@@ -29,6 +29,8 @@ pub struct RedisConsumer<J> {
     wid: String,
     processing: String,
     thread: String,
+    /// Busy and fenced flags, shared with the keeper through `Shared::slots`.
+    state: Arc<SlotState>,
     conn: Option<Connection>,
     registered: bool,
     /// After an error, or at start: a job may already be in our processing list (a `BLMOVE`
@@ -76,6 +78,7 @@ impl<J> RedisConsumer<J> {
             wid,
             processing,
             thread,
+            state: Arc::default(),
             conn: None,
             registered: false,
             check_own: true,
@@ -102,13 +105,7 @@ impl<J> RedisConsumer<J> {
     /// Only called between jobs: a worker never changes identity while it holds a job.
     fn ready(&mut self) -> Result<&mut Connection, SourceError> {
         debug_assert!(self.in_hand.is_none());
-        let fenced = self
-            .shared
-            .slots
-            .lock()
-            .get(&self.slot)
-            .is_some_and(|s| s.fenced);
-        if fenced {
+        if self.state.is_fenced() {
             self.generation += 1;
             self.wid = self.shared.new_wid(self.slot, self.generation);
             self.processing = format!("{}{}", self.shared.keys.processing_prefix, self.wid);
@@ -135,12 +132,13 @@ impl<J> RedisConsumer<J> {
             }
             // Published to the keeper only once the server knows the id: a heartbeat before
             // that would find it missing and wrongly fence it.
+            self.state.unfence();
+            self.state.set_busy(None);
             shared.slots.lock().insert(
                 self.slot,
                 Slot {
                     wid,
-                    busy_since: None,
-                    fenced: false,
+                    state: Arc::clone(&self.state),
                 },
             );
             self.registered = true;
@@ -150,9 +148,8 @@ impl<J> RedisConsumer<J> {
     }
 
     fn set_busy(&self, busy: bool) {
-        if let Some(slot) = self.shared.slots.lock().get_mut(&self.slot) {
-            slot.busy_since = busy.then(Instant::now);
-        }
+        self.state
+            .set_busy(busy.then(|| self.shared.ms_since_epoch()));
     }
 
     /// Takes the next stored entry: our own processing list first when it may hold one, else
@@ -161,15 +158,20 @@ impl<J> RedisConsumer<J> {
     fn take_entry(&mut self, block: Duration) -> Result<(bool, Option<Vec<u8>>), SourceError> {
         // Identity first: `ready` may move a fenced worker to a new id and processing list.
         self.ready()?;
-        let (queue, processing) = (self.shared.keys.queue.clone(), self.processing.clone());
         let check_own = self.check_own;
-        let conn = self.conn.as_mut().expect("ready connects");
+        let RedisConsumer {
+            conn,
+            shared,
+            processing,
+            ..
+        } = self;
+        let conn = conn.as_mut().expect("ready connects");
         let result = if check_own {
-            redis::cmd("LINDEX").arg(&processing).arg(0).query(conn)
+            redis::cmd("LINDEX").arg(&*processing).arg(0).query(conn)
         } else {
             redis::cmd("BLMOVE")
-                .arg(&queue)
-                .arg(&processing)
+                .arg(&shared.keys.queue)
+                .arg(&*processing)
                 .arg("LEFT")
                 .arg("LEFT")
                 .arg(block.as_secs_f64())
@@ -197,22 +199,28 @@ impl<J> RedisConsumer<J> {
         arg: &[u8],
         delay_ms: u64,
     ) -> Result<i64, SourceError> {
-        let shared = Arc::clone(&self.shared);
-        let (wid, processing) = (self.wid.clone(), self.processing.clone());
+        self.connection()?;
+        let RedisConsumer {
+            conn,
+            shared,
+            wid,
+            processing,
+            ..
+        } = self;
+        let conn = conn.as_mut().expect("connected above");
         let k = &shared.keys;
-        let conn = self.connection()?;
         let mut inv = match which {
             Settle::Ack => shared.scripts.ack.prepare_invoke(),
             Settle::Retry => shared.scripts.retry.prepare_invoke(),
             Settle::Dead => shared.scripts.dead.prepare_invoke(),
         };
-        inv.key(&processing).key(&k.workers);
+        inv.key(&*processing).key(&k.workers);
         match which {
             Settle::Ack => inv.key(k.results.as_deref().unwrap_or(&k.dead)),
             Settle::Retry => inv.key(&k.delayed),
             Settle::Dead => inv.key(&k.dead),
         };
-        inv.arg(&wid).arg(entry).arg(arg);
+        inv.arg(&*wid).arg(entry).arg(arg);
         match which {
             Settle::Ack => inv.arg(if k.results.is_some() { "1" } else { "0" }),
             Settle::Retry => inv.arg(delay_ms),
@@ -240,9 +248,7 @@ impl<J> RedisConsumer<J> {
                     .counters
                     .acks_refused
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some(slot) = self.shared.slots.lock().get_mut(&self.slot) {
-                    slot.fenced = true;
-                }
+                self.state.fence();
                 log::warn!(
                     "{}: {what} refused: this worker was reaped, its job runs again elsewhere",
                     self.thread

@@ -101,15 +101,16 @@ impl<J> State<J> {
     /// Refreshes the heartbeat of this process's workers, except those whose job has run past
     /// `job_timeout`; marks those the server no longer knows as fenced.
     fn beat(&mut self) -> Result<(), SourceError> {
-        let timeout = self.shared.job_timeout;
+        let limit_ms = self.shared.job_timeout.map(|t| t.as_millis() as u64);
+        let now_ms = self.shared.ms_since_epoch();
         let wids: Vec<String> = self
             .shared
             .slots
             .lock()
             .values()
-            .filter(|s| !s.fenced)
-            .filter(|s| match (timeout, s.busy_since) {
-                (Some(limit), Some(since)) => since.elapsed() <= limit,
+            .filter(|s| !s.state.is_fenced())
+            .filter(|s| match (limit_ms, s.state.busy_since()) {
+                (Some(limit), Some(since)) => now_ms.saturating_sub(since) <= limit,
                 _ => true,
             })
             .map(|s| s.wid.clone())
@@ -126,9 +127,9 @@ impl<J> State<J> {
             .invoke(self.conn()?)
             .map_err(|e| redis_error("heartbeat failed", e))?;
         if !fenced.is_empty() {
-            let mut slots = shared.slots.lock();
-            for slot in slots.values_mut().filter(|s| fenced.contains(&s.wid)) {
-                slot.fenced = true;
+            let slots = shared.slots.lock();
+            for slot in slots.values().filter(|s| fenced.contains(&s.wid)) {
+                slot.state.fence();
             }
         }
         Ok(())

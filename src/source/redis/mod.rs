@@ -56,9 +56,44 @@ impl Keys {
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) wid: String,
-    pub(crate) busy_since: Option<Instant>,
-    /// Set by the keeper when the server no longer knows this worker (it was reaped).
-    pub(crate) fenced: bool,
+    pub(crate) state: Arc<SlotState>,
+}
+
+/// The parts of a slot its worker updates on every job: atomics, so the worker never takes the
+/// shared slots lock on its hot path (the keeper reads them once a beat).
+#[derive(Debug, Default)]
+pub(crate) struct SlotState {
+    /// When the job in hand started, in ms since the source's epoch, plus one; 0 when idle.
+    busy_since_ms: AtomicU64,
+    /// Set when the server no longer knows this worker (it was reaped).
+    fenced: AtomicBool,
+}
+
+impl SlotState {
+    pub(crate) fn set_busy(&self, since: Option<u64>) {
+        self.busy_since_ms
+            .store(since.map_or(0, |ms| ms + 1), Ordering::Release);
+    }
+
+    /// Milliseconds since the source's epoch when the job in hand started.
+    pub(crate) fn busy_since(&self) -> Option<u64> {
+        match self.busy_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(ms - 1),
+        }
+    }
+
+    pub(crate) fn fence(&self) {
+        self.fenced.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn unfence(&self) {
+        self.fenced.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +122,8 @@ pub(crate) struct Shared<J> {
     io_timeout: Duration,
     /// `host:pid:nonce`: worker ids start with it, so a restarted process never reuses one.
     pub(crate) identity: String,
+    /// Time origin of `SlotState::busy_since`.
+    pub(crate) epoch: Instant,
     pub(crate) slots: Mutex<HashMap<u64, Slot>>,
     next_slot: AtomicU64,
     server_checked: AtomicBool,
@@ -113,6 +150,10 @@ impl<J> Shared<J> {
             self.server_checked.store(true, Ordering::Release);
         }
         Ok(conn)
+    }
+
+    pub(crate) fn ms_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     pub(crate) fn new_wid(&self, slot: u64, generation: u32) -> String {
@@ -428,9 +469,9 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
             let mut slots = self.shared.slots.lock();
             slots
                 .values_mut()
-                .filter(|s| s.busy_since.is_some() && !s.fenced)
+                .filter(|s| s.state.busy_since().is_some() && !s.state.is_fenced())
                 .map(|s| {
-                    s.fenced = true;
+                    s.state.fence();
                     s.wid.clone()
                 })
                 .collect()
@@ -640,6 +681,7 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
                 block: self.block,
                 io_timeout: self.io_timeout,
                 identity,
+                epoch: Instant::now(),
                 slots: Mutex::new(HashMap::new()),
                 next_slot: AtomicU64::new(0),
                 server_checked: AtomicBool::new(false),
