@@ -94,6 +94,28 @@ impl Tally {
     }
 }
 
+/// A pool with one queue on `source` whose executor records each run and returns the job's id
+/// as its result.
+fn recording_pool(
+    builder: threadtide::Builder,
+    source: &RedisSource<String>,
+    runs: &Runs,
+) -> ThreadPoolManager {
+    let r = runs.clone();
+    builder
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                Ok(id.clone().into_bytes())
+            },
+        )
+        .build()
+        .unwrap()
+}
+
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -128,19 +150,7 @@ fn case_01_no_faults_thousands_of_jobs() {
     let all = ids("j", 3000);
     source.push(&all).unwrap();
     let runs = Runs::default();
-    let r = runs.clone();
-    let pool = ThreadPoolManager::builder()
-        .queue(
-            "conferencia",
-            source.clone(),
-            |_| Ok::<_, Infallible>(()),
-            move |_, id: &String| {
-                r.record(id);
-                Ok(id.clone().into_bytes())
-            },
-        )
-        .build()
-        .unwrap();
+    let pool = recording_pool(ThreadPoolManager::builder(), &source, &runs);
     pool.start().unwrap();
     wait_idle(&server, all.len());
     pool.shutdown();
@@ -446,20 +456,11 @@ fn case_11_a_pool_started_before_redis_waits_and_then_works() {
     let mut server = RedisServer::reserve();
     let source = source(&server).build().unwrap();
     let runs = Runs::default();
-    let r = runs.clone();
-    let pool = ThreadPoolManager::builder()
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .queue(
-            "conferencia",
-            source.clone(),
-            |_| Ok::<_, Infallible>(()),
-            move |_, id: &String| {
-                r.record(id);
-                Ok(id.clone().into_bytes())
-            },
-        )
-        .build()
-        .unwrap();
+    let pool = recording_pool(
+        ThreadPoolManager::builder().backoff(Duration::from_millis(20), Duration::from_millis(200)),
+        &source,
+        &runs,
+    );
     pool.start().unwrap();
     wait_until(
         PATIENCE,
@@ -687,19 +688,7 @@ fn a_blmove_left_pending_by_a_reaped_worker_is_swept_back() {
     );
     let source = source(&server).build().unwrap();
     let runs = Runs::default();
-    let r = runs.clone();
-    let pool = ThreadPoolManager::builder()
-        .queue(
-            "conferencia",
-            source.clone(),
-            |_| Ok::<_, Infallible>(()),
-            move |_, id: &String| {
-                r.record(id);
-                Ok(id.clone().into_bytes())
-            },
-        )
-        .build()
-        .unwrap();
+    let pool = recording_pool(ThreadPoolManager::builder(), &source, &runs);
     pool.start().unwrap();
     wait_until(
         PATIENCE,
