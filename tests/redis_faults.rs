@@ -504,3 +504,35 @@ fn sigterm_drains_running_jobs_and_exits_0() {
     assert_eq!(report.lost.len(), left, "unstarted jobs stay in the queue");
     assert_eq!(report.duplicate_results, 0);
 }
+
+#[test]
+fn rpa_worker_dead_letters_what_is_not_its_json_as_malformed() {
+    let server = RedisServer::start_durable();
+    let scratch = Scratch::new("malformed");
+    let ids = push_jobs(&server, Q, "ok", 5, 1);
+    let bad: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xfe, b'{'],             // not UTF-8
+        br#"{"id":"trunc","ms":"#.to_vec(), // truncated
+        Vec::new(),                         // empty
+        br#"{"ms":5}"#.to_vec(),            // JSON without an id
+    ];
+    let _: () = server.conn().rpush(Q, &bad).unwrap();
+    drain(&server, &scratch, 0);
+    let report = check(&server, &scratch, &ids);
+    assert_eq!(
+        (report.lost.len(), report.duplicate_results),
+        (0, 0),
+        "{report:?}"
+    );
+    let dead: Vec<String> = server.conn().lrange(format!("{Q}:dead"), 0, -1).unwrap();
+    assert_eq!(dead.len(), bad.len(), "{dead:?}");
+    for record in &dead {
+        let v: serde_json::Value = serde_json::from_str(record).unwrap();
+        assert_eq!(v["reason"], "malformed", "{record}");
+    }
+    assert_eq!(
+        report.executions.len(),
+        ids.len(),
+        "no malformed payload reached the executor"
+    );
+}
