@@ -91,6 +91,38 @@
 //! [`shutdown_on_signals`](ThreadPoolManager::shutdown_on_signals) wires SIGINT and SIGTERM to a
 //! graceful shutdown. Dropping the pool shuts it down gracefully.
 //!
+//! # Redis lists
+//!
+//! With the `redis` feature (on by default), `RedisSource` consumes lists that producers fill
+//! with `RPUSH`, with at-least-once delivery: each job moves atomically into a per-worker
+//! processing list before it runs and leaves it atomically with its result; a reaper in every
+//! process recovers the jobs of workers whose heartbeat stopped; retries back off; a job that
+//! keeps failing, or that the decoder refuses, is dead-lettered with the reason. Its guarantee,
+//! key layout and measured fault cases are in `docs/RELIABILITY.md` in the repository.
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::convert::Infallible;
+//! use threadtide::{RedisSource, ThreadPoolManager};
+//!
+//! let source = RedisSource::builder("redis://127.0.0.1:6379", "fila:conferencia")
+//!     .results("fila:resultados")
+//!     .build()?;
+//! let pool = ThreadPoolManager::builder()
+//!     .queue("conferencia", source, |_| Ok::<_, Infallible>(()), |_, payload: &Vec<u8>| {
+//!         Ok(payload.clone()) // the result pushed to fila:resultados
+//!     })
+//!     .build()?;
+//! pool.shutdown_on_signals()?;
+//! pool.start()?;
+//! pool.wait()?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
+//! ```
+//!
 //! # Writing a source
 //!
 //! Implement [`JobSource`] (cheap backlog, one [`Consumer`] per worker) and [`Consumer`]
