@@ -127,7 +127,10 @@ pub(crate) struct Shared<J> {
     pub(crate) slots: Mutex<HashMap<u64, Slot>>,
     next_slot: AtomicU64,
     server_checked: AtomicBool,
-    monitor_conn: Mutex<Option<Connection>>,
+    /// The connection of the monitor's backlog reads and of the host's calls (`summary`,
+    /// `push`), kept across calls and rebuilt after an error. Workers and the keeper have
+    /// their own.
+    shared_conn: Mutex<Option<Connection>>,
     keeper: Mutex<Option<Keeper>>,
     pub(crate) counters: Counters,
 }
@@ -154,6 +157,23 @@ impl<J> Shared<J> {
 
     pub(crate) fn ms_since_epoch(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Runs `f` on the shared connection, connecting first if needed; after an error the
+    /// connection is dropped so the next call makes a new one.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        let mut guard = self.shared_conn.lock();
+        if guard.is_none() {
+            *guard = Some(self.connect()?);
+        }
+        let result = f(guard.as_mut().expect("connected above"));
+        if result.is_err() {
+            *guard = None;
+        }
+        result
     }
 
     pub(crate) fn new_wid(&self, slot: u64, generation: u32) -> String {
@@ -352,20 +372,20 @@ impl<J: Send + 'static> RedisSource<J> {
     ///
     /// When Redis cannot be reached.
     pub fn summary(&self) -> Result<QueueSummary, SourceError> {
-        let mut conn = self.shared.connect()?;
         let k = &self.shared.keys;
-        let v: Vec<usize> = self
-            .shared
-            .scripts
-            .summary
-            .key(&k.queue)
-            .key(&k.delayed)
-            .key(&k.dead)
-            .key(&k.workers)
-            .key(&k.retired)
-            .arg(&k.processing_prefix)
-            .invoke(&mut conn)
-            .map_err(|e| redis_error("cannot read the queue summary", e))?;
+        let v: Vec<usize> = self.shared.with_conn(|conn| {
+            self.shared
+                .scripts
+                .summary
+                .key(&k.queue)
+                .key(&k.delayed)
+                .key(&k.dead)
+                .key(&k.workers)
+                .key(&k.retired)
+                .arg(&k.processing_prefix)
+                .invoke(conn)
+                .map_err(|e| redis_error("cannot read the queue summary", e))
+        })?;
         Ok(QueueSummary {
             ready: v[0],
             delayed: v[1],
@@ -384,14 +404,15 @@ impl<J: Send + 'static> RedisSource<J> {
         if payloads.is_empty() {
             return Ok(());
         }
-        let mut conn = self.shared.connect()?;
         let mut cmd = redis::cmd("RPUSH");
         cmd.arg(&self.shared.keys.queue);
         for p in payloads {
             cmd.arg(p.as_ref());
         }
-        cmd.query::<()>(&mut conn)
-            .map_err(|e| redis_error("cannot push", e))
+        self.shared.with_conn(|conn| {
+            cmd.query::<()>(conn)
+                .map_err(|e| redis_error("cannot push", e))
+        })
     }
 
     /// This process's counters for the source.
@@ -425,22 +446,16 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
     type Output = Vec<u8>;
     type Consumer = RedisConsumer<J>;
 
-    /// `LLEN` of the queue on the monitor's own connection (one round trip). Also makes sure
-    /// the keeper thread (heartbeats, reaper, retry promotion) runs.
+    /// `LLEN` of the queue, one round trip on a connection kept for it (workers have their
+    /// own). Also makes sure the keeper thread (heartbeats, reaper, retry promotion) runs.
     fn backlog(&self) -> Result<usize, SourceError> {
         self.ensure_keeper();
-        let mut guard = self.shared.monitor_conn.lock();
-        if guard.is_none() {
-            *guard = Some(self.shared.connect()?);
-        }
-        let conn = guard.as_mut().expect("connected above");
-        redis::cmd("LLEN")
-            .arg(&self.shared.keys.queue)
-            .query(conn)
-            .map_err(|e| {
-                *guard = None;
-                redis_error("cannot read the backlog", e)
-            })
+        self.shared.with_conn(|conn| {
+            redis::cmd("LLEN")
+                .arg(&self.shared.keys.queue)
+                .query(conn)
+                .map_err(|e| redis_error("cannot read the backlog", e))
+        })
     }
 
     fn consumer(&self, worker: &WorkerInfo) -> Result<Self::Consumer, SourceError> {
@@ -459,7 +474,7 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
         if let Some(k) = keeper {
             k.stop();
         }
-        self.shared.monitor_conn.lock().take();
+        self.shared.shared_conn.lock().take();
     }
 
     /// Puts the jobs of this process's busy workers back at the head of the queue (one more
@@ -479,12 +494,11 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
         if busy.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.shared.connect()?;
-        let mut total = 0;
-        for wid in busy {
-            total += consumer::release(&self.shared, &mut conn, &wid)?;
-        }
-        Ok(total)
+        self.shared.with_conn(|conn| {
+            busy.iter()
+                .map(|wid| consumer::release(&self.shared, conn, wid))
+                .sum()
+        })
     }
 }
 
@@ -685,7 +699,7 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
                 slots: Mutex::new(HashMap::new()),
                 next_slot: AtomicU64::new(0),
                 server_checked: AtomicBool::new(false),
-                monitor_conn: Mutex::new(None),
+                shared_conn: Mutex::new(None),
                 keeper: Mutex::new(None),
                 counters: Counters::default(),
             }),
