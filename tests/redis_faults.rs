@@ -178,6 +178,28 @@ struct Report {
     dead: HashMap<String, String>,
 }
 
+impl Report {
+    /// Prints the case's figures (they go into docs/RELIABILITY.md), then `extra`.
+    fn print(&self, case: &str, extra: &str) {
+        eprintln!(
+            "{case}: {} jobs: lost {}, duplicate results {}, duplicate executions {}{extra}",
+            self.jobs,
+            self.lost.len(),
+            self.duplicate_results,
+            self.duplicate_executions
+        );
+    }
+
+    /// The guarantee: every job ended somewhere, and its result was pushed at most once.
+    fn assert_nothing_lost(&self) {
+        assert_eq!(
+            (self.lost.len(), self.duplicate_results),
+            (0, 0),
+            "{self:?}"
+        );
+    }
+}
+
 fn check(server: &RedisServer, scratch: &Scratch, ids: &[String]) -> Report {
     let mut c = server.conn();
     let results: Vec<String> = c.lrange(RESULTS, 0, -1).unwrap();
@@ -283,18 +305,15 @@ fn case_02_kill_9_at_random_moments_loses_nothing() {
     drain(&server, &scratch, 999);
     let report = check(&server, &scratch, &ids);
     recovery.sort();
-    eprintln!(
-        "case 2: {} jobs, {KILLS} kill -9: lost {}, duplicate results {}, duplicate executions {}, \
-         recovery p50 {:?} max {:?}",
-        report.jobs,
-        report.lost.len(),
-        report.duplicate_results,
-        report.duplicate_executions,
-        recovery[recovery.len() / 2],
-        recovery.last().unwrap()
+    report.print(
+        &format!("case 2, {KILLS} kill -9"),
+        &format!(
+            ", recovery p50 {:?} max {:?}",
+            recovery[recovery.len() / 2],
+            recovery.last().unwrap()
+        ),
     );
-    assert_eq!(report.lost, Vec::<String>::new());
-    assert_eq!(report.duplicate_results, 0);
+    report.assert_nothing_lost();
     assert!(report.dead.is_empty(), "{:?}", report.dead);
     // A kill interrupts at most one job per worker thread (20 at most).
     assert!(report.duplicate_executions <= KILLS * 20, "{report:?}");
@@ -336,12 +355,9 @@ fn case_05_a_job_that_aborts_its_process_is_dead_lettered_after_the_claim_cap() 
         crashes += 1;
     }
     let report = check(&server, &scratch, &ids);
-    eprintln!(
-        "case 5: {} jobs, {crashes} process crashes: lost {}, duplicate results {}, killer ran {} times",
-        report.jobs,
-        report.lost.len(),
-        report.duplicate_results,
-        report.executions["killer"]
+    report.print(
+        &format!("case 5, {crashes} process crashes"),
+        &format!(", killer ran {} times", report.executions["killer"]),
     );
     assert_eq!(report.executions["killer"], 3, "exactly max_attempts runs");
     assert_eq!(crashes, 3);
@@ -394,19 +410,11 @@ fn case_07_sigstop_past_the_ttl_reruns_jobs_elsewhere_and_refuses_late_acks() {
     let report = check(&server, &scratch, &ids);
     let a_log = std::fs::read_to_string(scratch.path("worker0.log")).unwrap();
     let refused = a_log.matches("refused").count();
-    eprintln!(
-        "case 7: {} jobs, SIGSTOP past TTL: lost {}, duplicate results {}, duplicate executions {}, \
-         late acks refused {refused}, reaped after {reaped_after:?}",
-        report.jobs,
-        report.lost.len(),
-        report.duplicate_results,
-        report.duplicate_executions
+    report.print(
+        "case 7, SIGSTOP past TTL",
+        &format!(", late acks refused {refused}, reaped after {reaped_after:?}"),
     );
-    assert_eq!(
-        (report.lost.len(), report.duplicate_results),
-        (0, 0),
-        "{report:?}"
-    );
+    report.assert_nothing_lost();
     // A held at most two jobs (two threads): each runs once more, elsewhere, and no more.
     assert!((1..=2).contains(&report.duplicate_executions), "{report:?}");
     assert_eq!(
@@ -458,19 +466,8 @@ fn case_10_redis_restarts_graceful_and_kill_9_with_aof_lose_nothing() {
     );
     drain(&server, &scratch, 1);
     let report = check(&server, &scratch, &ids);
-    eprintln!(
-        "case 10: {} jobs, redis SHUTDOWN + kill -9 (AOF always): lost {}, duplicate results {}, \
-         duplicate executions {}",
-        report.jobs,
-        report.lost.len(),
-        report.duplicate_results,
-        report.duplicate_executions
-    );
-    assert_eq!(
-        (report.lost.len(), report.duplicate_results),
-        (0, 0),
-        "{report:?}"
-    );
+    report.print("case 10, redis SHUTDOWN + kill -9 (AOF always)", "");
+    report.assert_nothing_lost();
     assert!(report.dead.is_empty());
 }
 
@@ -519,11 +516,7 @@ fn rpa_worker_dead_letters_what_is_not_its_json_as_malformed() {
     let _: () = server.conn().rpush(Q, &bad).unwrap();
     drain(&server, &scratch, 0);
     let report = check(&server, &scratch, &ids);
-    assert_eq!(
-        (report.lost.len(), report.duplicate_results),
-        (0, 0),
-        "{report:?}"
-    );
+    report.assert_nothing_lost();
     let dead: Vec<String> = server.conn().lrange(format!("{Q}:dead"), 0, -1).unwrap();
     assert_eq!(dead.len(), bad.len(), "{dead:?}");
     for record in &dead {
