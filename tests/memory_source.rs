@@ -156,3 +156,86 @@ fn retries_wait_while_other_jobs_run() {
         "a delayed retry is not lost by shutdown"
     );
 }
+
+/// An idle worker sleeps until a push rings for it. The fetch timeout is an hour, so a lost
+/// wake-up cannot be hidden by the worker looking again on its own: the job would not run.
+/// Each job is pushed after the previous one finished, after a pause that sweeps 0-60 us, so
+/// pushes land at every point of the worker's way to sleep: still spinning, registering as a
+/// sleeper, asleep.
+#[test]
+fn every_push_wakes_a_sleeping_worker() {
+    const JOBS: u64 = 3000;
+    let source: MemorySource<u64> = MemorySource::new();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<u64>();
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(1)
+        .fetch_timeout(Duration::from_secs(3600))
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, job: &u64| {
+                done_tx.send(*job).unwrap();
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    for job in 0..JOBS {
+        let pause = Duration::from_micros(job % 61);
+        let start = Instant::now();
+        while start.elapsed() < pause {
+            std::hint::spin_loop();
+        }
+        source.push(job);
+        let ran = done_rx.recv_timeout(PATIENCE);
+        assert_eq!(
+            ran,
+            Ok(job),
+            "job {job} of {JOBS} did not run: a lost wake-up"
+        );
+    }
+    assert_eq!(source.unfinished(), 0);
+    pool.shutdown();
+    pool.wait().unwrap();
+}
+
+/// A retry whose back-off has passed is taken before new jobs: it has already waited once.
+#[test]
+fn a_due_retry_runs_before_newer_jobs() {
+    let source: MemorySource<u32> = MemorySource::builder()
+        .max_attempts(2)
+        .retry_backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .unwrap();
+    let runs: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let r = runs.clone();
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(1)
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, job: &u32| {
+                let mut runs = r.lock();
+                runs.push(*job);
+                if *job == 0 && runs.len() == 1 {
+                    Err(JobError::retryable("once"))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    source.extend(0..5);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "all settled",
+        || source.unfinished() == 0,
+        || (pool.stats(), source.delayed(), runs.lock().clone()),
+    );
+    assert_eq!(*runs.lock(), vec![0, 0, 1, 2, 3, 4]);
+}
