@@ -65,6 +65,7 @@ impl QueueState {
     }
 
     /// Commits the calling worker to retiring if the queue has more workers than its target.
+    #[inline]
     pub(crate) fn try_retire(&self) -> bool {
         let mut alive = self.alive.load(Ordering::Acquire);
         loop {
@@ -207,10 +208,12 @@ impl PoolShared {
         self.ns_since_epoch(Instant::now())
     }
 
+    #[inline]
     pub(crate) fn ns_since_epoch(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    #[inline]
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }

@@ -69,6 +69,7 @@ pub(crate) struct Worker<'a> {
 
 impl Worker<'_> {
     /// Leaves the loop if the pool is stopping or the queue has a worker too many.
+    #[inline(always)]
     fn should_exit(&self) -> Option<ExitReason> {
         if self.pool.is_stopping() {
             Some(ExitReason::Shutdown)
@@ -166,7 +167,6 @@ where
         let backoff = w.pool.config.backoff;
         let mut consumer: Option<S::Consumer> = None;
         let mut state: Option<St> = None;
-        let mut since_init = 0u64;
         let mut init_failures = 0u32;
         let mut source_failures = 0u32;
         let mut timer = JobTimer::new();
@@ -174,7 +174,7 @@ where
             if let Some(reason) = w.should_exit() {
                 break reason;
             }
-            if consumer.is_none() {
+            let Some(consumer) = consumer.as_mut() else {
                 match self.source.consumer(&w.info) {
                     Ok(c) => consumer = Some(c),
                     Err(e) => {
@@ -182,16 +182,14 @@ where
                         let delay = backoff.delay(source_failures);
                         w.report(ErrorKind::Source, e.to_string(), delay);
                         w.pause(delay);
-                        continue;
                     }
                 }
-            }
-            let consumer = consumer.as_mut().expect("built above");
+                continue;
+            };
             let Some(st) = state.as_mut() else {
                 match catch_unwind(AssertUnwindSafe(|| (self.init)(&w.info))) {
                     Ok(Ok(s)) => {
                         state = Some(s);
-                        since_init = 0;
                         init_failures = 0;
                     }
                     Ok(Err(e)) => {
@@ -209,26 +207,70 @@ where
                 }
                 continue;
             };
-            let cx = FetchContext::new(
-                w.pool.config.fetch_timeout,
-                &w.queue.wake_rx,
-                &w.pool.stop_rx,
-                &w.pool.stopping,
-            );
-            let job = match consumer.fetch(&cx) {
-                Ok(Some(job)) => {
-                    source_failures = 0;
-                    job
-                }
-                Ok(None) => continue,
-                Err(e) => {
+            match self.serve(w, consumer, st, &mut timer, &mut source_failures) {
+                Served::Exit(reason) => break reason,
+                Served::StateSpent => drop_state(&mut state, w),
+                Served::SourceFailed(e) => {
                     source_failures += 1;
                     let delay = backoff.delay(source_failures);
                     w.report(ErrorKind::Source, e.to_string(), delay);
                     w.pause(delay);
-                    continue;
                 }
+            }
+        };
+        drop_state(&mut state, w);
+        drop(consumer);
+        exit
+    }
+}
+
+/// Why a worker left its job loop.
+enum Served {
+    /// The pool is stopping or the queue has a worker too many.
+    Exit(ExitReason),
+    /// The state must be rebuilt: a job panicked, or `recycle_after` jobs ran on it.
+    StateSpent,
+    /// The source failed to fetch.
+    SourceFailed(SourceError),
+}
+
+impl<S, St, E, I, X> QueueDef<S, St, I, X>
+where
+    S: JobSource,
+    St: 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    I: Fn(&WorkerInfo) -> Result<St, E> + Send + Sync + 'static,
+    X: Fn(&mut St, &S::Job) -> Result<S::Output, JobError> + Send + Sync + 'static,
+{
+    /// The hot loop: with a consumer and a state in hand, fetch, run and acknowledge jobs until
+    /// the worker must leave or its state must be rebuilt. Everything set up once per worker
+    /// stays out of it, so a no-op job costs little more than the channel hand-off.
+    fn serve(
+        &self,
+        w: &Worker<'_>,
+        consumer: &mut S::Consumer,
+        st: &mut St,
+        timer: &mut JobTimer,
+        source_failures: &mut u32,
+    ) -> Served {
+        let cx = FetchContext::new(
+            w.pool.config.fetch_timeout,
+            &w.queue.wake_rx,
+            &w.pool.stop_rx,
+            &w.pool.stopping,
+        );
+        let mut since_init = 0u64;
+        loop {
+            if let Some(reason) = w.should_exit() {
+                return Served::Exit(reason);
+            }
+            cx.rearm();
+            let job = match consumer.fetch(&cx) {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(e) => return Served::SourceFailed(e),
             };
+            *source_failures = 0;
 
             // An untimed job's start is stamped by the monitor within one tick (0 = unknown).
             let started = timer.next().then(Instant::now);
@@ -242,34 +284,35 @@ where
                 w.counters.record_time(took);
                 timer.saw(took);
             }
-            let outcome = match result {
+            let (outcome, spent) = match result {
                 Ok(Ok(output)) => {
                     w.counters.record(Ended::Ok);
-                    Ok(output)
+                    (Ok(output), false)
                 }
                 Ok(Err(e)) => {
                     w.counters.record(Ended::Failed);
-                    Err(e)
+                    (Err(e), false)
                 }
-                Err(p) => {
-                    w.counters.record(Ended::Panicked);
-                    let message = panic_message(&*p);
-                    w.report(ErrorKind::JobPanic, message.clone(), Duration::ZERO);
-                    // The state may be half-way through something: rebuild it.
-                    drop_state(&mut state, w);
-                    Err(JobError::panicked(message))
-                }
+                Err(p) => (Err(panicked(w, &*p)), true),
             };
             since_init += 1;
-            if self.recycle_after.is_some_and(|n| since_init >= n) {
-                drop_state(&mut state, w);
-            }
             acknowledge(consumer, job, outcome, w);
-        };
-        drop_state(&mut state, w);
-        drop(consumer);
-        exit
+            // The state may be half-way through something after a panic: rebuild it.
+            if spent || self.recycle_after.is_some_and(|n| since_init >= n) {
+                return Served::StateSpent;
+            }
+        }
     }
+}
+
+/// Counts and reports a job's panic; the job is reported failed to its source.
+#[cold]
+#[inline(never)]
+fn panicked(w: &Worker<'_>, payload: &(dyn Any + Send)) -> JobError {
+    w.counters.record(Ended::Panicked);
+    let message = panic_message(payload);
+    w.report(ErrorKind::JobPanic, message.clone(), Duration::ZERO);
+    JobError::panicked(message)
 }
 
 /// Hands the outcome to the source. The common case is one call that succeeds; retrying is

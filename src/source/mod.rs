@@ -181,6 +181,7 @@ pub struct FetchContext<'a> {
 }
 
 impl<'a> FetchContext<'a> {
+    #[inline]
     pub(crate) fn new(
         timeout: Duration,
         wake: &'a Receiver<()>,
@@ -196,8 +197,15 @@ impl<'a> FetchContext<'a> {
         }
     }
 
+    /// Starts a new fetch: the deadline is taken again, lazily, on its first use.
+    #[inline(always)]
+    pub(crate) fn rearm(&self) {
+        self.deadline.set(None);
+    }
+
     /// When the fetch should give up and return `Ok(None)`: the pool's `fetch_timeout` after
     /// the first call.
+    #[inline]
     pub fn deadline(&self) -> Instant {
         match self.deadline.get() {
             Some(d) => d,
@@ -210,12 +218,14 @@ impl<'a> FetchContext<'a> {
     }
 
     /// Time left until the deadline (zero once it has passed).
+    #[inline]
     pub fn remaining(&self) -> Duration {
         self.deadline().saturating_duration_since(Instant::now())
     }
 
     /// Whether the pool is shutting down, in which case the fetch should return `Ok(None)` as
     /// soon as it can.
+    #[inline]
     pub fn is_interrupted(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
