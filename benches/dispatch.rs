@@ -2,6 +2,10 @@
 //! in the same run: bare worker threads draining a crossbeam channel (the floor), the
 //! `threadpool` crate, and `rayon` (`spawn` in a scope).
 //!
+//! Every peer stays running across its samples, and after criterion's groups the same rounds
+//! run interleaved (each peer in turn, order rotating) and print medians and ratios: on a shared
+//! two-core machine that table drifts less than groups measured one after another.
+//!
 //! `cargo bench --bench dispatch`
 
 use std::convert::Infallible;
@@ -21,6 +25,13 @@ fn work(job: Option<Duration>) {
     }
     black_box(());
 }
+
+/// The floor's job: the same value in a type of its own, so that crossbeam's channel code is
+/// compiled for the floor alone, as in a program that has only the floor. Sharing one
+/// instantiation with threadtide's (whose source also uses a channel of the job type) would
+/// let threadtide's uses change how the compiler inlines the floor's receive loop.
+#[derive(Clone, Copy)]
+struct FloorJob(Option<Duration>);
 
 /// Counts finished jobs; the job that reaches the target wakes the waiting producer. Every
 /// peer uses it, so the producer blocks instead of spinning on a core the workers need (the
@@ -59,30 +70,138 @@ impl Done {
     }
 }
 
-fn threadtide_pool(
-    threads: usize,
-    done: Arc<Done>,
-) -> (ThreadPoolManager, MemorySource<Option<Duration>>) {
-    let source: MemorySource<Option<Duration>> = MemorySource::new();
-    let queue = Queue::new(
-        "bench",
-        source.clone(),
-        |_| Ok::<_, Infallible>(()),
-        move |_, job: &Option<Duration>| {
-            work(*job);
-            done.one();
-            Ok(())
-        },
-    )
-    .min_threads(threads);
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(threads)
-        .max_total_threads(threads)
-        .add_queue(queue)
-        .build()
-        .unwrap();
-    pool.start().unwrap();
-    (pool, source)
+/// One peer, running: its threads live across rounds, so criterion's samples and the
+/// interleaved rounds measure the same thing.
+enum Rig {
+    Floor {
+        tx: crossbeam_channel::Sender<FloorJob>,
+        done: Arc<Done>,
+        workers: Vec<thread::JoinHandle<()>>,
+    },
+    Threadtide {
+        pool: ThreadPoolManager,
+        source: MemorySource<Option<Duration>>,
+        done: Arc<Done>,
+    },
+    Threadpool {
+        pool: threadpool::ThreadPool,
+        done: Arc<Done>,
+    },
+    Rayon {
+        pool: rayon::ThreadPool,
+    },
+}
+
+const PEERS: [&str; 4] = ["floor-crossbeam", "threadtide", "threadpool", "rayon-scope"];
+
+impl Rig {
+    fn start(peer: &str, threads: usize) -> Rig {
+        let done = Done::new();
+        match peer {
+            "floor-crossbeam" => {
+                let (tx, rx) = crossbeam_channel::unbounded::<FloorJob>();
+                let workers = (0..threads)
+                    .map(|_| {
+                        let (rx, done) = (rx.clone(), done.clone());
+                        thread::spawn(move || {
+                            for FloorJob(job) in rx {
+                                work(job);
+                                done.one();
+                            }
+                        })
+                    })
+                    .collect();
+                Rig::Floor { tx, done, workers }
+            }
+            "threadtide" => {
+                let source: MemorySource<Option<Duration>> = MemorySource::new();
+                let d = done.clone();
+                let queue = Queue::new(
+                    "bench",
+                    source.clone(),
+                    |_| Ok::<_, Infallible>(()),
+                    move |_, job: &Option<Duration>| {
+                        work(*job);
+                        d.one();
+                        Ok(())
+                    },
+                )
+                .min_threads(threads);
+                let pool = ThreadPoolManager::builder()
+                    .max_threads_per_type(threads)
+                    .max_total_threads(threads)
+                    .add_queue(queue)
+                    .build()
+                    .unwrap();
+                pool.start().unwrap();
+                wait_for_workers(&pool, threads);
+                Rig::Threadtide { pool, source, done }
+            }
+            "threadpool" => Rig::Threadpool {
+                pool: threadpool::ThreadPool::new(threads),
+                done,
+            },
+            "rayon-scope" => Rig::Rayon {
+                pool: rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap(),
+            },
+            _ => unreachable!("unknown peer {peer}"),
+        }
+    }
+
+    /// Submits `jobs` copies of `job` and returns once all have run.
+    fn round(&self, jobs: usize, job: Option<Duration>) -> Duration {
+        let start = Instant::now();
+        match self {
+            Rig::Floor { tx, done, .. } => done.round(jobs, || {
+                for _ in 0..jobs {
+                    tx.send(FloorJob(job)).unwrap();
+                }
+            }),
+            Rig::Threadtide { source, done, .. } => done.round(jobs, || {
+                for _ in 0..jobs {
+                    source.push(job);
+                }
+            }),
+            Rig::Threadpool { pool, done } => done.round(jobs, || {
+                for _ in 0..jobs {
+                    let done = done.clone();
+                    pool.execute(move || {
+                        work(job);
+                        done.one();
+                    });
+                }
+            }),
+            Rig::Rayon { pool } => pool.scope(|s| {
+                for _ in 0..jobs {
+                    s.spawn(move |_| work(job));
+                }
+            }),
+        }
+        start.elapsed()
+    }
+
+    fn stop(self) {
+        match self {
+            Rig::Floor { tx, workers, .. } => {
+                drop(tx);
+                workers.into_iter().for_each(|w| w.join().unwrap());
+            }
+            Rig::Threadtide { pool, .. } => {
+                pool.shutdown();
+                pool.wait().unwrap();
+            }
+            Rig::Threadpool { pool, .. } => pool.join(),
+            Rig::Rayon { .. } => {}
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn bench(c: &mut Criterion) {
@@ -90,104 +209,64 @@ fn bench(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(4));
     group.sample_size(30);
+    let mut interleaved = Vec::new();
     for threads in [2usize, 8] {
         for (label, job, jobs) in [
             ("noop", None, 20_000usize),
             ("1ms", Some(Duration::from_millis(1)), 8 * threads),
         ] {
             group.throughput(Throughput::Elements(jobs as u64));
-            let id = |peer: &str| BenchmarkId::new(format!("{label}/{peer}"), threads);
-
-            group.bench_function(id("floor-crossbeam"), |b| {
-                let done = Done::new();
-                let (tx, rx) = crossbeam_channel::unbounded::<Option<Duration>>();
-                let workers: Vec<_> = (0..threads)
-                    .map(|_| {
-                        let (rx, done) = (rx.clone(), done.clone());
-                        thread::spawn(move || {
-                            for job in rx {
-                                work(job);
-                                done.one();
-                            }
-                        })
-                    })
-                    .collect();
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        done.round(jobs, || {
-                            for _ in 0..jobs {
-                                tx.send(job).unwrap();
-                            }
-                        });
-                    }
-                    start.elapsed()
+            let rigs: Vec<Rig> = PEERS.iter().map(|p| Rig::start(p, threads)).collect();
+            for (peer, rig) in PEERS.iter().zip(&rigs) {
+                let id = BenchmarkId::new(format!("{label}/{peer}"), threads);
+                group.bench_function(id, |b| {
+                    b.iter_custom(|iters| (0..iters).map(|_| rig.round(jobs, job)).sum())
                 });
-                drop(tx);
-                workers.into_iter().for_each(|w| w.join().unwrap());
-            });
-
-            group.bench_function(id("threadtide"), |b| {
-                let done = Done::new();
-                let (pool, source) = threadtide_pool(threads, done.clone());
-                wait_for_workers(&pool, threads);
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        done.round(jobs, || {
-                            for _ in 0..jobs {
-                                source.push(job);
-                            }
-                        });
-                    }
-                    start.elapsed()
-                });
-                pool.shutdown();
-                pool.wait().unwrap();
-            });
-
-            group.bench_function(id("threadpool"), |b| {
-                let done = Done::new();
-                let pool = threadpool::ThreadPool::new(threads);
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        done.round(jobs, || {
-                            for _ in 0..jobs {
-                                let done = done.clone();
-                                pool.execute(move || {
-                                    work(job);
-                                    done.one();
-                                });
-                            }
-                        });
-                    }
-                    start.elapsed()
-                });
-                pool.join();
-            });
-
-            group.bench_function(id("rayon-scope"), |b| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        pool.scope(|s| {
-                            for _ in 0..jobs {
-                                s.spawn(move |_| work(job));
-                            }
-                        });
-                    }
-                    start.elapsed()
-                });
-            });
+            }
+            // The same rounds interleaved (A B C D, B C D A, ...), so that drift of a shared
+            // machine hits every peer alike: the ratios to read.
+            let mut ns: Vec<Vec<f64>> = vec![Vec::new(); rigs.len()];
+            for r in 0..INTERLEAVED_ROUNDS {
+                for k in 0..rigs.len() {
+                    let i = (r + k) % rigs.len();
+                    ns[i].push(rigs[i].round(jobs, job).as_nanos() as f64 / jobs as f64);
+                }
+            }
+            interleaved.push((
+                label,
+                threads,
+                ns.into_iter().map(median).collect::<Vec<_>>(),
+            ));
+            rigs.into_iter().for_each(Rig::stop);
         }
     }
     group.finish();
+    println!("\nInterleaved rounds (median of {INTERLEAVED_ROUNDS}), ns per job:");
+    println!(
+        "  {:<5} {:>7}  {:>15}  {:>10}  {:>10}  {:>11}  {:>16}  {:>21}",
+        "jobs",
+        "threads",
+        PEERS[0],
+        PEERS[1],
+        PEERS[2],
+        PEERS[3],
+        "threadtide/floor",
+        "threadpool/threadtide"
+    );
+    for (label, threads, m) in interleaved {
+        println!(
+            "  {label:<5} {threads:>7}  {:>15.1}  {:>10.1}  {:>10.1}  {:>11.1}  {:>15.2}x  {:>20.2}x",
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[1] / m[0],
+            m[2] / m[1]
+        );
+    }
 }
+
+const INTERLEAVED_ROUNDS: usize = 41;
 
 fn wait_for_workers(pool: &ThreadPoolManager, threads: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
