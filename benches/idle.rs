@@ -63,16 +63,22 @@ fn measure(name: &str, pool: ThreadPoolManager, redis: Option<&server::RedisServ
 
 fn main() {
     // `cargo bench` passes --bench; nothing to parse.
-    let memory = |name: &str| {
+    let memory = |name: &str, min: usize| {
         let source: MemorySource<u32> = MemorySource::new();
-        Queue::new(name, source, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+        Queue::new(name, source, |_| Ok::<_, Infallible>(()), |_, _| Ok(())).min_threads(min)
     };
-    let pool = ThreadPoolManager::builder()
-        .add_queue(memory("conferencia"))
-        .add_queue(memory("emissao"))
-        .build()
-        .unwrap();
-    measure("memory, 2 queues, 0 workers", pool, None);
+    for min in [0, 1] {
+        let pool = ThreadPoolManager::builder()
+            .add_queue(memory("conferencia", min))
+            .add_queue(memory("emissao", min))
+            .build()
+            .unwrap();
+        measure(
+            &format!("memory, 2 queues, {min} idle worker(s) each"),
+            pool,
+            None,
+        );
+    }
 
     let redis = server::RedisServer::start();
     let queue = |name: &str, key: &str, min: usize| {
