@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -16,7 +16,9 @@ use redis::Commands;
 use support::proxy::Proxy;
 use support::redis::RedisServer;
 use support::{Gate, PATIENCE, wait_until};
-use threadtide::{JobError, RedisSource, RedisSourceBuilder, ThreadPoolManager, WaitError};
+use threadtide::{
+    JobError, RedisSource, RedisSourceBuilder, ShutdownHandle, ThreadPoolManager, WaitError,
+};
 
 const Q: &str = "fila:conferencia";
 const RESULTS: &str = "fila:resultados";
@@ -786,4 +788,61 @@ fn case_12_a_silent_network_and_connection_resets_lose_nothing() {
     assert_eq!(t.lost(&all), Vec::<String>::new());
     assert_eq!(t.duplicate_results(), 0);
     assert!(t.dead.is_empty(), "{:?}", t.dead);
+}
+
+/// Calls of one command so far, from `INFO commandstats`.
+fn calls_of(conn: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// While the queue is busy, a worker's acknowledgement also takes its next job (one round trip
+/// per job, not two); a worker that leaves before starting that job puts it back at the head of
+/// the queue exactly as it was: no run counted.
+#[test]
+fn an_ack_takes_the_next_job_and_a_leaving_worker_puts_it_back_unrun() {
+    let server = RedisServer::start();
+    let source = source(&server).build().unwrap();
+    let all = ids("n", 100);
+    source.push(&all).unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let handle: Arc<OnceLock<ShutdownHandle>> = Arc::default();
+    let h = handle.clone();
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(1)
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, id: &String| {
+                r.record(id);
+                if id == "n49" {
+                    h.get().expect("set before start").shutdown();
+                }
+                Ok(id.clone().into_bytes())
+            },
+        )
+        .build()
+        .unwrap();
+    assert!(handle.set(pool.shutdown_handle()).is_ok());
+    let mut conn = server.conn();
+    let blmoves_before = calls_of(&mut conn, "blmove");
+    pool.start().unwrap();
+    pool.wait().unwrap();
+    let blmoves = calls_of(&mut conn, "blmove") - blmoves_before;
+    let t = Tally::read(&server);
+    assert_eq!((t.results.len(), t.processing), (50, 0), "{t:?}");
+    assert_eq!(runs.duplicates(), 0);
+    assert!(
+        blmoves <= 1,
+        "{blmoves} BLMOVEs for 50 jobs: acks did not take the next"
+    );
+    // n50 was taken by n49's acknowledgement, then put back untouched when the worker left.
+    let queue: Vec<String> = conn.lrange(Q, 0, -1).unwrap();
+    assert_eq!(queue, all[50..]);
 }

@@ -37,6 +37,8 @@ pub struct RedisConsumer<J> {
     /// whose reply was lost). Look there before fetching anew.
     check_own: bool,
     in_hand: Option<InHand>,
+    /// The next job, moved into our processing list by the last acknowledgement.
+    taken_next: Option<Vec<u8>>,
 }
 
 impl<J> fmt::Debug for RedisConsumer<J> {
@@ -49,21 +51,24 @@ impl<J> fmt::Debug for RedisConsumer<J> {
 }
 
 /// Puts a worker's jobs back at the head of the queue and deregisters it (atomically).
+/// `unstarted` is a job the worker took but never ran: it goes back without a run counted.
 pub(crate) fn release<J>(
     shared: &Shared<J>,
     conn: &mut Connection,
     wid: &str,
+    unstarted: Option<&[u8]>,
 ) -> Result<usize, SourceError> {
     let k = &shared.keys;
-    shared
-        .scripts
-        .release
-        .key(&k.workers)
+    let mut inv = shared.scripts.release.prepare_invoke();
+    inv.key(&k.workers)
         .key(format!("{}{wid}", k.processing_prefix))
         .key(&k.queue)
         .key(&k.retired)
-        .arg(wid)
-        .invoke(conn)
+        .arg(wid);
+    if let Some(entry) = unstarted {
+        inv.arg(entry);
+    }
+    inv.invoke(conn)
         .map_err(|e| redis_error("cannot release a worker's jobs", e))
 }
 
@@ -83,6 +88,7 @@ impl<J> RedisConsumer<J> {
             registered: false,
             check_own: true,
             in_hand: None,
+            taken_next: None,
         }
     }
 
@@ -216,7 +222,9 @@ impl<J> RedisConsumer<J> {
         };
         inv.key(&*processing).key(&k.workers);
         match which {
-            Settle::Ack => inv.key(k.results.as_deref().unwrap_or(&k.dead)),
+            Settle::Ack => inv
+                .key(k.results.as_deref().unwrap_or(&k.dead))
+                .key(&k.queue),
             Settle::Retry => inv.key(&k.delayed),
             Settle::Dead => inv.key(&k.dead),
         };
@@ -226,12 +234,13 @@ impl<J> RedisConsumer<J> {
             Settle::Retry => inv.arg(delay_ms),
             Settle::Dead => &mut inv,
         };
-        let result: redis::RedisResult<(i64, u64)> = inv.invoke(conn);
+        let result: redis::RedisResult<(i64, u64, Option<Vec<u8>>)> = inv.invoke(conn);
         match result {
-            Ok((code, left)) => {
+            Ok((code, left, next)) => {
                 if left > 0 {
                     self.check_own = true;
                 }
+                self.taken_next = next;
                 Ok(code)
             }
             Err(e) => {
@@ -314,7 +323,13 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 return Ok(None);
             }
             let block = remaining.min(self.shared.block);
-            let (checked_own, entry) = self.take_entry(block)?;
+            // A job the last acknowledgement took is ours unless the keeper found us reaped
+            // since: the reaper then put it back in the queue.
+            let taken = self.taken_next.take().filter(|_| !self.state.is_fenced());
+            let (checked_own, entry) = match taken {
+                Some(entry) => (false, Some(entry)),
+                None => self.take_entry(block)?,
+            };
             let Some(entry) = entry else {
                 if checked_own {
                     continue; // nothing left behind: now fetch from the queue
@@ -413,7 +428,9 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
 
 impl<J> Drop for RedisConsumer<J> {
     /// Deregisters the worker. A job still held (its completion failed while stopping) goes
-    /// back to the queue; if Redis cannot be reached the reaper recovers it after the TTL.
+    /// back to the queue, and so does one taken by the last acknowledgement but not started
+    /// (without a run counted); if Redis cannot be reached the reaper recovers them after the
+    /// TTL.
     fn drop(&mut self) {
         self.shared.slots.lock().remove(&self.slot);
         if !self.registered {
@@ -423,8 +440,14 @@ impl<J> Drop for RedisConsumer<J> {
             Some(c) => Ok(c),
             None => self.shared.connect(),
         };
-        match conn.and_then(|mut c| release(&self.shared, &mut c, &self.wid)) {
+        let unstarted = self.taken_next.take();
+        let released =
+            conn.and_then(|mut c| release(&self.shared, &mut c, &self.wid, unstarted.as_deref()));
+        match released {
             Ok(0) => {}
+            Ok(1) if unstarted.is_some() => {
+                log::debug!("{}: put its next job back on exit", self.thread)
+            }
             Ok(n) => log::warn!("{}: put {n} unfinished job(s) back on exit", self.thread),
             Err(e) => log::warn!(
                 "{}: could not deregister ({e}); the reaper will recover its jobs",

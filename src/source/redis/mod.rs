@@ -286,6 +286,11 @@ pub struct RedisStats {
 /// A [`JobSource`] on a Redis list that producers fill with `RPUSH`: at-least-once delivery,
 /// retries with back-off, a dead-letter list, recovery of jobs from dead workers.
 ///
+/// Each worker moves a job into a processing list of its own (`BLMOVE`) and settles it with
+/// one script; while the queue is busy that script also moves the worker's next job, so a job
+/// costs one round trip and a worker never holds more than one (the design and the fault
+/// tests: `docs/RELIABILITY.md`).
+///
 /// Built with [`RedisSource::builder`]. Cloning gives another handle on the same source.
 ///
 /// # Examples
@@ -496,7 +501,7 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
         }
         self.shared.with_conn(|conn| {
             busy.iter()
-                .map(|wid| consumer::release(&self.shared, conn, wid))
+                .map(|wid| consumer::release(&self.shared, conn, wid, None))
                 .sum()
         })
     }

@@ -31,15 +31,19 @@ pub(crate) struct Scripts {
     /// KEYS: workers. ARGV: wids. Refreshes the live ones; returns those no longer registered
     /// (reaped: they are fenced).
     pub(crate) heartbeat: Script,
-    /// KEYS: processing, workers, results. ARGV: wid, entry, result, push ("1"/"0").
-    /// Returns {code, entries left in processing}: code -1 fenced (refused), 0 not in
+    /// KEYS: processing, workers, results, queue. ARGV: wid, entry, result, push ("1"/"0").
+    /// Returns {code, entries left in processing, next}: code -1 fenced (refused), 0 not in
     /// processing (already done), 1 acknowledged. Entries left over mean a stale `BLMOVE`
-    /// (from a connection given up on) put a job there: the worker takes it next.
+    /// (from a connection given up on) put a job there: the worker takes it next. Otherwise,
+    /// once acknowledged, the script moves the queue's next job into the processing list and
+    /// returns it (`next`, else nil): one round trip per job while the queue is busy, and the
+    /// worker still holds one job at a time.
     pub(crate) ack: Script,
     /// KEYS: processing, workers, delayed. ARGV: wid, entry, new entry, delay ms. Returns as
-    /// `ack`.
+    /// `ack`, `next` always nil.
     pub(crate) retry: Script,
-    /// KEYS: processing, workers, dead. ARGV: wid, entry, record. Returns as `ack`.
+    /// KEYS: processing, workers, dead. ARGV: wid, entry, record. Returns as `ack`, `next`
+    /// always nil.
     pub(crate) dead: Script,
     /// KEYS: delayed, queue. ARGV: limit, to head ("1"/"0"). Moves due retries back.
     pub(crate) promote: Script,
@@ -50,9 +54,10 @@ pub(crate) struct Scripts {
     /// still move a job there after it was reaped; such jobs are requeued too. Retired workers
     /// are forgotten after the grace period. Returns {workers reaped, jobs requeued}.
     pub(crate) reap: Script,
-    /// KEYS: workers, processing, queue, retired. ARGV: wid. Puts the worker's jobs back at the
-    /// head of the queue (one more run each), deregisters it and records it as retired.
-    /// Returns the number of jobs.
+    /// KEYS: workers, processing, queue, retired. ARGV: wid, and optionally an entry the worker
+    /// took but never started (taken by `ack`). Puts the worker's jobs back at the head of the
+    /// queue, one more run each except the unstarted one, deregisters the worker and records
+    /// it as retired. Returns the number of jobs.
     pub(crate) release: Script,
     /// KEYS: queue, delayed, dead, workers, retired. ARGV: processing key prefix.
     /// Returns {ready, delayed, dead, processing, workers}.
@@ -79,26 +84,28 @@ return fenced
             ),
             ack: script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0} end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1])} end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0, false} end
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1]), false} end
 if ARGV[4] == '1' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
-return {1, redis.call('LLEN', KEYS[1])}
+local left = redis.call('LLEN', KEYS[1])
+if left > 0 then return {1, left, false} end
+return {1, 0, redis.call('LMOVE', KEYS[4], KEYS[1], 'LEFT', 'LEFT')}
 "#,
             ),
             retry: script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0} end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1])} end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0, false} end
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1]), false} end
 redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[4]), ARGV[3])
-return {1, redis.call('LLEN', KEYS[1])}
+return {1, redis.call('LLEN', KEYS[1]), false}
 "#,
             ),
             dead: script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0} end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1])} end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0, false} end
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1]), false} end
 redis.call('RPUSH', KEYS[3], ARGV[3])
-return {1, redis.call('LLEN', KEYS[1])}
+return {1, redis.call('LLEN', KEYS[1]), false}
 "#,
             ),
             promote: script(
@@ -141,6 +148,10 @@ return {#dead, jobs}
             release: script(
                 r#"
 local jobs = 0
+if ARGV[2] and redis.call('LREM', KEYS[2], 1, ARGV[2]) == 1 then
+  redis.call('LPUSH', KEYS[3], ARGV[2])
+  jobs = 1
+end
 while true do
   local v = redis.call('RPOP', KEYS[2])
   if not v then break end
