@@ -169,6 +169,8 @@ where
         let mut state: Option<St> = None;
         let mut init_failures = 0u32;
         let mut source_failures = 0u32;
+        // Jobs run on the current state, for `recycle_after`.
+        let mut since_init = 0u64;
         let mut timer = JobTimer::new();
         let exit = loop {
             if let Some(reason) = w.should_exit() {
@@ -190,6 +192,7 @@ where
                 match catch_unwind(AssertUnwindSafe(|| (self.init)(&w.info))) {
                     Ok(Ok(s)) => {
                         state = Some(s);
+                        since_init = 0;
                         init_failures = 0;
                     }
                     Ok(Err(e)) => {
@@ -207,7 +210,12 @@ where
                 }
                 continue;
             };
-            match self.serve(w, consumer, st, &mut timer, &mut source_failures) {
+            let counts = Counts {
+                timer: &mut timer,
+                since_init: &mut since_init,
+                source_failures: &mut source_failures,
+            };
+            match self.serve(w, consumer, st, counts) {
                 Served::Exit(reason) => break reason,
                 Served::StateSpent => drop_state(&mut state, w),
                 Served::SourceFailed(e) => {
@@ -222,6 +230,13 @@ where
         drop(consumer);
         exit
     }
+}
+
+/// What the job loop keeps across its runs: a source error leaves `serve` but keeps the state.
+struct Counts<'a> {
+    timer: &'a mut JobTimer,
+    since_init: &'a mut u64,
+    source_failures: &'a mut u32,
 }
 
 /// Why a worker left its job loop.
@@ -250,16 +265,19 @@ where
         w: &Worker<'_>,
         consumer: &mut S::Consumer,
         st: &mut St,
-        timer: &mut JobTimer,
-        source_failures: &mut u32,
+        counts: Counts<'_>,
     ) -> Served {
+        let Counts {
+            timer,
+            since_init,
+            source_failures,
+        } = counts;
         let cx = FetchContext::new(
             w.pool.config.fetch_timeout,
             &w.queue.wake_rx,
             &w.pool.stop_rx,
             &w.pool.stopping,
         );
-        let mut since_init = 0u64;
         loop {
             if let Some(reason) = w.should_exit() {
                 return Served::Exit(reason);
@@ -295,10 +313,10 @@ where
                 }
                 Err(p) => (Err(panicked(w, &*p)), true),
             };
-            since_init += 1;
+            *since_init += 1;
             acknowledge(consumer, job, outcome, w);
             // The state may be half-way through something after a panic: rebuild it.
-            if spent || self.recycle_after.is_some_and(|n| since_init >= n) {
+            if spent || self.recycle_after.is_some_and(|n| *since_init >= n) {
                 return Served::StateSpent;
             }
         }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use support::{Census, PATIENCE, Recorder, wait_until};
-use threadtide::{ErrorKind, MemorySource, Queue, ThreadPoolManager};
+use threadtide::{
+    Consumer, ErrorKind, FetchContext, JobError, JobSource, MemorySource, Queue, SourceError,
+    ThreadPoolManager, Unacked, WorkerInfo,
+};
 
 #[test]
 fn state_is_built_once_per_worker_and_kept_across_jobs() {
@@ -78,6 +81,98 @@ fn recycle_after_rebuilds_the_state() {
     pool.shutdown();
     pool.wait().unwrap();
     // Jobs 1-10, 11-20, 21-30 each end a state; 31-35 use a fourth.
+    assert_eq!(states.built(), 4);
+    assert_eq!(states.live(), 0);
+}
+
+/// A memory source whose consumers fail every `every`-th fetch.
+#[derive(Clone)]
+struct Flaky {
+    inner: MemorySource<u32>,
+    every: u32,
+}
+
+struct FlakyConsumer {
+    inner: <MemorySource<u32> as JobSource>::Consumer,
+    every: u32,
+    fetches: u32,
+}
+
+impl JobSource for Flaky {
+    type Job = u32;
+    type Output = ();
+    type Consumer = FlakyConsumer;
+
+    fn backlog(&self) -> Result<usize, SourceError> {
+        self.inner.backlog()
+    }
+
+    fn consumer(&self, worker: &WorkerInfo) -> Result<FlakyConsumer, SourceError> {
+        Ok(FlakyConsumer {
+            inner: self.inner.consumer(worker)?,
+            every: self.every,
+            fetches: 0,
+        })
+    }
+}
+
+impl Consumer for FlakyConsumer {
+    type Job = u32;
+    type Output = ();
+
+    fn fetch(&mut self, cx: &FetchContext<'_>) -> Result<Option<u32>, SourceError> {
+        self.fetches += 1;
+        if self.fetches % self.every == 0 {
+            return Err(SourceError::new("connection reset"));
+        }
+        self.inner.fetch(cx)
+    }
+
+    fn complete(
+        &mut self,
+        job: u32,
+        outcome: Result<(), JobError>,
+    ) -> Result<(), Unacked<u32, ()>> {
+        self.inner.complete(job, outcome)
+    }
+}
+
+/// A source error between jobs keeps the worker's state, and its jobs still count towards
+/// `recycle_after`.
+#[test]
+fn recycle_after_counts_jobs_across_source_errors() {
+    let memory: MemorySource<u32> = MemorySource::new();
+    let source = Flaky {
+        inner: memory.clone(),
+        every: 4,
+    };
+    let states = Census::default();
+    let c = states.clone();
+    let queue = Queue::new(
+        "q",
+        source,
+        move |_| Ok::<_, std::convert::Infallible>(c.enter()),
+        |_, _| Ok(()),
+    )
+    .recycle_after(10);
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(1)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .add_queue(queue)
+        .build()
+        .unwrap();
+    memory.extend(0..35);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "jobs done",
+        || memory.unfinished() == 0,
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    assert!(pool.stats().total.source_errors >= 10, "{:?}", pool.stats());
+    // As without errors: jobs 1-10, 11-20, 21-30 each end a state; 31-35 use a fourth.
     assert_eq!(states.built(), 4);
     assert_eq!(states.live(), 0);
 }
