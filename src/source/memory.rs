@@ -184,15 +184,19 @@ impl<T, O> Shared<T, O> {
             .saturating_sub(settled)
     }
 
+    /// Takes one sleeper's registration back; false when none is left.
+    fn take_registration(&self) -> bool {
+        self.sleepers
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// Wakes one sleeping consumer, if one is still registered.
     #[cold]
     #[inline(never)]
     fn ring(&self) {
-        let owed = self
-            .sleepers
-            .0
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if owed.is_ok() {
+        if self.take_registration() {
             // The receiver lives in `self`, so the channel is never disconnected.
             let _ = self.bell_tx.send(());
         }
@@ -201,10 +205,7 @@ impl<T, O> Shared<T, O> {
     /// A consumer that registered as a sleeper leaves without a bell. When the count is already
     /// 0, a bell was rung for it and stays unanswered: the next sleeper wakes once for nothing.
     fn unregister_sleeper(&self) {
-        let _ = self
-            .sleepers
-            .0
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        self.take_registration();
     }
 
     fn ready(&self) -> usize {
