@@ -122,7 +122,7 @@ impl Consumer for FlakyConsumer {
 
     fn fetch(&mut self, cx: &FetchContext<'_>) -> Result<Option<u32>, SourceError> {
         self.fetches += 1;
-        if self.fetches % self.every == 0 {
+        if self.fetches.is_multiple_of(self.every) {
             return Err(SourceError::new("connection reset"));
         }
         self.inner.fetch(cx)
