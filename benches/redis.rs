@@ -39,16 +39,6 @@ fn push_round(conn: &mut redis::Connection, queue: &str) {
     }
 }
 
-fn commands(conn: &mut redis::Connection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Calls per job of each command in one round, without the bench's own INFO and DEL and the
 /// producer's RPUSH (one per 500 jobs). Commands run inside scripts count too (commandstats
 /// counts them): `evalsha` is the round trip, `zscore`/`lrem`/`rpush`/`llen` its insides.
@@ -243,9 +233,13 @@ fn bench(c: &mut Criterion) {
             Rig::threadtide(&server, workers),
         ];
         for rig in &rigs {
-            let before = commands(&mut conn);
+            let before = server::command_calls(&mut conn);
             rig.round(&mut conn);
-            calls.push((rig.name, workers, per_job(&before, &commands(&mut conn))));
+            calls.push((
+                rig.name,
+                workers,
+                per_job(&before, &server::command_calls(&mut conn)),
+            ));
             group.bench_function(BenchmarkId::new(rig.name, workers), |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| rig.round(&mut conn)).sum())
             });

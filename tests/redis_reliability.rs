@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::Commands;
 use support::proxy::Proxy;
-use support::redis::RedisServer;
+use support::redis::{RedisServer, command_calls};
 use support::{Gate, PATIENCE, wait_until};
 use threadtide::{
     JobError, RedisSource, RedisSourceBuilder, ShutdownHandle, ThreadPoolManager, WaitError,
@@ -790,16 +790,6 @@ fn case_12_a_silent_network_and_connection_resets_lose_nothing() {
     assert!(t.dead.is_empty(), "{:?}", t.dead);
 }
 
-/// Calls of one command so far, from `INFO commandstats`.
-fn calls_of(conn: &mut redis::Connection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 /// While the queue is busy, a worker's acknowledgement also takes its next job (one round trip
 /// per job, not two); a worker that leaves before starting that job puts it back at the head of
 /// the queue exactly as it was: no run counted.
@@ -831,10 +821,11 @@ fn an_ack_takes_the_next_job_and_a_leaving_worker_puts_it_back_unrun() {
         .unwrap();
     assert!(handle.set(pool.shutdown_handle()).is_ok());
     let mut conn = server.conn();
-    let blmoves_before = calls_of(&mut conn, "blmove");
+    let blmoves = |conn: &mut redis::Connection| command_calls(conn).get("blmove").copied();
+    let blmoves_before = blmoves(&mut conn).unwrap_or(0);
     pool.start().unwrap();
     pool.wait().unwrap();
-    let blmoves = calls_of(&mut conn, "blmove") - blmoves_before;
+    let blmoves = blmoves(&mut conn).unwrap_or(0) - blmoves_before;
     let t = Tally::read(&server);
     assert_eq!((t.results.len(), t.processing), (50, 0), "{t:?}");
     assert_eq!(runs.duplicates(), 0);

@@ -1,6 +1,7 @@
 //! A real `redis-server` per test: free loopback port, its own directory, bounded start-up
 //! wait, log printed when the test fails, killed (and the directory removed) on drop.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -178,4 +179,16 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Calls of every command the server has run so far, from `INFO commandstats` (commands run
+/// inside scripts count too).
+pub fn command_calls(conn: &mut redis::Connection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
 }
