@@ -81,6 +81,14 @@ pub enum StartError {
     ShutDown,
     /// The operating system refused to spawn a thread.
     Spawn(io::Error),
+    /// A queue's source refused to open (see [`JobSource::open`](crate::JobSource::open)):
+    /// an error that retrying cannot fix, such as a wrong password or a missing permission.
+    Source {
+        /// The queue whose source failed.
+        queue: String,
+        /// What the source said.
+        error: SourceError,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -89,6 +97,9 @@ impl fmt::Display for StartError {
             StartError::AlreadyStarted => f.write_str("pool already started"),
             StartError::ShutDown => f.write_str("pool was shut down before it started"),
             StartError::Spawn(_) => f.write_str("failed to spawn a pool thread"),
+            StartError::Source { queue, error } => {
+                write!(f, "queue {queue}: the job source cannot start: {error}")
+            }
         }
     }
 }
@@ -97,6 +108,7 @@ impl Error for StartError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             StartError::Spawn(e) => Some(e),
+            StartError::Source { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -156,6 +168,7 @@ impl Error for WaitError {}
 pub struct SourceError {
     message: String,
     source: Option<BoxError>,
+    permanent: bool,
 }
 
 impl SourceError {
@@ -164,6 +177,7 @@ impl SourceError {
         SourceError {
             message: message.into(),
             source: None,
+            permanent: false,
         }
     }
 
@@ -172,7 +186,24 @@ impl SourceError {
         SourceError {
             message: message.into(),
             source: Some(source.into()),
+            permanent: false,
         }
+    }
+
+    /// Marks the error as one that retrying cannot fix (a wrong password, a missing
+    /// permission, a database that does not exist). Returned from
+    /// [`JobSource::open`](crate::JobSource::open) it fails
+    /// [`start`](crate::ThreadPoolManager::start); elsewhere it is reported like any other
+    /// source error, and still retried with back-off (an operator may fix it).
+    pub fn into_permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+
+    /// Whether retrying cannot fix it (see [`into_permanent`](Self::into_permanent)).
+    /// Defaults to false.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 }
 

@@ -13,6 +13,7 @@ use crate::builder::{Builder, Config, QueueConfig};
 use crate::error::{StartError, WaitError};
 use crate::event::EventHandler;
 use crate::monitor::Monitor;
+use crate::source::PoolInfo;
 use crate::state::PoolShared;
 use crate::stats::{Accumulator, PoolStats, QueueStats};
 use crate::worker;
@@ -122,7 +123,8 @@ impl ThreadPoolManager {
     ///
     /// [`StartError::AlreadyStarted`] on a second call, [`StartError::ShutDown`] after
     /// [`shutdown`](Self::shutdown), [`StartError::Spawn`] if the monitor thread cannot be
-    /// spawned. When it fails, nothing is left running.
+    /// spawned, [`StartError::Source`] if a queue's source refuses to open (see
+    /// [`JobSource::open`](crate::JobSource::open)). When it fails, nothing is left running.
     pub fn start(&self) -> Result<(), StartError> {
         let mut threads = self.threads.lock();
         if threads.started {
@@ -131,11 +133,30 @@ impl ThreadPoolManager {
         if self.shared.is_stopping() {
             return Err(StartError::ShutDown);
         }
+        let prefix: Arc<str> = Arc::from(self.shared.config.thread_name_prefix.as_str());
+        for (i, q) in self.shared.queues.iter().enumerate() {
+            let info = PoolInfo::new(Arc::clone(&q.config.name), Arc::clone(&prefix));
+            if let Err(error) = q.config.runner.open(&info) {
+                // Nothing may be left running: close the sources already opened.
+                for opened in &self.shared.queues[..i] {
+                    opened.config.runner.close();
+                }
+                return Err(StartError::Source {
+                    queue: q.name().to_owned(),
+                    error,
+                });
+            }
+        }
         let monitor = Monitor::new(Arc::clone(&self.shared));
         let handle = thread::Builder::new()
             .name(monitor.thread_name().to_owned())
             .spawn(move || monitor.run())
-            .map_err(StartError::Spawn)?;
+            .map_err(|e| {
+                for q in &self.shared.queues {
+                    q.config.runner.close();
+                }
+                StartError::Spawn(e)
+            })?;
         threads.started = true;
         threads.monitor = Some(handle);
         Ok(())

@@ -13,7 +13,7 @@ use crossbeam_channel::select;
 
 use crate::error::{JobError, SourceError};
 use crate::event::{ErrorEvent, ErrorKind, ExitReason, WorkerEvent};
-use crate::source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
+use crate::source::{Consumer, FetchContext, JobSource, PoolInfo, Unacked, WorkerInfo};
 use crate::state::{PoolShared, QueueState};
 use crate::stats::{Counters, Ended, JobTimer};
 
@@ -33,6 +33,7 @@ pub(crate) fn mark_pool_thread(id: usize) {
 
 /// A queue's job loop with its types erased, so the pool holds queues of different types.
 pub(crate) trait Runner: Send + Sync {
+    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError>;
     fn backlog(&self) -> Result<usize, SourceError>;
     fn close(&self);
     fn requeue_running(&self) -> Result<usize, SourceError>;
@@ -151,6 +152,10 @@ where
     I: Fn(&WorkerInfo) -> Result<St, E> + Send + Sync + 'static,
     X: Fn(&mut St, &S::Job) -> Result<S::Output, JobError> + Send + Sync + 'static,
 {
+    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
+        self.source.open(pool)
+    }
+
     fn backlog(&self) -> Result<usize, SourceError> {
         self.source.backlog()
     }
@@ -217,7 +222,13 @@ where
             };
             match self.serve(w, consumer, st, counts) {
                 Served::Exit(reason) => break reason,
-                Served::StateSpent => drop_state(&mut state, w),
+                Served::StateSpent => {
+                    // No job may wait hidden in the consumer while `init` runs again.
+                    if let Err(e) = consumer.suspend() {
+                        w.report(ErrorKind::Source, e.to_string(), Duration::ZERO);
+                    }
+                    drop_state(&mut state, w);
+                }
                 Served::SourceFailed(e) => {
                     source_failures += 1;
                     let delay = backoff.delay(source_failures);

@@ -23,6 +23,7 @@ pub(crate) mod redis;
 ///
 /// | method | called on | may block | cost |
 /// |---|---|---|---|
+/// | `open` | [`start`](crate::ThreadPoolManager::start), once, before any other call | briefly (a start-up check) | once |
 /// | `backlog` | the monitor, every `rebalance_interval` | briefly (one round trip at most) | must be cheap: it runs ~20 times a second by default |
 /// | `consumer` | each new worker, before its first fetch | yes (connect, register) | once per worker |
 /// | [`Consumer::fetch`] | the worker, in a loop | up to the context's deadline | per job |
@@ -41,6 +42,21 @@ pub trait JobSource: Send + Sync + 'static {
     type Output: Send + 'static;
     /// A worker's handle on the source.
     type Consumer: Consumer<Job = Self::Job, Output = Self::Output>;
+
+    /// Called once by [`start`](crate::ThreadPoolManager::start), on the caller's thread,
+    /// before any other method: check the configuration against the server, start background
+    /// threads (name them with [`PoolInfo::thread_name`]). Defaults to nothing.
+    ///
+    /// # Errors
+    ///
+    /// Return an error only for what retrying cannot fix (a wrong password, a missing
+    /// permission); it fails `start()` with [`StartError::Source`](crate::StartError::Source)
+    /// and nothing is left running. A transient failure (the server is not up yet) is not an
+    /// error here: the source waits for it in the background, as its other methods do.
+    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
+        let _ = pool;
+        Ok(())
+    }
 
     /// Jobs waiting to be fetched (not counting jobs being run or waiting for a retry).
     ///
@@ -113,6 +129,20 @@ pub trait Consumer: 'static {
         job: Self::Job,
         outcome: Result<Self::Output, JobError>,
     ) -> Result<(), Unacked<Self::Job, Self::Output>>;
+
+    /// The worker will not fetch again for a while: it is about to rebuild its state (after a
+    /// panic or `recycle_after`), back off after an error, or leave. Called between jobs, after
+    /// the last [`complete`](Consumer::complete). A source that took a job ahead of the worker
+    /// (the Redis source's acknowledgement takes the next job) puts it back untouched, with no
+    /// run counted, so that no job waits hidden behind a slow `init`. Defaults to nothing.
+    ///
+    /// # Errors
+    ///
+    /// When the job taken ahead could not be put back; the source must keep it recoverable
+    /// (the worker still holds it and fetches it next).
+    fn suspend(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// A completion the source could not record, handed back so that the worker can try again.
@@ -135,6 +165,38 @@ impl<J, O> Unacked<J, O> {
             job,
             outcome,
         }
+    }
+}
+
+/// What a source learns about the pool that runs it, in [`JobSource::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    queue: Arc<str>,
+    thread_name_prefix: Arc<str>,
+}
+
+impl PoolInfo {
+    pub(crate) fn new(queue: Arc<str>, thread_name_prefix: Arc<str>) -> Self {
+        PoolInfo {
+            queue,
+            thread_name_prefix,
+        }
+    }
+
+    /// The queue's name as given to the builder.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The pool's [`thread_name_prefix`](crate::Builder::thread_name_prefix).
+    pub fn thread_name_prefix(&self) -> &str {
+        &self.thread_name_prefix
+    }
+
+    /// The name for a thread the source starts for this queue, in `role` (`keeper`), built
+    /// like the pool's own thread names so that `top -H` and panics say whose it is.
+    pub fn thread_name(&self, role: &str) -> String {
+        format!("{}-{}-{role}", self.thread_name_prefix, self.queue)
     }
 }
 

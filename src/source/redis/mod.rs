@@ -120,6 +120,9 @@ pub(crate) struct Shared<J> {
     pub(crate) job_timeout: Option<Duration>,
     pub(crate) block: Duration,
     io_timeout: Duration,
+    /// After each settle, wait for this many replicas to acknowledge it (`WAIT n timeout`).
+    #[allow(dead_code)] // read by the settle path once it waits for replicas
+    pub(crate) wait_replicas: Option<(u32, Duration)>,
     /// `host:pid:nonce`: worker ids start with it, so a restarted process never reuses one.
     pub(crate) identity: String,
     /// Time origin of `SlotState::busy_since`.
@@ -354,6 +357,7 @@ impl RedisSource {
             job_timeout: None,
             block: Duration::from_secs(1),
             io_timeout: Duration::from_secs(2),
+            wait_replicas: None,
         }
     }
 }
@@ -521,6 +525,7 @@ pub struct RedisSourceBuilder<J = Vec<u8>> {
     job_timeout: Option<Duration>,
     block: Duration,
     io_timeout: Duration,
+    wait_replicas: Option<(u32, Duration)>,
 }
 
 impl<J> fmt::Debug for RedisSourceBuilder<J> {
@@ -562,6 +567,7 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
             job_timeout: self.job_timeout,
             block: self.block,
             io_timeout: self.io_timeout,
+            wait_replicas: self.wait_replicas,
         }
     }
 
@@ -623,6 +629,14 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
         self
     }
 
+    /// After each settle (acknowledgement, retry, dead letter), wait until `replicas` replicas
+    /// have the write (`WAIT replicas timeout`), so that a failover to a replica does not lose
+    /// an acknowledged job. Defaults to off (asynchronous replication). `replicas` 0 is refused.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = Some((replicas, timeout));
+        self
+    }
+
     /// Checks the settings. Does not connect.
     ///
     /// # Errors
@@ -669,6 +683,13 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
                 "must be at least 10ms",
             ));
         }
+        if let Some((0, _)) = self.wait_replicas {
+            return Err(BuildError::new(
+                "wait_for_replicas",
+                0,
+                "must be at least 1 replica (leave unset to not wait)",
+            ));
+        }
         if self.retry_backoff.max < self.retry_backoff.initial {
             return Err(BuildError::new(
                 "retry_backoff",
@@ -699,6 +720,7 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
                 job_timeout: self.job_timeout,
                 block: self.block,
                 io_timeout: self.io_timeout,
+                wait_replicas: self.wait_replicas,
                 identity,
                 epoch: Instant::now(),
                 slots: Mutex::new(HashMap::new()),
