@@ -135,7 +135,11 @@ impl ThreadPoolManager {
         }
         let prefix: Arc<str> = Arc::from(self.shared.config.thread_name_prefix.as_str());
         for (i, q) in self.shared.queues.iter().enumerate() {
-            let info = PoolInfo::new(Arc::clone(&q.config.name), Arc::clone(&prefix));
+            let info = PoolInfo::new(
+                Arc::clone(&q.config.name),
+                Arc::clone(&prefix),
+                Arc::clone(&self.shared.events),
+            );
             if let Err(error) = q.config.runner.open(&info) {
                 // Nothing may be left running: close the sources already opened.
                 for opened in &self.shared.queues[..i] {

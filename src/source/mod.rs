@@ -1,6 +1,7 @@
 //! Where jobs come from: the [`JobSource`] trait and its per-worker [`Consumer`].
 
 use std::cell::Cell;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::{JobError, SourceError};
+use crate::event::{ErrorEvent, ErrorKind, EventHandler};
 
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
@@ -168,18 +170,34 @@ impl<J, O> Unacked<J, O> {
     }
 }
 
-/// What a source learns about the pool that runs it, in [`JobSource::open`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a source learns about the pool that runs it, in [`JobSource::open`]: names for its
+/// threads, and the pool's event handler for errors those threads meet.
+#[derive(Clone)]
 pub struct PoolInfo {
     queue: Arc<str>,
     thread_name_prefix: Arc<str>,
+    events: Arc<dyn EventHandler>,
+}
+
+impl fmt::Debug for PoolInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolInfo")
+            .field("queue", &self.queue)
+            .field("thread_name_prefix", &self.thread_name_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PoolInfo {
-    pub(crate) fn new(queue: Arc<str>, thread_name_prefix: Arc<str>) -> Self {
+    pub(crate) fn new(
+        queue: Arc<str>,
+        thread_name_prefix: Arc<str>,
+        events: Arc<dyn EventHandler>,
+    ) -> Self {
         PoolInfo {
             queue,
             thread_name_prefix,
+            events,
         }
     }
 
@@ -197,6 +215,20 @@ impl PoolInfo {
     /// like the pool's own thread names so that `top -H` and panics say whose it is.
     pub fn thread_name(&self, role: &str) -> String {
         format!("{}-{}-{role}", self.thread_name_prefix, self.queue)
+    }
+
+    /// Reports an error met by one of the source's own threads (named `thread`) to the pool's
+    /// [`EventHandler`] as an [`ErrorKind::Source`] event, so that the host sees what the log
+    /// says. `retry_in` is when the thread tries again. Never put a job payload or a secret
+    /// in `message`.
+    pub fn report_error(&self, thread: &str, message: impl Into<String>, retry_in: Duration) {
+        self.events.on_error(&ErrorEvent {
+            kind: ErrorKind::Source,
+            queue: self.queue.to_string(),
+            worker: thread.to_owned(),
+            message: message.into(),
+            retry_in,
+        });
     }
 }
 
