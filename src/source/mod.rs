@@ -1,19 +1,18 @@
 //! Where jobs come from: the [`JobSource`] trait and its per-worker [`Consumer`].
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::Receiver;
+use std::time::Duration;
 
 use crate::error::{JobError, SourceError};
 use crate::event::{ErrorEvent, ErrorKind, EventHandler};
 
+mod context;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+
+pub use context::{FetchContext, Wait};
 
 /// A queue of jobs the pool drains: an in-memory queue, a Redis list, anything else.
 ///
@@ -108,11 +107,17 @@ pub trait Consumer: 'static {
 
     /// Takes the next job, blocking until one arrives, the context's
     /// [`deadline`](FetchContext::deadline) passes, or the worker is
-    /// [interrupted](FetchContext::is_interrupted) (retiring or shutting down). Returns
-    /// `Ok(None)` in the latter two cases.
+    /// [interrupted](FetchContext::is_interrupted) (asked to retire, or the pool is shutting
+    /// down). Returns `Ok(None)` in the latter two cases; the worker then retires, stops, or
+    /// calls again.
     ///
-    /// A source that cannot wake on interruption should block in slices no longer than the
-    /// context's deadline allows, so that idle workers retire promptly.
+    /// How to wait: a source fed by a crossbeam channel (or ringing one when work arrives)
+    /// blocks in [`FetchContext::recv_timeout`], a polling source sleeps in
+    /// [`FetchContext::wait_timeout`]; both wake at once on an interruption. A source that
+    /// blocks elsewhere (a socket read) blocks in slices of a few hundred milliseconds and
+    /// checks [`FetchContext::is_interrupted`] between them, so that an idle worker retires
+    /// and a shutdown ends promptly. The in-memory source uses this same view and nothing
+    /// else.
     ///
     /// # Errors
     ///
@@ -258,69 +263,5 @@ impl WorkerInfo {
     /// A number unique among the workers this pool started for the queue; never reused.
     pub fn index(&self) -> u64 {
         self.index
-    }
-}
-
-/// What a fetch may wait for: its deadline, and the pool asking the worker to stop waiting.
-///
-/// The deadline is fixed the first time it is asked for, so a fetch that finds a job at once
-/// never reads the clock.
-#[derive(Debug)]
-pub struct FetchContext<'a> {
-    timeout: Duration,
-    deadline: Cell<Option<Instant>>,
-    pub(crate) wake: &'a Receiver<()>,
-    pub(crate) stop: &'a Receiver<()>,
-    stopping: &'a AtomicBool,
-}
-
-impl<'a> FetchContext<'a> {
-    #[inline]
-    pub(crate) fn new(
-        timeout: Duration,
-        wake: &'a Receiver<()>,
-        stop: &'a Receiver<()>,
-        stopping: &'a AtomicBool,
-    ) -> Self {
-        FetchContext {
-            timeout,
-            deadline: Cell::new(None),
-            wake,
-            stop,
-            stopping,
-        }
-    }
-
-    /// Starts a new fetch: the deadline is taken again, lazily, on its first use.
-    #[inline(always)]
-    pub(crate) fn rearm(&self) {
-        self.deadline.set(None);
-    }
-
-    /// When the fetch should give up and return `Ok(None)`: the pool's `fetch_timeout` after
-    /// the first call.
-    #[inline]
-    pub fn deadline(&self) -> Instant {
-        match self.deadline.get() {
-            Some(d) => d,
-            None => {
-                let d = Instant::now() + self.timeout;
-                self.deadline.set(Some(d));
-                d
-            }
-        }
-    }
-
-    /// Time left until the deadline (zero once it has passed).
-    #[inline]
-    pub fn remaining(&self) -> Duration {
-        self.deadline().saturating_duration_since(Instant::now())
-    }
-
-    /// Whether the pool is shutting down, in which case the fetch should return `Ok(None)` as
-    /// soon as it can.
-    #[inline]
-    pub fn is_interrupted(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
     }
 }
