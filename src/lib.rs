@@ -130,6 +130,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 mod builder;
@@ -155,6 +156,7 @@ pub use source::memory::{
     Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,
 };
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
 pub use source::{Consumer, FetchContext, JobSource, PoolInfo, Unacked, Wait, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
