@@ -6,9 +6,8 @@
 //! run interleaved (each peer in turn, order rotating) and print medians and ratios: on a shared
 //! two-core machine that table drifts less than groups measured one after another.
 //!
-//! `cargo bench -p threadtide-benches --bench dispatch` runs both;
-//! `cargo bench -p threadtide-benches --bench dispatch -- interleaved` runs only the interleaved
-//! rounds (a filter that matches no criterion benchmark), in about a minute.
+//! `cargo bench -p threadtide-benches --bench dispatch` runs both; with `-- interleaved` (a
+//! filter that matches no criterion benchmark) only the interleaved rounds run, in about 20 s.
 
 use std::convert::Infallible;
 use std::hint::black_box;

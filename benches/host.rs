@@ -3,7 +3,7 @@
 //! the threads it may use: 322 x 20 ms / 10 = 644 ms) and against the host's original two fixed
 //! threads, one per queue (322 x 20 ms = 6.44 s).
 //!
-//! `cargo bench --bench host`
+//! `cargo bench -p threadtide-benches --bench host`
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};

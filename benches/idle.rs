@@ -2,7 +2,8 @@
 //! sources, default settings), and the Redis commands per second the idle Redis pool sends.
 //! Not a criterion benchmark: it measures CPU time and command counts, not latency.
 //!
-//! `cargo bench --bench idle` (Linux: reads /proc/self/stat; starts its own redis-server)
+//! `cargo bench -p threadtide-benches --bench idle` (Linux: reads /proc/self/stat; starts its own
+//! redis-server)
 
 #[path = "../tests/support/redis.rs"]
 #[allow(dead_code)]

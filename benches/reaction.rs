@@ -1,7 +1,7 @@
 //! Reaction time: from pushing a burst (1, 60, 322 jobs) into an idle pool with default
 //! settings to (a) the first job starting and (b) the target number of threads running.
 //!
-//! `cargo bench --bench reaction`
+//! `cargo bench -p threadtide-benches --bench reaction`
 //!
 //! The host's old pool checked every 60 s; with a burst arriving at a random moment it waited
 //! 30 s on average and 60 s at worst before starting a thread (computed, not measured here: a

@@ -4,7 +4,8 @@
 //! a plain `BLPOP` + `RPUSH` loop (what the host did before, and what loses jobs). Also prints
 //! Redis commands per job for each, from `INFO commandstats`.
 //!
-//! `cargo bench --bench redis` (starts its own `redis-server` on a free port)
+//! `cargo bench -p threadtide-benches --bench redis` (starts its own `redis-server` on a free
+//! port)
 
 #[path = "../tests/support/redis.rs"]
 #[allow(dead_code)]

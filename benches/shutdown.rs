@@ -1,7 +1,7 @@
 //! Drain and shutdown: time from asking a pool to shut down while its jobs run to every
 //! thread joined, against the time those jobs still had to run. Zero jobs may be lost.
 //!
-//! `cargo bench --bench shutdown`
+//! `cargo bench -p threadtide-benches --bench shutdown`
 
 use std::convert::Infallible;
 use std::sync::Arc;
