@@ -119,7 +119,8 @@ impl<'a> FetchContext<'a> {
     /// Whether the fetch should return `Ok(None)` as soon as it can: the pool is shutting down,
     /// or it has more workers than the queue needs and asks an idle one to retire.
     ///
-    /// Cheap (two atomic loads while nothing is asked) and never blocks. Taking a retirement
+    /// Cheap (a few atomic loads while nothing is asked: a flag and an empty channel) and
+    /// never blocks. Taking a retirement
     /// request is final for this fetch: once `true`, it stays `true` until the fetch returns.
     /// A worker that returns `Ok(None)` then retires unless another worker already did.
     #[inline]
