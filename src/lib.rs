@@ -158,7 +158,7 @@ pub use source::memory::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
-pub use source::{Consumer, FetchContext, JobSource, PoolInfo, Unacked, Wait, WorkerInfo};
+pub use source::{Consumer, FetchContext, FetchWait, JobSource, PoolInfo, Unacked, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
 
 /// The README's examples, compiled and run as doctests.

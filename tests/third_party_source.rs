@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use support::{PATIENCE, wait_until};
 use threadtide::{
-    Consumer, FetchContext, JobError, JobSource, SourceError, ThreadPoolManager, Unacked, Wait,
-    WorkerInfo,
+    Consumer, FetchContext, FetchWait, JobError, JobSource, SourceError, ThreadPoolManager,
+    Unacked, WorkerInfo,
 };
 
 /// Far longer than the test: a fetch that only ends at its deadline hangs the test.
@@ -80,8 +80,8 @@ impl Consumer for ChannelConsumer {
         let rx = &self.source.rx;
         match self.source.style {
             Style::Channel => match cx.recv_timeout(rx, Duration::MAX) {
-                Wait::Ready(job) => Ok(Some(job)),
-                Wait::Disconnected => Err(SourceError::new("the producer is gone")),
+                FetchWait::Ready(job) => Ok(Some(job)),
+                FetchWait::Disconnected => Err(SourceError::new("the producer is gone")),
                 _ => Ok(None),
             },
             Style::Poll => loop {

@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, select};
 /// A source fed by a channel: its fetch blocks until a job, the deadline, or an interruption.
 ///
 /// ```
-/// use threadtide::{Consumer, FetchContext, JobError, SourceError, Unacked, Wait};
+/// use threadtide::{Consumer, FetchContext, JobError, SourceError, Unacked, FetchWait};
 ///
 /// struct ChannelConsumer {
 ///     jobs: crossbeam_channel::Receiver<String>,
@@ -42,8 +42,8 @@ use crossbeam_channel::{Receiver, select};
 ///
 ///     fn fetch(&mut self, cx: &FetchContext<'_>) -> Result<Option<String>, SourceError> {
 ///         match cx.recv_timeout(&self.jobs, cx.remaining()) {
-///             Wait::Ready(job) => Ok(Some(job)),
-///             Wait::Disconnected => Err(SourceError::new("the producer is gone")),
+///             FetchWait::Ready(job) => Ok(Some(job)),
+///             FetchWait::Disconnected => Err(SourceError::new("the producer is gone")),
 ///             // Timed out or interrupted: the worker looks at the pool and calls again.
 ///             _ => Ok(None),
 ///         }
@@ -137,36 +137,36 @@ impl<'a> FetchContext<'a> {
     /// Waits up to `limit`, and never past the [`deadline`](Self::deadline), for a message on
     /// `rx`, waking at once when the fetch is [interrupted](Self::is_interrupted).
     ///
-    /// Returns [`Wait::Ready`] with the message; [`Wait::Interrupted`] (without taking a
-    /// message) if the fetch was interrupted before or during the wait; [`Wait::TimedOut`] when
-    /// `limit` or the deadline passed; [`Wait::Disconnected`] when every sender of `rx` is gone
+    /// Returns [`FetchWait::Ready`] with the message; [`FetchWait::Interrupted`] (without taking a
+    /// message) if the fetch was interrupted before or during the wait; [`FetchWait::TimedOut`] when
+    /// `limit` or the deadline passed; [`FetchWait::Disconnected`] when every sender of `rx` is gone
     /// and it is empty. A zero `limit` only looks. Never panics.
     ///
     /// `rx` is a [crossbeam-channel](https://docs.rs/crossbeam-channel) 0.5 receiver, any
     /// flavour (`bounded`, `unbounded`, `never`, `after`, ...).
-    pub fn recv_timeout<T>(&self, rx: &Receiver<T>, limit: Duration) -> Wait<T> {
+    pub fn recv_timeout<T>(&self, rx: &Receiver<T>, limit: Duration) -> FetchWait<T> {
         if self.is_interrupted() {
-            return Wait::Interrupted;
+            return FetchWait::Interrupted;
         }
         let wait = limit.min(self.remaining());
         select! {
             recv(rx) -> msg => match msg {
-                Ok(msg) => Wait::Ready(msg),
-                Err(_) => Wait::Disconnected,
+                Ok(msg) => FetchWait::Ready(msg),
+                Err(_) => FetchWait::Disconnected,
             },
             recv(self.retire) -> _ => {
                 self.retire_taken.set(true);
-                Wait::Interrupted
+                FetchWait::Interrupted
             }
-            recv(self.stop) -> _ => Wait::Interrupted,
-            default(wait) => Wait::TimedOut,
+            recv(self.stop) -> _ => FetchWait::Interrupted,
+            default(wait) => FetchWait::TimedOut,
         }
     }
 
     /// Sleeps up to `limit`, and never past the [`deadline`](Self::deadline), waking at once
     /// when the fetch is [interrupted](Self::is_interrupted): the wait of a source that polls.
     ///
-    /// Returns [`Wait::Interrupted`] or [`Wait::TimedOut`], nothing else. Never panics.
+    /// Returns [`FetchWait::Interrupted`] or [`FetchWait::TimedOut`], nothing else. Never panics.
     ///
     /// # Examples
     ///
@@ -187,10 +187,10 @@ impl<'a> FetchContext<'a> {
     ///     }
     /// }
     /// ```
-    pub fn wait_timeout(&self, limit: Duration) -> Wait<std::convert::Infallible> {
+    pub fn wait_timeout(&self, limit: Duration) -> FetchWait<std::convert::Infallible> {
         match self.recv_timeout(&crossbeam_channel::never::<()>(), limit) {
-            Wait::Interrupted => Wait::Interrupted,
-            _ => Wait::TimedOut,
+            FetchWait::Interrupted => FetchWait::Interrupted,
+            _ => FetchWait::TimedOut,
         }
     }
 }
@@ -207,7 +207,7 @@ fn far_future() -> Instant {
 /// How a wait of [`FetchContext::recv_timeout`] or [`FetchContext::wait_timeout`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Wait<T> {
+pub enum FetchWait<T> {
     /// A message arrived.
     Ready(T),
     /// The limit or the fetch's deadline passed.
@@ -219,14 +219,14 @@ pub enum Wait<T> {
     Disconnected,
 }
 
-impl<T> Wait<T> {
+impl<T> FetchWait<T> {
     /// Whether the wait ended because the fetch was interrupted.
     pub fn is_interrupted(&self) -> bool {
-        matches!(self, Wait::Interrupted)
+        matches!(self, FetchWait::Interrupted)
     }
 
     /// Whether the wait ended because its limit or the deadline passed.
     pub fn is_timed_out(&self) -> bool {
-        matches!(self, Wait::TimedOut)
+        matches!(self, FetchWait::TimedOut)
     }
 }

@@ -12,7 +12,7 @@ pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
-pub use context::{FetchContext, Wait};
+pub use context::{FetchContext, FetchWait};
 
 /// A queue of jobs the pool drains: an in-memory queue, a Redis list, anything else.
 ///

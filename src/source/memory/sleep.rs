@@ -12,7 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use crossbeam_utils::CachePadded;
 
-use crate::source::{FetchContext, Wait};
+use crate::source::{FetchContext, FetchWait};
 
 /// The sleep/wake state shared by a source's producers and consumers.
 pub(super) struct Sleep {
@@ -94,8 +94,8 @@ impl Sleep {
         }
         match cx.recv_timeout(&self.bell_rx, limit) {
             // The ringer took this registration back.
-            Wait::Ready(()) => Slept::Woken,
-            Wait::Interrupted => {
+            FetchWait::Ready(()) => Slept::Woken,
+            FetchWait::Interrupted => {
                 self.take_registration();
                 Slept::Interrupted
             }
