@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use support::{PATIENCE, wait_until};
+use support::{Gate, PATIENCE, wait_until};
 use threadtide::{
     Consumer, FetchContext, FetchWait, JobError, JobSource, SourceError, ThreadPoolManager,
     Unacked, WorkerInfo,
@@ -118,7 +118,9 @@ impl Consumer for ChannelConsumer {
     }
 }
 
-fn pool(source: &ChannelSource) -> ThreadPoolManager {
+/// Up to 4 workers (one per queued job), each job held at `gate` until the test opens it.
+fn pool(source: &ChannelSource, gate: &Gate) -> ThreadPoolManager {
+    let gate = gate.clone();
     ThreadPoolManager::builder()
         .jobs_per_thread(1)
         .max_threads_per_type(4)
@@ -128,7 +130,10 @@ fn pool(source: &ChannelSource) -> ThreadPoolManager {
             "custom",
             source.clone(),
             |_| Ok::<_, Infallible>(()),
-            |_, _job: &u32| Ok(()),
+            move |_, _job: &u32| {
+                gate.pass();
+                Ok(())
+            },
         )
         .build()
         .unwrap()
@@ -139,29 +144,34 @@ fn pool(source: &ChannelSource) -> ThreadPoolManager {
 /// context, whichever way they wait.
 fn idle_workers_retire(style: Style) {
     let source = ChannelSource::new(style);
-    let pool = pool(&source);
+    let gate = Gate::default();
+    let pool = pool(&source, &gate);
     pool.start().unwrap();
     for job in 0..400 {
         source.tx.send(job).unwrap();
     }
     wait_until(
         PATIENCE,
-        "the burst to run on several workers",
+        "four workers, each holding a job of the burst",
+        || gate.waiting() == 4,
+        || pool.stats().total,
+    );
+    gate.open();
+    wait_until(
+        PATIENCE,
+        "the burst to run",
         || source.done.load(Ordering::Acquire) == 400,
         || pool.stats().total,
     );
-    let stats = pool.stats().total;
-    assert!(
-        stats.spawned >= 2,
-        "{style:?}: the burst never scaled up: {stats:?}"
-    );
     wait_until(
         PATIENCE,
-        "every idle worker to retire",
-        || pool.stats().total.workers == 0,
+        &format!("{style:?}: every idle worker to retire"),
+        || {
+            let total = pool.stats().total;
+            total.workers == 0 && total.retired == 4
+        },
         || pool.stats().total,
     );
-    assert_eq!(pool.stats().total.retired, pool.stats().total.spawned);
     // Retired, not ended by a deadline: the pool still serves new work.
     source.tx.send(400).unwrap();
     wait_until(
