@@ -12,7 +12,9 @@
 //! (kills the whole process) and `"hang"` (never returns). Anything that is not such JSON is
 //! dead-lettered as `malformed`. Each success pushes JSON with `id`, `queue`, `ok`, `worker`,
 //! `started_ms` and `finished_ms` (Unix ms) to the results list. SIGTERM / SIGINT drain
-//! gracefully and exit 0.
+//! gracefully and exit 0. A bad option, a bad setting, or a Redis error that no retry fixes
+//! (wrong password, missing ACL permission, database out of range) prints
+//! `rpa_worker: <what>` on stderr and exits 2; a Redis server that is down is waited for.
 //!
 //! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
 //! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
@@ -134,8 +136,29 @@ struct Session {
     worker: String,
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+/// Exit status on an error: a bad option or setting, or a Redis error at start that
+/// no retry fixes (wrong password, missing ACL permission, database out of range).
+const EXIT_CANNOT_START: i32 = 2;
+
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = run() {
+        // Display, not Debug: the message says what to fix, and never shows a password.
+        let mut message = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
+        eprintln!("rpa_worker: {message}");
+        std::process::exit(EXIT_CANNOT_START);
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let args = parse_args().inspect_err(|_| {
         eprintln!("usage: rpa_worker --redis URL --queue NAME=KEY... --results KEY [options]");
     })?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::Client;
+use redis::{Client, IntoConnectionInfo};
 
 use super::conn::{self, Link};
 use super::scripts::Scripts;
@@ -20,6 +20,11 @@ use crate::error::BuildError;
 /// `wait_for_replicas` timeout: longer is a configuration mistake (a unit confused), and it
 /// keeps every sum of durations and every millisecond count far from overflowing.
 const MAX_SHORT: Duration = Duration::from_secs(3600);
+/// Lower limits: shorter would make every reply late (I/O), every worker look dead (TTL), or
+/// beat faster than the keeper ticks (heartbeat).
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+const MIN_IO: Duration = Duration::from_millis(50);
+const MIN_TTL: Duration = Duration::from_millis(100);
 /// Upper limit of `worker_ttl`.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Upper limit of `job_timeout` and of the `retry_backoff` delays.
@@ -131,7 +136,7 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
     }
 
     /// How often this process refreshes its workers' heartbeats and reaps dead workers of any
-    /// process. Defaults to 1 s; zero and over an hour are refused.
+    /// process. Defaults to 1 s; under 10 ms and over an hour are refused.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat = interval;
         self
@@ -139,7 +144,7 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
 
     /// A worker whose heartbeat is older than this is dead: its jobs go back to the queue and
     /// its late completions are refused. Defaults to 5 s (five beats); must be at least three
-    /// heartbeat intervals and at most 24 h.
+    /// heartbeat intervals, at least 100 ms and at most 24 h.
     pub fn worker_ttl(mut self, ttl: Duration) -> Self {
         self.worker_ttl = ttl;
         self
@@ -163,7 +168,7 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
     }
 
     /// Connect and write timeout; reads wait for the block timeout plus this. Defaults to 2 s;
-    /// zero and over an hour are refused. The keeper's and the host calls' connections read
+    /// under 50 ms and over an hour are refused. The keeper's and the host calls' connections read
     /// with this timeout alone (they never block on the server).
     pub fn io_timeout(mut self, timeout: Duration) -> Self {
         self.io_timeout = timeout;
@@ -185,17 +190,22 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
     ///
     /// A [`BuildError`] naming the field and the value (a URL with its password shown as
     /// `***`): an unparsable `url` (bad scheme, port or database number), an empty
-    /// `queue_key` or `results`, a zero `max_attempts`, a zero or over-an-hour
-    /// `heartbeat_interval` or `io_timeout`, a `block_timeout` under 10 ms or over an hour, a
-    /// `worker_ttl` under three heartbeats or over a day, a zero or over-a-year `job_timeout`,
+    /// `queue_key` or `results`, a zero `max_attempts`, a `heartbeat_interval` under 10 ms or
+    /// over an hour, an `io_timeout` under 50 ms or over an hour, a `block_timeout` under
+    /// 10 ms or over an hour, a `worker_ttl` under 100 ms, under three heartbeats or over a day, a zero or over-a-year `job_timeout`,
     /// a `retry_backoff` with `max < initial` or over a year, a `wait_for_replicas` with 0
     /// replicas or a timeout of zero or over an hour.
     pub fn build(self) -> Result<RedisSource<J>, BuildError> {
         let secrets = conn::secrets(&self.url);
         let shown_url = conn::redact_url(&self.url);
-        let client = Client::open(self.url.as_str()).map_err(|e| {
+        let bad_url = |e: redis::RedisError| {
             BuildError::new("url", &shown_url, conn::scrub(&e.to_string(), &secrets))
-        })?;
+        };
+        let info = self.url.as_str().into_connection_info().map_err(bad_url)?;
+        // No `CLIENT SETINFO` at connect: each of its replies would wait up to the whole I/O
+        // timeout on a silent server (the connection names itself with `CLIENT SETNAME`).
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
         if self.queue_key.is_empty() {
             return Err(BuildError::new("queue_key", "\"\"", "must not be empty"));
         }
@@ -225,6 +235,19 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
                 return Err(BuildError::new(field, "0ns", "must be longer than zero"));
             }
             over(field, d, max, what)?;
+        }
+        for (field, d, min, what) in [
+            ("heartbeat_interval", self.heartbeat, MIN_HEARTBEAT, "10ms"),
+            ("io_timeout", self.io_timeout, MIN_IO, "50ms"),
+            ("worker_ttl", self.worker_ttl, MIN_TTL, "100ms"),
+        ] {
+            if d < min {
+                return Err(BuildError::new(
+                    field,
+                    format!("{d:?}"),
+                    format!("must be at least {what}"),
+                ));
+            }
         }
         over("block_timeout", self.block, MAX_SHORT, "1h")?;
         over("worker_ttl", self.worker_ttl, MAX_TTL, "24h")?;

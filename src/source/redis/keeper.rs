@@ -258,6 +258,7 @@ impl<J> State<J> {
             .arg(RETIRED_GRACE.as_millis() as u64)
             .invoke(self.conn()?)
             .map_err(|e| redis_error("reaping failed", e))?;
+        shared.counters.reaps.fetch_add(1, Ordering::Relaxed);
         if workers > 0 || jobs > 0 {
             shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);
             shared

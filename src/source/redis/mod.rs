@@ -107,6 +107,7 @@ pub(crate) struct Counters {
     pub(crate) acks_refused: AtomicU64,
     pub(crate) recovered: AtomicU64,
     pub(crate) reaped_workers: AtomicU64,
+    pub(crate) reaps: AtomicU64,
     pub(crate) reaps_skipped: AtomicU64,
     pub(crate) dead_malformed: AtomicU64,
     pub(crate) dead_exhausted: AtomicU64,
@@ -191,6 +192,7 @@ impl<J> Shared<J> {
     /// the server.
     pub(crate) fn connect(&self, role: Role<'_>) -> Result<Connection, SourceError> {
         conn::note_read_timeout(self.io_timeout);
+        let started = Instant::now();
         let mut c = self
             .client
             .get_connection_with_timeout(self.io_timeout)
@@ -199,15 +201,23 @@ impl<J> Shared<J> {
             Role::Worker(_) => self.block + self.io_timeout,
             _ => self.io_timeout,
         };
-        c.set_read_timeout(Some(read))
+        // Connecting and naming share one I/O timeout, so a silent server holds a thread
+        // for at most that long.
+        let left = self
+            .io_timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        c.set_read_timeout(Some(left))
             .and_then(|()| c.set_write_timeout(Some(self.io_timeout)))
             .map_err(|e| redis_error("cannot set socket timeouts", e))?;
-        conn::note_read_timeout(read);
         redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg(conn::client_name(&self.host, &self.keys.queue, role))
             .query::<()>(&mut c)
             .map_err(|e| redis_error("cannot name the connection (CLIENT SETNAME)", e))?;
+        c.set_read_timeout(Some(read))
+            .map_err(|e| redis_error("cannot set socket timeouts", e))?;
+        conn::note_read_timeout(read);
         if self
             .server_check
             .compare_exchange(UNCHECKED, CHECKING, Ordering::AcqRel, Ordering::Acquire)
@@ -362,6 +372,8 @@ pub struct RedisStats {
     pub reconnects: u64,
     /// Dead workers (of any process) this process's reaper removed.
     pub reaped_workers: u64,
+    /// Reaper passes this process's keeper ran.
+    pub reaps: u64,
     /// Reaper passes skipped because this keeper's view was stale: its own heartbeat landed
     /// late (Redis or this process stalled), so other processes' beats may not have landed
     /// either. Reaping resumes after one `worker_ttl` of steady beats.
@@ -506,6 +518,7 @@ impl<J: Send + 'static> RedisSource<J> {
             dead_permanent: get(&c.dead_permanent),
             reconnects: get(&c.reconnects),
             reaped_workers: get(&c.reaped_workers),
+            reaps: get(&c.reaps),
             reaps_skipped: get(&c.reaps_skipped),
             backlog_age: self
                 .shared
@@ -551,28 +564,22 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
     }
 
     /// The queue's length as the keeper last read it: never touches the network, so a slow
-    /// or silent server never stalls the monitor (the count's age is in
-    /// [`RedisStats::backlog_age`]).
+    /// or silent server never stalls the monitor. While the keeper cannot reach Redis the
+    /// count stays as last read (0 before the first read); its age is
+    /// [`RedisStats::backlog_age`], and the keeper itself reports the outage (one log line and
+    /// one event when it starts, at most one a minute after), so the monitor does not report
+    /// it again on every tick.
     ///
     /// # Errors
     ///
-    /// Before [`open`](JobSource::open), before the first count, and when the count is older
-    /// than the I/O timeout plus 150 ms (the keeper cannot reach Redis): the monitor then keeps
-    /// the last count.
+    /// Only before [`open`](JobSource::open) (nothing keeps a count).
     fn backlog(&self) -> Result<usize, SourceError> {
-        let stale_after = self.shared.io_timeout + keeper::BACKLOG_EVERY * 3;
         match self.shared.backlog.get(self.shared.ms_since_epoch()) {
-            Some((n, age)) if age <= stale_after => Ok(n),
-            Some((_, age)) => Err(SourceError::new(format!(
-                "the backlog count is {} old: the keeper cannot reach Redis",
-                conn::human(age)
-            ))),
+            Some((n, _)) => Ok(n),
             None if self.shared.keeper.lock().is_none() => Err(SourceError::new(
                 "the source is not open (JobSource::open starts its keeper)",
             )),
-            None => Err(SourceError::new(
-                "no backlog count yet: the keeper has not reached Redis",
-            )),
+            None => Ok(0),
         }
     }
 
