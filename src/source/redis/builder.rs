@@ -45,6 +45,16 @@ pub struct RedisSourceBuilder<J = Vec<u8>> {
     block: Duration,
     io_timeout: Duration,
     wait_replicas: Option<(u32, Duration)>,
+    #[cfg(feature = "tls")]
+    tls: TlsFiles,
+}
+
+/// Certificates for a `rediss://` server that the system's trust store does not vouch for.
+#[cfg(feature = "tls")]
+#[derive(Default)]
+struct TlsFiles {
+    root: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl RedisSourceBuilder {
@@ -66,6 +76,8 @@ impl RedisSourceBuilder {
             block: Duration::from_secs(1),
             io_timeout: Duration::from_secs(2),
             wait_replicas: None,
+            #[cfg(feature = "tls")]
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -111,6 +123,8 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
             block: self.block,
             io_timeout: self.io_timeout,
             wait_replicas: self.wait_replicas,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
         }
     }
 
@@ -184,6 +198,37 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
         self
     }
 
+    /// The certificate authority (PEM) that signed a `rediss://` server's certificate, when
+    /// the system's trust store does not hold it (a private CA). Defaults to the system's
+    /// trust store. Feature `tls`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let source = threadtide::RedisSource::builder("rediss://redis.internal:6380", "fila:q")
+    ///     .tls_root_certificate(std::fs::read("/etc/redis/ca.pem")?)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root = Some(pem.into());
+        self
+    }
+
+    /// A client certificate and its private key (both PEM), for a server that asks clients
+    /// to authenticate with one (`tls-auth-clients yes`). Defaults to none. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Checks the settings. Does not connect.
     ///
     /// # Errors
@@ -199,13 +244,43 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
         let secrets = conn::secrets(&self.url);
         let shown_url = conn::redact_url(&self.url);
         let bad_url = |e: redis::RedisError| {
+            if cfg!(not(feature = "tls")) && self.url.starts_with("rediss://") {
+                return BuildError::new(
+                    "url",
+                    &shown_url,
+                    "a rediss:// (TLS) URL needs threadtide's `tls` feature",
+                );
+            }
             BuildError::new("url", &shown_url, conn::scrub(&e.to_string(), &secrets))
         };
         let info = self.url.as_str().into_connection_info().map_err(bad_url)?;
         // No `CLIENT SETINFO` at connect: each of its replies would wait up to the whole I/O
         // timeout on a silent server (the connection names itself with `CLIENT SETNAME`).
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let client = Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
+        let info = info.set_redis_settings(settings);
+        #[cfg(feature = "tls")]
+        let client = if self.tls.root.is_some() || self.tls.client.is_some() {
+            let certs = redis::TlsCertificates {
+                client_tls: self.tls.client.map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: self.tls.root,
+            };
+            Client::build_with_tls(info, certs).map_err(|e| {
+                BuildError::new(
+                    "tls",
+                    "(certificates)",
+                    conn::scrub(&e.to_string(), &secrets),
+                )
+            })?
+        } else {
+            Client::open(info).map_err(bad_url)?
+        };
+        #[cfg(not(feature = "tls"))]
+        let client = Client::open(info).map_err(bad_url)?;
         if self.queue_key.is_empty() {
             return Err(BuildError::new("queue_key", "\"\"", "must not be empty"));
         }

@@ -130,7 +130,7 @@ pub(crate) fn redis_error(context: &str, e: RedisError) -> SourceError {
 }
 
 /// Errors no retry fixes: a wrong password, a missing ACL permission, a database number the
-/// server does not have, a client configuration it refuses. Timeouts, refused connections and
+/// server does not have, a client configuration it refuses, a TLS certificate refused. Timeouts, refused connections and
 /// `LOADING` are transient.
 pub(crate) fn is_permanent(e: &RedisError) -> bool {
     let text = e.to_string();
@@ -141,6 +141,9 @@ pub(crate) fn is_permanent(e: &RedisError) -> bool {
             | ErrorKind::Server(ServerErrorKind::NoPerm)
     ) || is_auth_reply(&text)
         || text.contains("DB index is out of range")
+        // TLS: an untrusted or refused certificate (rustls "invalid peer certificate", a
+        // server's alert asking for a client certificate).
+        || text.to_ascii_lowercase().contains("certificate")
 }
 
 /// Whether the connection an error came from must be dropped: after an I/O error or a timeout
