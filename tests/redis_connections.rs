@@ -275,6 +275,7 @@ fn a_silent_server_never_stalls_the_monitor() {
     );
     // Four memory jobs need four new workers: the monitor must tick while every read of
     // Redis would block for the read timeout.
+    let pushed = Instant::now();
     memory.extend(0..4);
     wait_until(
         Duration::from_secs(2),
@@ -282,9 +283,14 @@ fn a_silent_server_never_stalls_the_monitor() {
         || gate.waiting() == 4,
         || (gate.waiting(), pool.stats().queue("mem").map(|q| q.workers)),
     );
+    let scaled = pushed.elapsed();
     gate.open();
     let stopping = Instant::now();
     pool.shutdown_timeout(Duration::from_secs(10)).unwrap();
+    eprintln!(
+        "silent Redis: 4 memory workers busy {scaled:?} after the push; shutdown took {:?}",
+        stopping.elapsed()
+    );
     // Bounded by the one command in flight on the keeper's connection.
     assert!(
         stopping.elapsed() < io + Duration::from_secs(2),
@@ -379,6 +385,12 @@ fn a_stalled_server_reaps_no_live_worker() {
         "both results",
         || results_len(&mut admin, "fila:stall-results") == 2,
         || (a.stats(), b.stats()),
+    );
+    eprintln!(
+        "DEBUG SLEEP 3 with worker_ttl 2 s: {} runs of 2 jobs; B skipped {} reaps, then ran {}",
+        runs.load(Ordering::SeqCst),
+        b.stats().reaps_skipped,
+        b.stats().reaps - reaps
     );
     assert_eq!(runs.load(Ordering::SeqCst), 2, "a job ran twice");
     assert_eq!((a.stats().acks_refused, b.stats().recovered), (0, 0));

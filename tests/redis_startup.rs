@@ -56,6 +56,40 @@ fn unsafe_server_settings_are_warned_about_and_safe_ones_are_not() {
         "{warnings:?}"
     );
 
+    // Once per source, however many connections race to be first: two queues share this
+    // source, each with three workers connecting at once.
+    let source = RedisSource::builder(risky.url(), "fila:once")
+        .build()
+        .unwrap();
+    let queue = |name: &str| {
+        threadtide::Queue::new(
+            name,
+            source.clone(),
+            |_| Ok::<_, std::convert::Infallible>(()),
+            |_, j: &Vec<u8>| Ok(j.clone()),
+        )
+        .min_threads(3)
+    };
+    let pool = threadtide::ThreadPoolManager::builder()
+        .add_queue(queue("a"))
+        .add_queue(queue("b"))
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    support::wait_until(
+        support::PATIENCE,
+        "six workers",
+        || pool.stats().total.workers == 6,
+        || pool.stats().total.workers,
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    let once: Vec<String> = warnings_for("fila:once")
+        .into_iter()
+        .filter(|w| w.contains("appendonly is off"))
+        .collect();
+    assert_eq!(once.len(), 1, "{once:?}");
+
     let safe = RedisServer::start_durable();
     let source = RedisSource::builder(safe.url(), "fila:safe")
         .build()
