@@ -19,7 +19,8 @@
 //! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
 //! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
 //! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
-//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution).
+//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
+//! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -49,6 +50,7 @@ struct Args {
     shutdown_timeout_ms: u64,
     init_ms: u64,
     exec_log: Option<String>,
+    tls_ca: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -90,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
             "--shutdown-timeout-ms" => args.shutdown_timeout_ms = num(&value)?,
             "--init-ms" => args.init_ms = num(&value)?,
             "--exec-log" => args.exec_log = Some(value),
+            "--tls-ca" => args.tls_ca = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -205,6 +208,14 @@ fn run() -> Result<(), Box<dyn Error>> {
         }
         if let Some(ms) = args.job_timeout_ms {
             source = source.job_timeout(Duration::from_millis(ms));
+        }
+        if let Some(path) = &args.tls_ca {
+            #[cfg(feature = "tls")]
+            {
+                source = source.tls_root_certificate(std::fs::read(path)?);
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(format!("--tls-ca {path}: built without the `tls` feature").into());
         }
         let source = source.build()?;
         sources.push(source.clone());
