@@ -73,11 +73,14 @@ impl Keeper {
                 last_promote: None,
                 stale_noted: false,
             };
+            // A heartbeat shorter than the backlog's refresh still beats on time (and so its
+            // beats are never mistaken for late ones).
+            let tick = BACKLOG_EVERY.min(state.shared.heartbeat);
             loop {
                 state.tick();
                 select! {
                     recv(stopped) -> _ => break,
-                    default(BACKLOG_EVERY) => {}
+                    default(tick) => {}
                 }
             }
         })?;
