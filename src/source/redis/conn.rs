@@ -436,6 +436,32 @@ mod tests {
     }
 
     #[test]
+    fn a_link_logs_once_per_outage_and_backs_off() {
+        let mut link = Link::new("keeper".into(), RECONNECT);
+        let lost = link.failed(&SourceError::new("refused"));
+        assert!(
+            lost.line
+                .unwrap()
+                .starts_with("keeper: lost Redis: refused; retrying in")
+        );
+        assert!(lost.retry_in >= Duration::from_millis(250));
+        assert!(link.waiting(), "no new attempt before the back-off is over");
+        let Err(e) = link.get(|| panic!("must not connect while backing off")) else {
+            panic!("connected while backing off");
+        };
+        assert!(e.to_string().contains("next connection attempt in"), "{e}");
+        for _ in 0..5 {
+            assert!(link.failed(&SourceError::new("refused")).line.is_none());
+        }
+        link.ok();
+        assert!(!link.waiting());
+        assert!(
+            link.failed(&SourceError::new("refused")).line.is_some(),
+            "a new outage"
+        );
+    }
+
+    #[test]
     fn names_have_no_spaces() {
         let n = client_name("my host", "q", Role::Worker("rpa-q-1"));
         assert!(
