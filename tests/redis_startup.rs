@@ -125,6 +125,17 @@ fn bad_source_settings_are_build_errors_naming_the_field() {
         .build()
         .unwrap_err();
     assert_eq!(e.field(), "results");
+    #[cfg(not(feature = "tls"))]
+    {
+        let e = RedisSource::builder("rediss://:pw-x1@h:6380/", "q")
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid url = rediss://:***@h:6380/: a rediss:// (TLS) URL needs threadtide's `tls` \
+             feature"
+        );
+    }
 }
 
 /// Issue 14 item 9: every setting of the Redis builder, at any value its type allows, gives a
