@@ -12,12 +12,15 @@
 //! (kills the whole process) and `"hang"` (never returns). Anything that is not such JSON is
 //! dead-lettered as `malformed`. Each success pushes JSON with `id`, `queue`, `ok`, `worker`,
 //! `started_ms` and `finished_ms` (Unix ms) to the results list. SIGTERM / SIGINT drain
-//! gracefully and exit 0.
+//! gracefully and exit 0. A bad option, a bad setting, or a Redis error that no retry fixes
+//! (wrong password, missing ACL permission, database out of range) prints
+//! `rpa_worker: <what>` on stderr and exits 2; a Redis server that is down is waited for.
 //!
 //! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
 //! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
 //! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
-//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution).
+//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
+//! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -47,6 +50,7 @@ struct Args {
     shutdown_timeout_ms: u64,
     init_ms: u64,
     exec_log: Option<String>,
+    tls_ca: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -88,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
             "--shutdown-timeout-ms" => args.shutdown_timeout_ms = num(&value)?,
             "--init-ms" => args.init_ms = num(&value)?,
             "--exec-log" => args.exec_log = Some(value),
+            "--tls-ca" => args.tls_ca = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -134,8 +139,29 @@ struct Session {
     worker: String,
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+/// Exit status on an error: a bad option or setting, or a Redis error at start that
+/// no retry fixes (wrong password, missing ACL permission, database out of range).
+const EXIT_CANNOT_START: i32 = 2;
+
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = run() {
+        // Display, not Debug: the message says what to fix, and never shows a password.
+        let mut message = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
+        eprintln!("rpa_worker: {message}");
+        std::process::exit(EXIT_CANNOT_START);
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let args = parse_args().inspect_err(|_| {
         eprintln!("usage: rpa_worker --redis URL --queue NAME=KEY... --results KEY [options]");
     })?;
@@ -182,6 +208,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         if let Some(ms) = args.job_timeout_ms {
             source = source.job_timeout(Duration::from_millis(ms));
+        }
+        if let Some(path) = &args.tls_ca {
+            #[cfg(feature = "tls")]
+            {
+                source = source.tls_root_certificate(std::fs::read(path)?);
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(format!("--tls-ca {path}: built without the `tls` feature").into());
         }
         let source = source.build()?;
         sources.push(source.clone());

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
+    /// The default user's password (`--requirepass`), put in [`url`](Self::url) when set.
+    pub password: Option<String>,
     dir: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
@@ -41,8 +44,13 @@ impl RedisServer {
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let password = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_owned());
         let mut server = RedisServer {
             port: 0,
+            password,
             dir,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -66,14 +74,24 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).unwrap();
         RedisServer {
             port: free_port(),
+            password: None,
             dir,
             child: None,
             args: vec!["--appendonly".into(), "no".into()],
         }
     }
 
+    /// `redis://[:password@]127.0.0.1:port/`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// A URL for an ACL user.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -181,6 +199,17 @@ impl Drop for RedisServer {
     }
 }
 
+/// A field of `INFO <section>` as a number (`total_connections_received`, say).
+pub fn info_number(conn: &mut redis::Connection, section: &str, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg(section).query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Calls of every command the server has run so far, from `INFO commandstats` (commands run
 /// inside scripts count too).
 pub fn command_calls(conn: &mut redis::Connection) -> HashMap<String, u64> {
@@ -191,4 +220,34 @@ pub fn command_calls(conn: &mut redis::Connection) -> HashMap<String, u64> {
             Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// The `rpa_worker` example, built (once per test binary, through the same cargo) next to the
+/// test's own binary: `cargo test --test X` alone does not build examples, and a stale binary
+/// would test old code.
+pub fn rpa_worker() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let deps = std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf();
+            let profile_dir = deps.parent().unwrap().to_path_buf();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "--example", "rpa_worker"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().expect("run cargo").success(),
+                "building rpa_worker failed"
+            );
+            let bin = profile_dir.join("examples").join("rpa_worker");
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use redis::Connection;
 
+use super::conn::{Role, is_broken}; // redis-conn: named connections, error replies keep them
 use super::envelope::{self, Reason};
 use super::{Shared, Slot, SlotState, redis_error};
 use crate::backoff;
@@ -95,7 +96,7 @@ impl<J> RedisConsumer<J> {
     /// The worker's connection, made anew after an error.
     fn connection(&mut self) -> Result<&mut Connection, SourceError> {
         if self.conn.is_none() {
-            let conn = self.shared.connect()?;
+            let conn = self.shared.connect(Role::Worker(&self.thread))?;
             if self.registered {
                 self.shared
                     .counters
@@ -133,7 +134,9 @@ impl<J> RedisConsumer<J> {
                 .arg(&wid)
                 .invoke(conn);
             if let Err(e) = registered {
-                self.conn = None;
+                if is_broken(&e) {
+                    self.conn = None; // redis-conn: an error reply leaves the connection usable
+                }
                 return Err(redis_error("cannot register the worker", e));
             }
             // Published to the keeper only once the server knows the id: a heartbeat before
@@ -189,7 +192,9 @@ impl<J> RedisConsumer<J> {
                 Ok((check_own, entry))
             }
             Err(e) => {
-                self.conn = None;
+                if is_broken(&e) {
+                    self.conn = None; // redis-conn: an error reply leaves the connection usable
+                }
                 self.check_own = true;
                 Err(redis_error("cannot fetch", e))
             }
@@ -244,7 +249,9 @@ impl<J> RedisConsumer<J> {
                 Ok(code)
             }
             Err(e) => {
-                self.conn = None;
+                if is_broken(&e) {
+                    self.conn = None; // redis-conn: an error reply leaves the connection usable
+                }
                 Err(redis_error("cannot settle a job", e))
             }
         }
@@ -438,7 +445,7 @@ impl<J> Drop for RedisConsumer<J> {
         }
         let conn = match self.conn.take() {
             Some(c) => Ok(c),
-            None => self.shared.connect(),
+            None => self.shared.connect(Role::Worker(&self.thread)),
         };
         let unstarted = self.taken_next.take();
         let released =

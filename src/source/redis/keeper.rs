@@ -1,5 +1,18 @@
-//! The keeper: one thread per source and process that beats for this process's workers,
-//! reaps dead workers of any process, and moves due retries back to the queue.
+//! The keeper: one thread per source and process, started by `JobSource::open`. It keeps the
+//! backlog count fresh (so the monitor never waits on Redis), beats for this process's
+//! workers, reaps dead workers of any process, and moves due retries back to the queue.
+//!
+//! # Never reap on a stale view
+//!
+//! A worker is dead when its heartbeat is older than `worker_ttl` *in the server's view*. That
+//! view is only worth acting on if the server could receive heartbeats during the whole last
+//! TTL: after a server stall (`DEBUG SLEEP`, a long script, a fork) or a stall of this process
+//! (`SIGSTOP`, a paused VM), every process's beats were held up together, and the first keeper
+//! through would reap everyone else's live workers. So the keeper times its own beats: when one
+//! lands more than `worker_ttl / 2` after the previous one, or takes that long to land, the view
+//! is stale, and it reaps again only once its beats have landed steadily for a whole TTL, which
+//! gives every live process the same TTL to beat again. (Half a TTL: a live worker's beat is at
+//! most one heartbeat, a third of a TTL, plus that gap old, which stays under the TTL.)
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,13 +22,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, bounded, select};
 use redis::Connection;
 
-use super::{Shared, redis_error};
+use super::conn::{Link, RECONNECT, Role, redis_error};
+use super::{Shared, Slot};
+use crate::backoff::Backoff;
 use crate::error::SourceError;
+use crate::source::PoolInfo;
 
 /// How many entries one script call moves at most, so no script blocks the server for long.
 const BATCH: usize = 500;
 /// Due retries are looked for at least this often.
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// The backlog count is refreshed this often (the pool's default `rebalance_interval`).
+pub(crate) const BACKLOG_EVERY: Duration = Duration::from_millis(50);
 /// How long the processing lists of workers that left are still swept for jobs that a
 /// `BLMOVE` left pending on the server moved there late. A server unblocks a `BLMOVE` after
 /// its timeout (1 s by default), so ten minutes also covers a command delayed by TCP
@@ -28,17 +46,36 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
-    pub(crate) fn start<J: Send + 'static>(shared: Arc<Shared<J>>) -> std::io::Result<Keeper> {
+    /// Starts the thread, named by the pool (`{prefix}-{queue}-keeper`); its errors go to the
+    /// log and to the pool's event handler.
+    pub(crate) fn start<J: Send + 'static>(
+        shared: Arc<Shared<J>>,
+        pool: PoolInfo,
+    ) -> std::io::Result<Keeper> {
         let (stop, stopped) = bounded::<()>(0);
-        let name = format!("tt-keeper-{}", shared.keys.queue);
-        let thread = thread::Builder::new().name(name).spawn(move || {
+        let name = pool.thread_name("keeper");
+        let thread = thread::Builder::new().name(name.clone()).spawn(move || {
+            let ttl = shared.worker_ttl;
+            // Back on time after an outage: never wait longer than half a TTL between tries,
+            // or this process's live workers would look dead once Redis is back.
+            let backoff = Backoff {
+                initial: RECONNECT.initial.min(shared.heartbeat),
+                max: (ttl / 2).clamp(RECONNECT.initial.min(shared.heartbeat), RECONNECT.max),
+            };
+            let what = format!("redis keeper for {}", shared.keys.queue);
             let mut state = State {
                 shared,
-                conn: None,
-                failing: false,
+                pool,
+                thread: name,
+                link: Link::new(what, backoff),
                 last_beat: None,
+                steady_since: None,
+                last_promote: None,
+                stale_noted: false,
             };
-            let tick = state.shared.heartbeat.min(PROMOTE_EVERY);
+            // A heartbeat shorter than the backlog's refresh still beats on time (and so its
+            // beats are never mistaken for late ones).
+            let tick = BACKLOG_EVERY.min(state.shared.heartbeat);
             loop {
                 state.tick();
                 select! {
@@ -50,7 +87,7 @@ impl Keeper {
         Ok(Keeper { stop, thread })
     }
 
-    /// Stops the thread and joins it.
+    /// Stops the thread and joins it (a command in flight ends within the I/O timeout).
     pub(crate) fn stop(self) {
         drop(self.stop);
         if self.thread.join().is_err() {
@@ -61,47 +98,84 @@ impl Keeper {
 
 struct State<J> {
     shared: Arc<Shared<J>>,
-    conn: Option<Connection>,
-    failing: bool,
+    pool: PoolInfo,
+    thread: String,
+    link: Link,
+    /// When the last heartbeat landed (its reply came back).
     last_beat: Option<Instant>,
+    /// Since when beats have landed without a stall; reaping waits for a TTL of it.
+    steady_since: Option<Instant>,
+    last_promote: Option<Instant>,
+    /// Whether the current stale stretch was logged.
+    stale_noted: bool,
 }
 
 impl<J> State<J> {
     fn tick(&mut self) {
+        if self.link.waiting() {
+            return; // backing off: no connection attempt before the time is up
+        }
+        match self.work() {
+            Ok(()) => self.link.ok(),
+            Err(e) => {
+                let reported = self.link.failed(&e);
+                if let Some(line) = reported.line {
+                    self.pool
+                        .report_error(&self.thread, line, reported.retry_in);
+                }
+            }
+        }
+    }
+
+    fn work(&mut self) -> Result<(), SourceError> {
+        self.read_backlog()?;
+        if self
+            .last_promote
+            .is_none_or(|t| t.elapsed() >= PROMOTE_EVERY)
+        {
+            self.promote()?;
+            self.last_promote = Some(Instant::now());
+        }
         let beat_due = self
             .last_beat
             .is_none_or(|t| t.elapsed() >= self.shared.heartbeat);
-        let result = self.promote().and_then(|()| {
-            if beat_due {
-                self.beat()?;
+        if beat_due {
+            self.beat()?;
+            if self.view_is_fresh() {
                 self.reap()?;
-                self.last_beat = Some(Instant::now());
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => self.failing = false,
-            Err(e) => {
-                self.conn = None;
-                if !self.failing {
-                    log::warn!("redis keeper for {}: {e}; retrying", self.shared.keys.queue);
-                }
-                self.failing = true;
+            } else {
+                self.shared
+                    .counters
+                    .reaps_skipped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
+        Ok(())
     }
 
     fn conn(&mut self) -> Result<&mut Connection, SourceError> {
-        if self.conn.is_none() {
-            self.conn = Some(self.shared.connect()?);
-        }
-        Ok(self.conn.as_mut().expect("connected above"))
+        let shared = &self.shared;
+        self.link.get(|| shared.connect(Role::Keeper))
+    }
+
+    fn read_backlog(&mut self) -> Result<(), SourceError> {
+        let shared = Arc::clone(&self.shared);
+        let n: u64 = redis::cmd("LLEN")
+            .arg(&shared.keys.queue)
+            .query(self.conn()?)
+            .map_err(|e| redis_error("cannot read the backlog", e))?;
+        shared.backlog.set(n, shared.ms_since_epoch());
+        Ok(())
     }
 
     /// Refreshes the heartbeat of this process's workers, except those whose job has run past
-    /// `job_timeout`; marks those the server no longer knows as fenced.
+    /// `job_timeout`; marks those the server no longer knows as fenced. Runs (and is timed)
+    /// even with no worker to beat for: its timing tells whether the view is fresh.
     fn beat(&mut self) -> Result<(), SourceError> {
-        let limit_ms = self.shared.job_timeout.map(|t| t.as_millis() as u64);
+        let limit_ms = self
+            .shared
+            .job_timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         let now_ms = self.shared.ms_since_epoch();
         let wids: Vec<String> = self
             .shared
@@ -113,12 +187,10 @@ impl<J> State<J> {
                 (Some(limit), Some(since)) => now_ms.saturating_sub(since) <= limit,
                 _ => true,
             })
-            .map(|s| s.wid.clone())
+            .map(|s: &Slot| s.wid.clone())
             .collect();
-        if wids.is_empty() {
-            return Ok(());
-        }
         let shared = Arc::clone(&self.shared);
+        let sent = Instant::now();
         let fenced: Vec<String> = shared
             .scripts
             .heartbeat
@@ -126,6 +198,8 @@ impl<J> State<J> {
             .arg(&wids)
             .invoke(self.conn()?)
             .map_err(|e| redis_error("heartbeat failed", e))?;
+        let landed = Instant::now();
+        self.note_beat(sent, landed);
         if !fenced.is_empty() {
             let slots = shared.slots.lock();
             for slot in slots.values().filter(|s| fenced.contains(&s.wid)) {
@@ -133,6 +207,42 @@ impl<J> State<J> {
             }
         }
         Ok(())
+    }
+
+    /// Times a beat that landed: see the module's docs.
+    fn note_beat(&mut self, sent: Instant, landed: Instant) {
+        let limit = self.shared.worker_ttl / 2;
+        let took = landed - sent;
+        let gap = self.last_beat.map(|prev| landed - prev);
+        let stalled = took > limit || gap.is_some_and(|g| g > limit);
+        if stalled {
+            self.steady_since = Some(landed);
+            if !self.stale_noted {
+                self.stale_noted = true;
+                log::warn!(
+                    "redis keeper for {}: a heartbeat landed {} after the previous one (Redis or \
+                     this process stalled); not reaping for {}, so that live workers of every \
+                     process can beat again",
+                    self.shared.keys.queue,
+                    super::conn::human(gap.unwrap_or(took).max(took)),
+                    super::conn::human(self.shared.worker_ttl)
+                );
+            }
+        } else if self.steady_since.is_none() {
+            // The first beat of this keeper: no stall seen, trust the view.
+            self.steady_since = Some(landed.checked_sub(self.shared.worker_ttl).unwrap_or(landed));
+        }
+        self.last_beat = Some(landed);
+    }
+
+    fn view_is_fresh(&mut self) -> bool {
+        let fresh = self
+            .steady_since
+            .is_some_and(|s| s.elapsed() >= self.shared.worker_ttl);
+        if fresh {
+            self.stale_noted = false;
+        }
+        fresh
     }
 
     fn reap(&mut self) -> Result<(), SourceError> {
@@ -151,8 +261,13 @@ impl<J> State<J> {
             .arg(RETIRED_GRACE.as_millis() as u64)
             .invoke(self.conn()?)
             .map_err(|e| redis_error("reaping failed", e))?;
+        shared.counters.reaps.fetch_add(1, Ordering::Relaxed);
         if workers > 0 || jobs > 0 {
             shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);
+            shared
+                .counters
+                .reaped_workers
+                .fetch_add(workers, Ordering::Relaxed);
             log::warn!(
                 "{}: reaped {workers} dead worker(s); {jobs} job(s) back in the queue",
                 k.queue

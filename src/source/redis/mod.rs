@@ -2,27 +2,35 @@
 //!
 //! The guarantee, the key layout and the job cycle are written up in `docs/RELIABILITY.md`.
 
+mod acl;
+mod builder;
+mod conn;
 mod consumer;
 mod envelope;
 mod keeper;
 mod scripts;
+mod stats;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::{Client, Connection, RedisError};
+use redis::{Client, Connection};
 
-use crate::backoff::{self, Backoff};
-use crate::error::{BuildError, SourceError};
-use crate::source::{JobSource, WorkerInfo};
+use crate::backoff::Backoff;
+use crate::error::SourceError;
+use crate::source::{JobSource, PoolInfo, WorkerInfo};
 
+pub use builder::RedisSourceBuilder;
+pub(crate) use conn::redis_error;
+use conn::{Link, Role};
 pub use consumer::RedisConsumer;
 use keeper::Keeper;
 use scripts::Scripts;
+pub use stats::{QueueSummary, RedisStats};
 
 type Decoder<J> = dyn Fn(&[u8]) -> Result<J, String> + Send + Sync;
 
@@ -100,6 +108,9 @@ impl SlotState {
 pub(crate) struct Counters {
     pub(crate) acks_refused: AtomicU64,
     pub(crate) recovered: AtomicU64,
+    pub(crate) reaped_workers: AtomicU64,
+    pub(crate) reaps: AtomicU64,
+    pub(crate) reaps_skipped: AtomicU64,
     pub(crate) dead_malformed: AtomicU64,
     pub(crate) dead_exhausted: AtomicU64,
     pub(crate) dead_permanent: AtomicU64,
@@ -107,8 +118,44 @@ pub(crate) struct Counters {
     pub(crate) reconnects: AtomicU64,
 }
 
+/// The queue's length as the keeper last read it, and when (ms since the source's epoch,
+/// plus one; 0: never). `backlog()` reads it without touching the network.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    count: AtomicU64,
+    at_ms: AtomicU64,
+}
+
+impl Backlog {
+    pub(crate) fn set(&self, count: u64, now_ms: u64) {
+        self.count.store(count, Ordering::Relaxed);
+        self.at_ms
+            .store(now_ms.saturating_add(1), Ordering::Release);
+    }
+
+    /// The count and its age, if it was ever read.
+    fn get(&self, now_ms: u64) -> Option<(usize, Duration)> {
+        match self.at_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some((
+                usize::try_from(self.count.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
+                Duration::from_millis(now_ms.saturating_sub(at - 1)),
+            )),
+        }
+    }
+}
+
+/// Server check states (`Shared::server_check`).
+const UNCHECKED: u8 = 0;
+const CHECKING: u8 = 1;
+const CHECKED: u8 = 2;
+
 pub(crate) struct Shared<J> {
     client: Client,
+    /// The URL with its password shown as `***`, for messages.
+    pub(crate) url: String,
+    /// This machine's name, in worker ids and connection names.
+    pub(crate) host: String,
     pub(crate) keys: Keys,
     pub(crate) scripts: Scripts,
     pub(crate) decoder: Box<Decoder<J>>,
@@ -129,52 +176,96 @@ pub(crate) struct Shared<J> {
     pub(crate) epoch: Instant,
     pub(crate) slots: Mutex<HashMap<u64, Slot>>,
     next_slot: AtomicU64,
-    server_checked: AtomicBool,
-    /// The connection of the monitor's backlog reads and of the host's calls (`summary`,
-    /// `push`), kept across calls and rebuilt after an error. Workers and the keeper have
-    /// their own.
-    shared_conn: Mutex<Option<Connection>>,
+    /// `UNCHECKED`, `CHECKING` or `CHECKED`: the server's version and settings are checked
+    /// (and warned about) once per source, by whichever connection comes first.
+    server_check: AtomicU8,
+    /// The connection of the host's calls (`summary`, `push`, `requeue_running`), kept across
+    /// calls and rebuilt with back-off after an error. Workers and the keeper have their own.
+    shared_conn: Mutex<Link>,
     keeper: Mutex<Option<Keeper>>,
+    pub(crate) backlog: Backlog,
     pub(crate) counters: Counters,
 }
 
 impl<J> Shared<J> {
-    /// A new connection with timeouts: connect and writes bounded by the I/O timeout, reads by
-    /// the longest blocking fetch plus the I/O timeout, so a dead server never hangs a thread.
-    /// The first one also checks the server.
-    pub(crate) fn connect(&self) -> Result<Connection, SourceError> {
-        let mut conn = self
+    /// A new connection for `role`, named with `CLIENT SETNAME`, with timeouts: connect and
+    /// writes bounded by the I/O timeout, reads by the I/O timeout, plus the longest blocking
+    /// fetch for a worker, so a dead server never hangs a thread. The first one also checks
+    /// the server.
+    pub(crate) fn connect(&self, role: Role<'_>) -> Result<Connection, SourceError> {
+        conn::note_read_timeout(self.io_timeout);
+        let started = Instant::now();
+        let mut c = self
             .client
             .get_connection_with_timeout(self.io_timeout)
-            .map_err(|e| redis_error("cannot connect to redis", e))?;
-        let read = self.block + self.io_timeout;
-        conn.set_read_timeout(Some(read))
-            .and_then(|()| conn.set_write_timeout(Some(self.io_timeout)))
+            .map_err(|e| redis_error(&format!("cannot connect to Redis at {}", self.url), e))?;
+        let read = match role {
+            Role::Worker(_) => self.block + self.io_timeout,
+            _ => self.io_timeout,
+        };
+        // Connecting and naming share one I/O timeout, so a silent server holds a thread
+        // for at most that long.
+        let left = self
+            .io_timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        c.set_read_timeout(Some(left))
+            .and_then(|()| c.set_write_timeout(Some(self.io_timeout)))
             .map_err(|e| redis_error("cannot set socket timeouts", e))?;
-        if !self.server_checked.load(Ordering::Acquire) {
-            check_server(&mut conn, &self.keys.queue)?;
-            self.server_checked.store(true, Ordering::Release);
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(conn::client_name(&self.host, &self.keys.queue, role))
+            .query::<()>(&mut c)
+            .map_err(|e| redis_error("cannot name the connection (CLIENT SETNAME)", e))?;
+        c.set_read_timeout(Some(read))
+            .map_err(|e| redis_error("cannot set socket timeouts", e))?;
+        conn::note_read_timeout(read);
+        if self
+            .server_check
+            .compare_exchange(UNCHECKED, CHECKING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let checked = check_server(&mut c, &self.keys.queue);
+            let state = if checked.is_ok() { CHECKED } else { UNCHECKED };
+            self.server_check.store(state, Ordering::Release);
+            checked?;
         }
-        Ok(conn)
+        Ok(c)
+    }
+
+    /// The start-up check of `JobSource::open`: connects (password, database), checks the
+    /// server and the ACL permissions, and reads the backlog once.
+    fn probe(&self) -> Result<(), SourceError> {
+        let mut c = self.connect(Role::Open)?;
+        acl::check(&mut c, &self.keys)?;
+        let n: u64 = redis::cmd("LLEN")
+            .arg(&self.keys.queue)
+            .query(&mut c)
+            .map_err(|e| redis_error("cannot read the backlog", e))?;
+        self.backlog.set(n, self.ms_since_epoch());
+        Ok(())
     }
 
     pub(crate) fn ms_since_epoch(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Runs `f` on the shared connection, connecting first if needed; after an error the
-    /// connection is dropped so the next call makes a new one.
+    /// Runs `f` on the shared connection, connecting first if needed and the back-off allows
+    /// it; a broken connection is dropped, the next call (after the back-off) makes a new one.
     fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
-        let mut guard = self.shared_conn.lock();
-        if guard.is_none() {
-            *guard = Some(self.connect()?);
+        let mut link = self.shared_conn.lock();
+        if link.waiting() {
+            return Err(link.wait_error());
         }
-        let result = f(guard.as_mut().expect("connected above"));
-        if result.is_err() {
-            *guard = None;
+        let result = link.get(|| self.connect(Role::Shared)).and_then(f);
+        match &result {
+            Ok(_) => link.ok(),
+            Err(e) => {
+                link.failed(e);
+            }
         }
         result
     }
@@ -182,10 +273,6 @@ impl<J> Shared<J> {
     pub(crate) fn new_wid(&self, slot: u64, generation: u32) -> String {
         format!("{}:{slot}:{generation}", self.identity)
     }
-}
-
-pub(crate) fn redis_error(context: &str, e: RedisError) -> SourceError {
-    SourceError::with_source(format!("{context}: {e}"), e)
 }
 
 /// Fails on a server older than 6.2 (no `BLMOVE`); warns, once, when its settings can lose
@@ -204,7 +291,8 @@ fn check_server(conn: &mut Connection, queue: &str) -> Result<(), SourceError> {
     if !version_at_least(&version, (6, 2)) {
         return Err(SourceError::new(format!(
             "redis-server {version} is too old: threadtide needs 6.2 or newer (BLMOVE)"
-        )));
+        ))
+        .into_permanent());
     }
     let mut config = |name: &str| -> Option<String> {
         let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query(conn).ok()?;
@@ -240,50 +328,6 @@ fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned())
-}
-
-/// Counts of a queue's jobs in each place, from [`RedisSource::summary`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QueueSummary {
-    /// Waiting in the list (`LLEN`).
-    pub ready: usize,
-    /// Waiting for a retry.
-    pub delayed: usize,
-    /// In the dead-letter list.
-    pub dead: usize,
-    /// Being run by a registered worker of any process.
-    pub processing: usize,
-    /// Registered workers of all processes.
-    pub workers: usize,
-}
-
-impl QueueSummary {
-    /// No job is waiting, delayed or running: all work is done (dead letters aside).
-    pub fn is_idle(&self) -> bool {
-        self.ready == 0 && self.delayed == 0 && self.processing == 0
-    }
-}
-
-/// What this process's side of a Redis source has seen, from [`RedisSource::stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisStats {
-    /// Completions refused because the worker had been reaped (fenced); the job was recovered
-    /// and runs again elsewhere, so its result is not pushed twice.
-    pub acks_refused: u64,
-    /// Jobs this process's reaper put back from dead workers (of any process).
-    pub recovered: u64,
-    /// Jobs scheduled for a retry.
-    pub retried: u64,
-    /// Dead-lettered because the decoder refused them.
-    pub dead_malformed: u64,
-    /// Dead-lettered after `max_attempts` runs.
-    pub dead_exhausted: u64,
-    /// Dead-lettered because the executor returned a permanent error.
-    pub dead_permanent: u64,
-    /// Connections re-established after an error.
-    pub reconnects: u64,
 }
 
 /// A [`JobSource`] on a Redis list that producers fill with `RPUSH`: at-least-once delivery,
@@ -330,6 +374,7 @@ impl<J> Clone for RedisSource<J> {
 impl<J> fmt::Debug for RedisSource<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSource")
+            .field("url", &self.shared.url)
             .field("keys", &self.shared.keys)
             .field("identity", &self.shared.identity)
             .finish_non_exhaustive()
@@ -341,24 +386,7 @@ impl RedisSource {
     /// (`redis://host:port/db`, `redis+unix:///path`). Nothing connects until the pool starts;
     /// a server that is not up yet is waited for.
     pub fn builder(url: impl Into<String>, queue_key: impl Into<String>) -> RedisSourceBuilder {
-        RedisSourceBuilder {
-            url: url.into(),
-            queue_key: queue_key.into(),
-            results: None,
-            decoder: Box::new(|b: &[u8]| Ok(b.to_vec())),
-            max_attempts: 5,
-            retry_backoff: Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(300),
-            },
-            retry_to_head: false,
-            heartbeat: Duration::from_secs(1),
-            worker_ttl: Duration::from_secs(5),
-            job_timeout: None,
-            block: Duration::from_secs(1),
-            io_timeout: Duration::from_secs(2),
-            wait_replicas: None,
-        }
+        RedisSourceBuilder::new(url.into(), queue_key.into())
     }
 }
 
@@ -436,16 +464,14 @@ impl<J: Send + 'static> RedisSource<J> {
             dead_exhausted: get(&c.dead_exhausted),
             dead_permanent: get(&c.dead_permanent),
             reconnects: get(&c.reconnects),
-        }
-    }
-
-    fn ensure_keeper(&self) {
-        let mut keeper = self.shared.keeper.lock();
-        if keeper.is_none() {
-            match Keeper::start(Arc::clone(&self.shared)) {
-                Ok(k) => *keeper = Some(k),
-                Err(e) => log::error!("cannot start the redis keeper thread: {e}"),
-            }
+            reaped_workers: get(&c.reaped_workers),
+            reaps: get(&c.reaps),
+            reaps_skipped: get(&c.reaps_skipped),
+            backlog_age: self
+                .shared
+                .backlog
+                .get(self.shared.ms_since_epoch())
+                .map(|(_, age)| age),
         }
     }
 }
@@ -455,20 +481,56 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
     type Output = Vec<u8>;
     type Consumer = RedisConsumer<J>;
 
-    /// `LLEN` of the queue, one round trip on a connection kept for it (workers have their
-    /// own). Also makes sure the keeper thread (heartbeats, reaper, retry promotion) runs.
+    /// Checks the server once on the caller's thread, then starts the keeper thread
+    /// (heartbeats, reaper, retry promotion, backlog count). Idempotent: two queues may share
+    /// one source (the keeper then reports errors under the first queue's name).
+    ///
+    /// # Errors
+    ///
+    /// Only what no retry fixes, marked [permanent](SourceError::is_permanent): a wrong
+    /// password or user, a missing ACL permission (naming the command and key), a database
+    /// number the server does not have, a server older than 6.2. A server that is down or does
+    /// not answer is not an error: it is logged, and the source waits for it in the background.
+    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
+        let mut keeper = self.shared.keeper.lock();
+        if keeper.is_some() {
+            return Ok(());
+        }
+        match self.shared.probe() {
+            Ok(()) => {}
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => log::warn!(
+                "redis for {}: not reachable at start ({e}); waiting for it in the background",
+                self.shared.keys.queue
+            ),
+        }
+        let started = Keeper::start(Arc::clone(&self.shared), pool.clone())
+            .map_err(|e| SourceError::with_source("cannot start the redis keeper thread", e))?;
+        *keeper = Some(started);
+        Ok(())
+    }
+
+    /// The queue's length as the keeper last read it: never touches the network, so a slow
+    /// or silent server never stalls the monitor. While the keeper cannot reach Redis the
+    /// count stays as last read (0 before the first read); its age is
+    /// [`RedisStats::backlog_age`], and the keeper itself reports the outage (one log line and
+    /// one event when it starts, at most one a minute after), so the monitor does not report
+    /// it again on every tick.
+    ///
+    /// # Errors
+    ///
+    /// Only before [`open`](JobSource::open) (nothing keeps a count).
     fn backlog(&self) -> Result<usize, SourceError> {
-        self.ensure_keeper();
-        self.shared.with_conn(|conn| {
-            redis::cmd("LLEN")
-                .arg(&self.shared.keys.queue)
-                .query(conn)
-                .map_err(|e| redis_error("cannot read the backlog", e))
-        })
+        match self.shared.backlog.get(self.shared.ms_since_epoch()) {
+            Some((n, _)) => Ok(n),
+            None if self.shared.keeper.lock().is_none() => Err(SourceError::new(
+                "the source is not open (JobSource::open starts its keeper)",
+            )),
+            None => Ok(0),
+        }
     }
 
     fn consumer(&self, worker: &WorkerInfo) -> Result<Self::Consumer, SourceError> {
-        self.ensure_keeper();
         let id = self.shared.next_slot.fetch_add(1, Ordering::Relaxed);
         Ok(RedisConsumer::new(
             Arc::clone(&self.shared),
@@ -483,7 +545,7 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
         if let Some(k) = keeper {
             k.stop();
         }
-        self.shared.shared_conn.lock().take();
+        self.shared.shared_conn.lock().conn.take();
     }
 
     /// Puts the jobs of this process's busy workers back at the head of the queue (one more
@@ -507,229 +569,6 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
             busy.iter()
                 .map(|wid| consumer::release(&self.shared, conn, wid, None))
                 .sum()
-        })
-    }
-}
-
-/// Settings of a [`RedisSource`]. Setters never panic; [`build`](Self::build) validates.
-pub struct RedisSourceBuilder<J = Vec<u8>> {
-    url: String,
-    queue_key: String,
-    results: Option<String>,
-    decoder: Box<Decoder<J>>,
-    max_attempts: u32,
-    retry_backoff: Backoff,
-    retry_to_head: bool,
-    heartbeat: Duration,
-    worker_ttl: Duration,
-    job_timeout: Option<Duration>,
-    block: Duration,
-    io_timeout: Duration,
-    wait_replicas: Option<(u32, Duration)>,
-}
-
-impl<J> fmt::Debug for RedisSourceBuilder<J> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSourceBuilder")
-            .field("url", &self.url)
-            .field("queue_key", &self.queue_key)
-            .field("results", &self.results)
-            .field("max_attempts", &self.max_attempts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<J: Send + 'static> RedisSourceBuilder<J> {
-    /// The list each success's output is pushed to (`RPUSH`), atomically with the job leaving
-    /// its processing list. Defaults to none: outputs are dropped.
-    pub fn results(mut self, key: impl Into<String>) -> Self {
-        self.results = Some(key.into());
-        self
-    }
-
-    /// Turns a payload's bytes into the job the executor receives. A payload it refuses (an
-    /// `Err` with the reason) is dead-lettered as `malformed` at once and never reaches the
-    /// executor. Defaults to the bytes themselves (`Vec<u8>`).
-    pub fn decoder<K, F>(self, decoder: F) -> RedisSourceBuilder<K>
-    where
-        F: Fn(&[u8]) -> Result<K, String> + Send + Sync + 'static,
-    {
-        RedisSourceBuilder {
-            url: self.url,
-            queue_key: self.queue_key,
-            results: self.results,
-            decoder: Box::new(decoder),
-            max_attempts: self.max_attempts,
-            retry_backoff: self.retry_backoff,
-            retry_to_head: self.retry_to_head,
-            heartbeat: self.heartbeat,
-            worker_ttl: self.worker_ttl,
-            job_timeout: self.job_timeout,
-            block: self.block,
-            io_timeout: self.io_timeout,
-            wait_replicas: self.wait_replicas,
-        }
-    }
-
-    /// Runs of a job before it is dead-lettered, crashes of its worker included. Defaults to 5;
-    /// 1 means no retry; 0 is refused.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
-        self
-    }
-
-    /// Delay before retry `n`: `initial * 2^(n-1)` capped at `max`, jittered to 50-100%.
-    /// Defaults to 1 s and 5 min. `max < initial` is refused.
-    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.retry_backoff = Backoff { initial, max };
-        self
-    }
-
-    /// Where a due retry goes back: the head of the queue (`true`, next to run) or the tail
-    /// (`false`, behind waiting jobs). Defaults to the tail.
-    pub fn retry_to_head(mut self, head: bool) -> Self {
-        self.retry_to_head = head;
-        self
-    }
-
-    /// How often this process refreshes its workers' heartbeats and reaps dead workers of any
-    /// process. Defaults to 1 s; zero is refused.
-    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat = interval;
-        self
-    }
-
-    /// A worker whose heartbeat is older than this is dead: its jobs go back to the queue and
-    /// its late completions are refused. Defaults to 5 s (five beats); must be at least three
-    /// heartbeat intervals.
-    pub fn worker_ttl(mut self, ttl: Duration) -> Self {
-        self.worker_ttl = ttl;
-        self
-    }
-
-    /// Stop vouching for a worker whose job has run longer than this: it is reaped like a
-    /// dead one, the job runs again elsewhere and the late result is refused. Defaults to no
-    /// limit (long jobs are never re-run while their process is alive). Zero is refused.
-    pub fn job_timeout(mut self, timeout: Duration) -> Self {
-        self.job_timeout = Some(timeout);
-        self
-    }
-
-    /// The longest one `BLMOVE` blocks (also bounded by the pool's `fetch_timeout`): how long
-    /// an idle worker takes to notice it should retire. Defaults to 1 s; below 10 ms refused.
-    pub fn block_timeout(mut self, timeout: Duration) -> Self {
-        self.block = timeout;
-        self
-    }
-
-    /// Connect and write timeout; reads wait for the block timeout plus this. Defaults to 2 s;
-    /// zero is refused.
-    pub fn io_timeout(mut self, timeout: Duration) -> Self {
-        self.io_timeout = timeout;
-        self
-    }
-
-    /// After each settle (acknowledgement, retry, dead letter), wait until `replicas` replicas
-    /// have the write (`WAIT replicas timeout`), so that a failover to a replica does not lose
-    /// an acknowledged job. Defaults to off (asynchronous replication). `replicas` 0 is refused.
-    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.wait_replicas = Some((replicas, timeout));
-        self
-    }
-
-    /// Checks the settings. Does not connect.
-    ///
-    /// # Errors
-    ///
-    /// A [`BuildError`] naming the field: an unparsable `url`, an empty `queue_key` or
-    /// `results`, a zero `max_attempts`, `heartbeat_interval`, `job_timeout` or `io_timeout`,
-    /// `worker_ttl` under three heartbeats, `block_timeout` under 10 ms, or
-    /// `retry_backoff` with `max < initial`.
-    pub fn build(self) -> Result<RedisSource<J>, BuildError> {
-        let client = Client::open(self.url.as_str())
-            .map_err(|e| BuildError::new("url", &self.url, e.to_string()))?;
-        if self.queue_key.is_empty() {
-            return Err(BuildError::new("queue_key", "\"\"", "must not be empty"));
-        }
-        if self.results.as_deref() == Some("") {
-            return Err(BuildError::new("results", "\"\"", "must not be empty"));
-        }
-        if self.max_attempts == 0 {
-            return Err(BuildError::new("max_attempts", 0, "must be at least 1"));
-        }
-        for (field, d) in [
-            ("heartbeat_interval", Some(self.heartbeat)),
-            ("io_timeout", Some(self.io_timeout)),
-            ("job_timeout", self.job_timeout),
-        ] {
-            if d.is_some_and(|d| d.is_zero()) {
-                return Err(BuildError::new(field, "0s", "must be longer than zero"));
-            }
-        }
-        if self.worker_ttl < self.heartbeat * 3 {
-            return Err(BuildError::new(
-                "worker_ttl",
-                format!("{:?}", self.worker_ttl),
-                format!(
-                    "must be at least three heartbeat intervals ({:?})",
-                    self.heartbeat * 3
-                ),
-            ));
-        }
-        if self.block < Duration::from_millis(10) {
-            return Err(BuildError::new(
-                "block_timeout",
-                format!("{:?}", self.block),
-                "must be at least 10ms",
-            ));
-        }
-        if let Some((0, _)) = self.wait_replicas {
-            return Err(BuildError::new(
-                "wait_for_replicas",
-                0,
-                "must be at least 1 replica (leave unset to not wait)",
-            ));
-        }
-        if self.retry_backoff.max < self.retry_backoff.initial {
-            return Err(BuildError::new(
-                "retry_backoff",
-                format!(
-                    "{:?}..{:?}",
-                    self.retry_backoff.initial, self.retry_backoff.max
-                ),
-                "max must not be shorter than initial",
-            ));
-        }
-        let identity = format!(
-            "{}:{}:{:016x}",
-            host_name(),
-            std::process::id(),
-            backoff::random()
-        );
-        Ok(RedisSource {
-            shared: Arc::new(Shared {
-                client,
-                keys: Keys::new(&self.queue_key, self.results),
-                scripts: Scripts::new(),
-                decoder: self.decoder,
-                max_attempts: self.max_attempts,
-                retry_backoff: self.retry_backoff,
-                retry_to_head: self.retry_to_head,
-                heartbeat: self.heartbeat,
-                worker_ttl: self.worker_ttl,
-                job_timeout: self.job_timeout,
-                block: self.block,
-                io_timeout: self.io_timeout,
-                wait_replicas: self.wait_replicas,
-                identity,
-                epoch: Instant::now(),
-                slots: Mutex::new(HashMap::new()),
-                next_slot: AtomicU64::new(0),
-                server_checked: AtomicBool::new(false),
-                shared_conn: Mutex::new(None),
-                keeper: Mutex::new(None),
-                counters: Counters::default(),
-            }),
         })
     }
 }

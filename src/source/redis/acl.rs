@@ -1,0 +1,157 @@
+//! The least privilege a worker process needs, and the start-up check that it has it.
+//!
+//! `docs/RELIABILITY.md` ("A minimal ACL") shows the `ACL SETUSER` line these make. On Redis
+//! 7.0 or newer the check asks the server (`redis.acl_check_cmd`, from a script) about every
+//! command on the keys it will touch, so a missing permission fails `start()` naming the
+//! command and key instead of failing on the first job; on 6.2 the check is skipped.
+
+use redis::{Connection, Script};
+
+use super::Keys;
+use super::conn::redis_error;
+use crate::error::SourceError;
+
+/// Every command the source sends, directly or from its scripts, in ACL spelling (the tests
+/// hold the scripts, the probes and the documentation to it).
+#[cfg(test)]
+const COMMANDS: &[&str] = &[
+    // Directly, on the worker's and the keeper's connections.
+    "blmove",
+    "lindex",
+    "llen",
+    "rpush",
+    "info",
+    "client|setname",
+    "evalsha",
+    "script|load",
+    // Inside the scripts.
+    "zadd",
+    "zscore",
+    "zrem",
+    "zrange",
+    "zrangebyscore",
+    "zremrangebyscore",
+    "zcard",
+    "lrem",
+    "lpush",
+    "lmove",
+    "rpop",
+    "time",
+];
+
+/// The probes: each command with arguments in the positions the server reads keys from.
+fn probes(keys: &Keys) -> Vec<Vec<String>> {
+    let q = keys.queue.as_str();
+    let p = format!("{}acl-probe", keys.processing_prefix);
+    let (w, r, d, x) = (&keys.workers, &keys.retired, &keys.delayed, &keys.dead);
+    let mut lists: Vec<&str> = vec![q, &p, x];
+    if let Some(results) = &keys.results {
+        lists.push(results);
+    }
+    let v = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut out = vec![
+        v(&["blmove", q, &p, "LEFT", "LEFT", "1"]),
+        v(&["lmove", q, &p, "LEFT", "LEFT"]),
+        v(&["lindex", &p, "0"]),
+        v(&["llen", q]),
+        v(&["llen", &p]),
+        v(&["lrem", &p, "1", "x"]),
+        v(&["rpop", &p]),
+        v(&["lpush", q, "x"]),
+        v(&["info", "server"]),
+        v(&["client", "setname", "x"]),
+        v(&["evalsha", "0000000000000000000000000000000000000000", "0"]),
+        v(&["script", "load", "return 1"]),
+        v(&["time"]),
+    ];
+    for list in lists {
+        out.push(v(&["rpush", list, "x"]));
+    }
+    for set in [w, r, d] {
+        out.push(v(&["zadd", set, "0", "x"]));
+        out.push(v(&["zrem", set, "x"]));
+        out.push(v(&["zrange", set, "0", "1"]));
+        out.push(v(&["zrangebyscore", set, "0", "1"]));
+        out.push(v(&["zremrangebyscore", set, "0", "1"]));
+    }
+    out.push(v(&["zscore", w, "x"]));
+    out.push(v(&["zcard", w]));
+    out.push(v(&["zcard", d]));
+    out.push(v(&["llen", x]));
+    out
+}
+
+const CHECK: &str = r#"
+if not redis.acl_check_cmd then return {} end
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local cmd = {}
+  for j = 1, n do cmd[j] = ARGV[i + j] end
+  if not redis.acl_check_cmd(unpack(cmd)) then return cmd end
+  i = i + n + 1
+end
+return {}
+"#;
+
+/// Fails, permanently, naming the first command (and key) the connection's user may not run.
+pub(crate) fn check(conn: &mut Connection, keys: &Keys) -> Result<(), SourceError> {
+    let script = Script::new(CHECK);
+    let mut inv = script.prepare_invoke();
+    for probe in probes(keys) {
+        inv.arg(probe.len());
+        for part in &probe {
+            inv.arg(part);
+        }
+    }
+    let refused: Vec<String> = inv
+        .invoke(conn)
+        .map_err(|e| redis_error("cannot check the ACL permissions", e))?;
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(SourceError::new(format!(
+        "the Redis user may not run `{}` (ACL): grant the commands and key patterns listed \
+         in docs/RELIABILITY.md, \"A minimal ACL\"",
+        refused.join(" ")
+    ))
+    .into_permanent())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command added to a script without adding it here would fail on the first job of a
+    /// least-privilege user instead of at start.
+    #[test]
+    fn every_command_of_the_scripts_is_listed_and_probed() {
+        let keys = Keys::new("q", Some("r".into()));
+        let probed: Vec<String> = probes(&keys)
+            .iter()
+            .map(|p| match p[0].as_str() {
+                "client" | "script" => format!("{}|{}", p[0], p[1]),
+                other => other.to_owned(),
+            })
+            .collect();
+        for c in COMMANDS {
+            assert!(probed.iter().any(|p| p == c), "{c} is not probed");
+        }
+        let scripts = include_str!("scripts.rs");
+        for call in scripts.split("redis.call('").skip(1) {
+            let name = call.split('\'').next().unwrap().to_ascii_lowercase();
+            assert!(
+                COMMANDS.contains(&name.as_str()),
+                "{name} is not in COMMANDS"
+            );
+        }
+        let docs = include_str!("../../../docs/RELIABILITY.md");
+        let acl = &docs[docs.find("## A minimal ACL").expect("the ACL section")..];
+        for c in COMMANDS {
+            assert!(
+                acl.contains(&format!("+{c}")),
+                "{c} is not in the documented ACL"
+            );
+        }
+    }
+}
