@@ -3,11 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use redis::Connection;
+use redis::{Connection, RedisError};
 
-use super::envelope::{self, Reason};
+use super::envelope::{self, Reason, Who};
+use super::scripts::settles_key;
 use super::{Shared, Slot, SlotState, redis_error};
 use crate::backoff;
 use crate::error::{JobError, SourceError};
@@ -18,6 +19,17 @@ struct InHand {
     entry: Vec<u8>,
     /// Runs before this one.
     runs: u32,
+    /// The `max_attempts` it is judged by: the one it carries, else this process's.
+    cap: u32,
+    /// The number of its settle, fixed at the first attempt so that a retried call after a
+    /// lost reply is recognised by the script and changes nothing.
+    seq: Option<u64>,
+}
+
+/// Whether a failed command broke the connection. An error reply from the server (a
+/// `WRONGTYPE` raised by a script's key check, say) leaves it usable.
+fn breaks_connection(e: &RedisError) -> bool {
+    e.code().is_none()
 }
 
 /// A worker's handle on a [`RedisSource`](super::RedisSource): fetches with `BLMOVE` into its
@@ -28,7 +40,13 @@ pub struct RedisConsumer<J> {
     generation: u32,
     wid: String,
     processing: String,
+    /// `Q:settles`: the last settle applied per worker (scripts.rs).
+    settles: String,
+    /// The number of this consumer's last settle call (not counting retries of one call).
+    seq: u64,
     thread: String,
+    /// When fewer replicas than asked acknowledged a settle was last logged.
+    replicas_warned: Option<Instant>,
     /// Busy and fenced flags, shared with the keeper through `Shared::slots`.
     state: Arc<SlotState>,
     conn: Option<Connection>,
@@ -64,7 +82,9 @@ pub(crate) fn release<J>(
         .key(format!("{}{wid}", k.processing_prefix))
         .key(&k.queue)
         .key(&k.retired)
-        .arg(wid);
+        .key(settles_key(&k.queue))
+        .arg(wid)
+        .arg(shared.max_attempts);
     if let Some(entry) = unstarted {
         inv.arg(entry);
     }
@@ -76,13 +96,17 @@ impl<J> RedisConsumer<J> {
     pub(crate) fn new(shared: Arc<Shared<J>>, slot: u64, thread: String) -> Self {
         let wid = shared.new_wid(slot, 0);
         let processing = format!("{}{wid}", shared.keys.processing_prefix);
+        let settles = settles_key(&shared.keys.queue);
         RedisConsumer {
             shared,
             slot,
             generation: 0,
             wid,
             processing,
+            settles,
+            seq: 0,
             thread,
+            replicas_warned: None,
             state: Arc::default(),
             conn: None,
             registered: false,
@@ -125,15 +149,20 @@ impl<J> RedisConsumer<J> {
         if !self.registered {
             let shared = Arc::clone(&self.shared);
             let wid = self.wid.clone();
+            let settles = self.settles.clone();
             let conn = self.connection()?;
             let registered: redis::RedisResult<i64> = shared
                 .scripts
                 .register
                 .key(&shared.keys.workers)
+                .key(&settles)
                 .arg(&wid)
+                .arg(shared.max_attempts)
                 .invoke(conn);
             if let Err(e) = registered {
-                self.conn = None;
+                if breaks_connection(&e) {
+                    self.conn = None;
+                }
                 return Err(redis_error("cannot register the worker", e));
             }
             // Published to the keeper only once the server knows the id: a heartbeat before
@@ -189,68 +218,123 @@ impl<J> RedisConsumer<J> {
                 Ok((check_own, entry))
             }
             Err(e) => {
-                self.conn = None;
+                if breaks_connection(&e) {
+                    self.conn = None;
+                }
                 self.check_own = true;
                 Err(redis_error("cannot fetch", e))
             }
         }
     }
 
-    /// Runs a settle script (`ack`, `retry`, `dead`) for `entry`: 1 done, 0 already gone,
-    /// -1 fenced.
-    fn settle(
-        &mut self,
-        which: Settle,
-        entry: &[u8],
-        arg: &[u8],
-        delay_ms: u64,
-    ) -> Result<i64, SourceError> {
+    /// Runs a settle script for `entry` as call number `seq` (see scripts.rs): returns its
+    /// code (1 done, 0 already applied by an earlier try of this call, -2 no longer in the
+    /// processing list, -1 refused: reaped, its list requeued) and the entries it requeued.
+    /// `requeue_as` is what the job goes back to the queue as if refused. `arg` and `extra`
+    /// are the script's own arguments. Then waits for replicas when configured.
+    fn settle(&mut self, which: Settle, call: Call<'_>) -> Result<(i64, u64), SourceError> {
         self.connection()?;
         let RedisConsumer {
             conn,
             shared,
             wid,
             processing,
+            settles,
             ..
         } = self;
         let conn = conn.as_mut().expect("connected above");
         let k = &shared.keys;
-        let mut inv = match which {
-            Settle::Ack => shared.scripts.ack.prepare_invoke(),
-            Settle::Retry => shared.scripts.retry.prepare_invoke(),
-            Settle::Dead => shared.scripts.dead.prepare_invoke(),
+        let (script, target) = match which {
+            Settle::Ack => (&shared.scripts.ack, k.results.as_deref().unwrap_or(&k.dead)),
+            Settle::Retry => (&shared.scripts.retry, k.delayed.as_str()),
+            Settle::Dead => (&shared.scripts.dead, k.dead.as_str()),
+            Settle::Putback => (&shared.scripts.putback, k.queue.as_str()),
         };
-        inv.key(&*processing).key(&k.workers);
-        match which {
-            Settle::Ack => inv
-                .key(k.results.as_deref().unwrap_or(&k.dead))
-                .key(&k.queue),
-            Settle::Retry => inv.key(&k.delayed),
-            Settle::Dead => inv.key(&k.dead),
-        };
-        inv.arg(&*wid).arg(entry).arg(arg);
-        match which {
-            Settle::Ack => inv.arg(if k.results.is_some() { "1" } else { "0" }),
-            Settle::Retry => inv.arg(delay_ms),
-            Settle::Dead => &mut inv,
-        };
-        let result: redis::RedisResult<(i64, u64, Option<Vec<u8>>)> = inv.invoke(conn);
-        match result {
-            Ok((code, left, next)) => {
-                if left > 0 {
-                    self.check_own = true;
-                }
-                self.taken_next = next;
-                Ok(code)
-            }
+        let mut inv = script.prepare_invoke();
+        inv.key(&*processing)
+            .key(&k.workers)
+            .key(target)
+            .key(&k.queue)
+            .key(&*settles)
+            .arg(&*wid)
+            .arg(call.entry)
+            .arg(call.seq)
+            .arg(shared.max_attempts)
+            .arg(call.requeue_as)
+            .arg(call.arg)
+            .arg(call.extra);
+        let result: redis::RedisResult<(i64, u64, Option<Vec<u8>>, u64)> = inv.invoke(conn);
+        let (code, left, next, requeued) = match result {
+            Ok(reply) => reply,
             Err(e) => {
+                if breaks_connection(&e) {
+                    self.conn = None;
+                }
+                self.check_own = true;
+                return Err(redis_error("cannot settle a job", e));
+            }
+        };
+        if code != -2 {
+            // A failure here fails the settle: the worker retries the same call, which the
+            // script recognises (code 0), and waits again.
+            if let Err(e) = self.wait_for_replicas() {
                 self.conn = None;
-                Err(redis_error("cannot settle a job", e))
+                self.check_own = true;
+                return Err(e);
             }
         }
+        if left > 0 {
+            self.check_own = true;
+        }
+        self.taken_next = next;
+        Ok((code, requeued))
     }
 
-    fn note_settled(&self, code: i64, what: &str) {
+    /// `WAIT replicas timeout` after a settle, when configured. Fewer replicas than asked is a
+    /// warning (at most one a minute per worker): the settle is done on the primary either way.
+    fn wait_for_replicas(&mut self) -> Result<(), SourceError> {
+        let Some((replicas, timeout)) = self.shared.wait_replicas else {
+            return Ok(());
+        };
+        let conn = self.conn.as_mut().expect("settled on it");
+        // WAIT 0 would block forever; reads must outlast WAIT's own timeout.
+        let timeout = timeout.max(Duration::from_millis(1));
+        let normal = self.shared.block + self.shared.io_timeout;
+        let longer = timeout + self.shared.io_timeout;
+        if longer > normal {
+            conn.set_read_timeout(Some(longer))
+                .map_err(|e| redis_error("cannot set socket timeouts", e))?;
+        }
+        let acked: redis::RedisResult<u32> = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            .query(conn);
+        if longer > normal {
+            conn.set_read_timeout(Some(normal))
+                .map_err(|e| redis_error("cannot set socket timeouts", e))?;
+        }
+        let acked = acked.map_err(|e| redis_error("cannot wait for replicas", e))?;
+        if acked < replicas
+            && self
+                .replicas_warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.replicas_warned = Some(Instant::now());
+            log::warn!(
+                "{}: only {acked} of {replicas} replica(s) acknowledged a settle within \
+                 {timeout:?}; a failover now could lose it",
+                self.thread
+            );
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn note_settled(&self, code: i64, requeued: u64, what: &str) {
         match code {
             -1 => {
                 self.shared
@@ -259,11 +343,17 @@ impl<J> RedisConsumer<J> {
                     .fetch_add(1, Ordering::Relaxed);
                 self.state.fence();
                 log::warn!(
-                    "{}: {what} refused: this worker was reaped, its job runs again elsewhere",
+                    "{}: {what} refused: this worker was reaped, its job runs again elsewhere \
+                     ({requeued} job(s) put back from its list)",
                     self.thread
                 );
             }
-            0 => log::debug!("{}: {what}: job already settled", self.thread),
+            -2 => log::warn!(
+                "{}: {what}: the job was no longer in the worker's processing list (removed \
+                 from outside); nothing was written for it",
+                self.thread
+            ),
+            0 => log::debug!("{}: {what}: already applied by a retried call", self.thread),
             _ => {}
         }
     }
@@ -282,10 +372,23 @@ impl<J> RedisConsumer<J> {
             reason,
             error,
             runs,
-            &self.wid,
+            Who {
+                thread: &self.thread,
+                wid: &self.wid,
+            },
             payload,
         );
-        let code = self.settle(Settle::Dead, entry, &record, 0)?;
+        // A fresh call each time: if it fails, the entry is read again from the processing
+        // list (only if this call did not apply) and buried anew.
+        let seq = self.next_seq();
+        let call = Call {
+            entry,
+            seq,
+            requeue_as: entry, // never started: back untouched if refused
+            arg: &record,
+            extra: b"",
+        };
+        let (code, requeued) = self.settle(Settle::Dead, call)?;
         if code == 1 {
             let c = &self.shared.counters;
             match reason {
@@ -300,7 +403,7 @@ impl<J> RedisConsumer<J> {
                 reason.as_str()
             );
         }
-        self.note_settled(code, "dead-lettering");
+        self.note_settled(code, requeued, "dead-lettering");
         Ok(())
     }
 }
@@ -310,6 +413,16 @@ enum Settle {
     Ack,
     Retry,
     Dead,
+    Putback,
+}
+
+/// The arguments of one settle call (see `RedisConsumer::settle`).
+struct Call<'a> {
+    entry: &'a [u8],
+    seq: u64,
+    requeue_as: &'a [u8],
+    arg: &'a [u8],
+    extra: &'a [u8],
 }
 
 impl<J: 'static> Consumer for RedisConsumer<J> {
@@ -341,14 +454,20 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             };
             let stored = envelope::decode(&entry);
             let runs = stored.runs;
-            if runs >= self.shared.max_attempts {
-                let error = format!("started {runs} times without success");
+            let cap = stored.cap.unwrap_or(self.shared.max_attempts);
+            if runs >= cap {
+                let error = format!("started {runs} times without success (max_attempts {cap})");
                 self.bury(&entry, Reason::AttemptsExhausted, &error, runs)?;
                 continue;
             }
             match (self.shared.decoder)(stored.payload) {
                 Ok(job) => {
-                    self.in_hand = Some(InHand { entry, runs });
+                    self.in_hand = Some(InHand {
+                        entry,
+                        runs,
+                        cap,
+                        seq: None,
+                    });
                     self.set_busy(true);
                     return Ok(Some(job));
                 }
@@ -362,21 +481,48 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
         job: J,
         outcome: Result<Vec<u8>, JobError>,
     ) -> Result<(), Unacked<J, Vec<u8>>> {
-        let Some(held) = self.in_hand.take() else {
+        let Some(mut held) = self.in_hand.take() else {
             return Ok(());
         };
+        let seq = match held.seq {
+            Some(seq) => seq,
+            None => *held.seq.insert(self.next_seq()),
+        };
         let runs = held.runs + 1;
+        let payload = envelope::decode(&held.entry).payload;
+        // If refused (reaped meanwhile), the job goes back with this run counted.
+        let requeue_as = envelope::encode(runs, held.cap, backoff::random(), payload);
         let result = match &outcome {
-            Ok(output) => self
-                .settle(Settle::Ack, &held.entry, output, 0)
-                .map(|c| (c, "ack")),
-            Err(e) if e.is_retryable() && runs < self.shared.max_attempts => {
-                let payload = envelope::decode(&held.entry).payload;
-                let next = envelope::encode(runs, backoff::random(), payload);
+            Ok(output) => {
+                let push: &[u8] = if self.shared.keys.results.is_some() {
+                    b"1"
+                } else {
+                    b"0"
+                };
+                let call = Call {
+                    entry: &held.entry,
+                    seq,
+                    requeue_as: &requeue_as,
+                    arg: output,
+                    extra: push,
+                };
+                self.settle(Settle::Ack, call).map(|c| (c, "ack"))
+            }
+            Err(e) if e.is_retryable() && runs < held.cap => {
+                let next = envelope::encode(runs, held.cap, backoff::random(), payload);
                 let delay = self.shared.retry_backoff.delay(runs);
-                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                self.settle(Settle::Retry, &held.entry, &next, delay_ms)
-                    .inspect(|&c| {
+                let delay_ms = u64::try_from(delay.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .to_string();
+                let call = Call {
+                    entry: &held.entry,
+                    seq,
+                    requeue_as: &requeue_as,
+                    arg: &next,
+                    extra: delay_ms.as_bytes(),
+                };
+                self.settle(Settle::Retry, call)
+                    .inspect(|&(c, _)| {
                         if c == 1 {
                             self.shared.counters.retried.fetch_add(1, Ordering::Relaxed);
                         }
@@ -389,17 +535,26 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 } else {
                     Reason::Permanent
                 };
-                let payload = envelope::decode(&held.entry).payload;
                 let record = envelope::dead_record(
                     &self.shared.keys.queue,
                     reason,
                     &e.to_string(),
                     runs,
-                    &self.wid,
+                    Who {
+                        thread: &self.thread,
+                        wid: &self.wid,
+                    },
                     payload,
                 );
-                self.settle(Settle::Dead, &held.entry, &record, 0)
-                    .inspect(|&c| {
+                let call = Call {
+                    entry: &held.entry,
+                    seq,
+                    requeue_as: &requeue_as,
+                    arg: &record,
+                    extra: b"",
+                };
+                self.settle(Settle::Dead, call)
+                    .inspect(|&(c, _)| {
                         if c == 1 {
                             let counters = &self.shared.counters;
                             match reason {
@@ -413,9 +568,9 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             }
         };
         match result {
-            Ok((code, what)) => {
+            Ok(((code, requeued), what)) => {
                 self.set_busy(false);
-                self.note_settled(code, what);
+                self.note_settled(code, requeued, what);
                 Ok(())
             }
             Err(error) => {
@@ -423,6 +578,36 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 Err(Unacked::new(error, job, outcome))
             }
         }
+    }
+
+    /// Puts the job the last acknowledgement took (not started) back at the head of the
+    /// queue, untouched and with no run counted, in one script.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached; the job then stays in this worker's processing list,
+    /// where the next fetch finds it (or the reaper, should this process die).
+    fn suspend(&mut self) -> Result<(), SourceError> {
+        let Some(entry) = self.taken_next.take() else {
+            return Ok(());
+        };
+        if self.state.is_fenced() {
+            return Ok(()); // reaped: the reaper already put it back
+        }
+        let seq = self.next_seq();
+        let call = Call {
+            entry: &entry,
+            seq,
+            requeue_as: &entry,
+            arg: b"",
+            extra: b"",
+        };
+        let (code, requeued) = self.settle(Settle::Putback, call)?;
+        if code == 1 {
+            log::debug!("{}: put its next job back before pausing", self.thread);
+        }
+        self.note_settled(code, requeued, "putting the next job back");
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, bounded, select};
 use redis::Connection;
 
+use super::scripts::{self, OrphanSweep};
 use super::{Shared, redis_error};
 use crate::error::SourceError;
 
@@ -21,6 +22,9 @@ const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// its timeout (1 s by default), so ten minutes also covers a command delayed by TCP
 /// retransmission through a network partition.
 const RETIRED_GRACE: Duration = Duration::from_secs(600);
+/// Keys one `SCAN` page of the orphan sweep examines (scripts.rs, `OrphanSweep`): a full pass
+/// over N keys takes N / 1000 heartbeats.
+const SWEEP_COUNT: usize = 1000;
 
 pub(crate) struct Keeper {
     stop: Sender<()>,
@@ -37,6 +41,7 @@ impl Keeper {
                 conn: None,
                 failing: false,
                 last_beat: None,
+                orphans: OrphanSweep::default(),
             };
             let tick = state.shared.heartbeat.min(PROMOTE_EVERY);
             loop {
@@ -64,6 +69,8 @@ struct State<J> {
     conn: Option<Connection>,
     failing: bool,
     last_beat: Option<Instant>,
+    /// The backstop sweep of processing lists no worker owns (redis-scripts engineer).
+    orphans: OrphanSweep,
 }
 
 impl<J> State<J> {
@@ -75,6 +82,7 @@ impl<J> State<J> {
             if beat_due {
                 self.beat()?;
                 self.reap()?;
+                self.sweep_orphans()?;
                 self.last_beat = Some(Instant::now());
             }
             Ok(())
@@ -137,25 +145,28 @@ impl<J> State<J> {
 
     fn reap(&mut self) -> Result<(), SourceError> {
         let shared = Arc::clone(&self.shared);
-        let k = &shared.keys;
-        let ttl_ms = u64::try_from(shared.worker_ttl.as_millis()).unwrap_or(u64::MAX);
-        let (workers, jobs): (u64, u64) = shared
-            .scripts
-            .reap
-            .key(&k.workers)
-            .key(&k.queue)
-            .key(&k.retired)
-            .arg(ttl_ms)
-            .arg(&k.processing_prefix)
-            .arg(BATCH)
-            .arg(RETIRED_GRACE.as_millis() as u64)
-            .invoke(self.conn()?)
-            .map_err(|e| redis_error("reaping failed", e))?;
+        let (workers, jobs) = scripts::reap(&shared, self.conn()?, BATCH, RETIRED_GRACE)?;
         if workers > 0 || jobs > 0 {
             shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);
             log::warn!(
                 "{}: reaped {workers} dead worker(s); {jobs} job(s) back in the queue",
-                k.queue
+                shared.keys.queue
+            );
+        }
+        Ok(())
+    }
+
+    fn sweep_orphans(&mut self) -> Result<(), SourceError> {
+        let shared = Arc::clone(&self.shared);
+        let mut orphans = std::mem::take(&mut self.orphans);
+        let jobs = orphans.step(&shared, self.conn()?, SWEEP_COUNT);
+        self.orphans = orphans;
+        let jobs = jobs?;
+        if jobs > 0 {
+            shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);
+            log::warn!(
+                "{}: {jobs} job(s) back in the queue from processing lists no worker owns",
+                shared.keys.queue
             );
         }
         Ok(())
