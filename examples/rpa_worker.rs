@@ -17,7 +17,8 @@
 //! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
 //! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
 //! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
-//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution).
+//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
+//! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use threadtide::{JobError, RedisSource, ThreadPoolManager, WaitError, WorkerInfo};
+use threadtide::{JobError, Queue, RedisSource, ThreadPoolManager, WaitError, WorkerInfo};
 
 #[derive(Debug, Default)]
 struct Args {
@@ -47,6 +48,8 @@ struct Args {
     shutdown_timeout_ms: u64,
     init_ms: u64,
     exec_log: Option<String>,
+    block_ms: Option<u64>,
+    recycle_after: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -88,6 +91,8 @@ fn parse_args() -> Result<Args, String> {
             "--shutdown-timeout-ms" => args.shutdown_timeout_ms = num(&value)?,
             "--init-ms" => args.init_ms = num(&value)?,
             "--exec-log" => args.exec_log = Some(value),
+            "--block-ms" => args.block_ms = Some(num(&value)?),
+            "--recycle-after" => args.recycle_after = Some(num(&value)?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -162,6 +167,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     if let Some(ms) = args.scale_down_delay_ms {
         builder = builder.scale_down_delay(Duration::from_millis(ms));
     }
+    if let Some(ms) = args.block_ms {
+        builder = builder.fetch_timeout(Duration::from_millis(ms));
+    }
     let mut sources = Vec::new();
     for (name, key) in &args.queues {
         let mut source = RedisSource::builder(args.redis.as_str(), key.as_str())
@@ -183,10 +191,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         if let Some(ms) = args.job_timeout_ms {
             source = source.job_timeout(Duration::from_millis(ms));
         }
+        if let Some(ms) = args.block_ms {
+            source = source.block_timeout(Duration::from_millis(ms));
+        }
         let source = source.build()?;
         sources.push(source.clone());
         let (queue, log, init_ms) = (name.clone(), exec_log.clone(), args.init_ms);
-        builder = builder.queue(
+        let def = Queue::new(
             name.as_str(),
             source,
             move |worker: &WorkerInfo| {
@@ -229,6 +240,10 @@ fn main() -> Result<(), Box<dyn Error>> {
                 Ok(result.to_string().into_bytes())
             },
         );
+        builder = builder.add_queue(match args.recycle_after {
+            Some(n) => def.recycle_after(n),
+            None => def,
+        });
     }
     let pool = builder.build()?;
     pool.shutdown_on_signals()?;

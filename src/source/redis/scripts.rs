@@ -215,8 +215,9 @@ return {1, finish(), false, 0}
             ),
             promote: script(
                 r#"
-check(KEYS[1], 'zset') check(KEYS[2], 'list')
+check(KEYS[1], 'zset')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+if #due > 0 then check(KEYS[2], 'list') end
 for _, m in ipairs(due) do
   if ARGV[2] == '1' then redis.call('LPUSH', KEYS[2], m) else redis.call('RPUSH', KEYS[2], m) end
   redis.call('ZREM', KEYS[1], m)
