@@ -52,13 +52,30 @@ impl Runs {
 }
 
 /// Where every job is, read from the server.
-#[derive(Debug)]
 struct Places {
     results: Vec<Vec<u8>>,
     dead: Vec<serde_json::Value>,
     ready: usize,
     delayed: usize,
     processing: usize,
+}
+
+impl std::fmt::Debug for Places {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let results: Vec<_> = self
+            .results
+            .iter()
+            .map(|r| String::from_utf8_lossy(r))
+            .collect();
+        let dead: Vec<_> = self.dead.iter().map(|d| d["payload"].to_string()).collect();
+        f.debug_struct("Places")
+            .field("ready", &self.ready)
+            .field("delayed", &self.delayed)
+            .field("processing", &self.processing)
+            .field("results", &(results.len(), results))
+            .field("dead", &(dead.len(), dead))
+            .finish()
+    }
 }
 
 impl Places {
@@ -128,22 +145,31 @@ enum When {
     MidRun,
 }
 
-/// Turns `key` into a string, keeping its contents under `saved:<key>`.
+/// Turns `key` into a string, keeping its contents under `saved:<key>`, in one step (two
+/// separate commands would let a worker's write land between them and be overwritten by the
+/// test itself).
 fn break_key(c: &mut redis::Connection, key: &str) {
-    let saved = format!("saved:{key}");
-    if c.exists::<_, bool>(key).unwrap() {
-        let _: () = c.rename(key, &saved).unwrap();
-    }
-    let _: () = c.set(key, "an operator's mistake").unwrap();
+    let _: () = redis::Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
+         redis.call('SET', KEYS[1], ARGV[1])",
+    )
+    .key(key)
+    .key(format!("saved:{key}"))
+    .arg("an operator's mistake")
+    .invoke(c)
+    .unwrap();
 }
 
-/// Deletes the string and puts the original contents back.
+/// Deletes the string and puts the original contents back, in one step.
 fn fix_key(c: &mut redis::Connection, key: &str) {
-    let saved = format!("saved:{key}");
-    let _: () = c.del(key).unwrap();
-    if c.exists::<_, bool>(&saved).unwrap() {
-        let _: () = c.rename(&saved, key).unwrap();
-    }
+    let _: () = redis::Script::new(
+        "redis.call('DEL', KEYS[1])
+         if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end",
+    )
+    .key(key)
+    .key(format!("saved:{key}"))
+    .invoke(c)
+    .unwrap();
 }
 
 /// 40 jobs that succeed, 10 that fail once (retry: the delayed set), 10 that fail for good
