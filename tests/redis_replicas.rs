@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
+use support::proxy::Proxy;
 use support::redis::{RedisServer, command_calls};
 use support::{PATIENCE, wait_until};
 use threadtide::{RedisSource, RedisSourceBuilder, ThreadPoolManager};
@@ -17,7 +18,12 @@ const Q: &str = "fila:conferencia";
 const RESULTS: &str = "fila:resultados";
 
 fn replica_of(primary: &RedisServer) -> RedisServer {
-    let port = primary.port.to_string();
+    replica_via(primary.port)
+}
+
+/// A replica of the server on `port` (a primary, or a proxy in front of one).
+fn replica_via(port: u16) -> RedisServer {
+    let port = port.to_string();
     let replica =
         RedisServer::start_with(&["--appendonly", "no", "--replicaof", "127.0.0.1", &port]);
     let mut c = replica.conn();
@@ -127,5 +133,105 @@ fn measure_wait_cost_per_job() {
                 jobs as f64 / took.as_secs_f64()
             );
         }
+    }
+}
+
+/// Failover with a lagging replica, with and without WAIT (a measurement, not a check):
+/// 400 jobs, all replicated before the pool starts; the replica replicates through a proxy;
+/// after 100 results the proxy goes silent (the replica lags), the pool works on for up to 1 s,
+/// the primary is killed (`kill -9`) and the proxy's connections reset (what was not
+/// replicated is gone), the replica is promoted (`REPLICAOF NO ONE`), and a new pool on it
+/// finishes the work.
+/// Counts jobs lost (in no place on the new primary) and duplicate executions and results.
+/// `cargo test --test redis_replicas measure_failover -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run it by hand"]
+fn measure_failover_loss_with_and_without_wait() {
+    for wait in [false, true] {
+        let mut primary = RedisServer::start();
+        let link = Proxy::start(primary.port);
+        let replica = replica_via(link.port);
+        let jobs = 400;
+        let ids: Vec<String> = (0..jobs).map(|i| format!("job-{i}")).collect();
+        let mut r = replica.conn();
+        let runs: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+        let pool_on = |server: &RedisServer, wait: bool| {
+            let mut b = source(server);
+            if wait {
+                b = b.wait_for_replicas(1, Duration::from_secs(5));
+            }
+            let source = b.build().unwrap();
+            let log = std::sync::Arc::clone(&runs);
+            let pool = ThreadPoolManager::builder()
+                .jobs_per_thread(1)
+                .max_threads_per_type(4)
+                .queue(
+                    "conferencia",
+                    source.clone(),
+                    |_| Ok::<_, Infallible>(()),
+                    move |_, id: &String| {
+                        log.lock().push(id.clone());
+                        std::thread::sleep(Duration::from_millis(2));
+                        Ok(id.clone().into_bytes())
+                    },
+                )
+                .build()
+                .unwrap();
+            (source, pool)
+        };
+        let (first, pool) = pool_on(&primary, wait);
+        first.push(&ids).unwrap();
+        wait_until(
+            PATIENCE,
+            "jobs replicated",
+            || r.llen::<_, usize>(Q).unwrap() == jobs,
+            || (),
+        );
+        pool.start().unwrap();
+        let mut p = primary.conn();
+        wait_until(
+            PATIENCE,
+            "100 results",
+            || p.llen::<_, usize>(RESULTS).unwrap() >= 100,
+            || (),
+        );
+        link.go_silent();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline && p.llen::<_, usize>(RESULTS).unwrap() < 250 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let on_primary: usize = p.llen(RESULTS).unwrap();
+        primary.kill();
+        link.reset_all();
+        let _ = pool.shutdown_timeout(Duration::from_secs(3));
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query(&mut r)
+            .unwrap();
+        let on_replica_at_promotion: usize = r.llen(RESULTS).unwrap();
+        let (second, pool) = pool_on(&replica, false);
+        pool.start().unwrap();
+        wait_until(
+            PATIENCE,
+            "the new primary finished",
+            || {
+                second.summary().is_ok_and(|s| s.is_idle())
+                    && r.llen::<_, usize>(RESULTS).unwrap() >= jobs
+            },
+            || second.summary(),
+        );
+        pool.shutdown();
+        pool.wait().unwrap();
+        let results: Vec<String> = r.lrange(RESULTS, 0, -1).unwrap();
+        let lost = ids.iter().filter(|id| !results.contains(id)).count();
+        let runs = std::mem::take(&mut *runs.lock());
+        let dup_exec = runs.len().saturating_sub(jobs);
+        let dup_results = results.len().saturating_sub(jobs);
+        eprintln!(
+            "failover wait={wait}: {jobs} jobs; results on the old primary at the kill \
+             {on_primary}, on the replica at promotion {on_replica_at_promotion}; lost {lost}, \
+             duplicate executions {dup_exec}, duplicate results {dup_results}"
+        );
     }
 }
