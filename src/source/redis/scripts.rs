@@ -3,7 +3,7 @@
 //!
 //! A script is not a transaction: when a command in it fails, the writes before it stay. So
 //! every script follows three rules (STYLE.md rule 25), and each is tested against a real
-//! server in `tests/redis_settle.rs`:
+//! server in `tests/redis_wrong_type.rs`, `tests/redis_settle.rs` and `tests/redis_orphans.rs`:
 //!
 //! 1. **Check, then write.** Every key a script may write is checked first (`TYPE` is the
 //!    expected one or `none`); on a wrong type it raises `WRONGTYPE key <k> holds a <t> ...`
