@@ -369,7 +369,8 @@ impl<J: Send + 'static> RedisSource<J> {
     }
 
     /// The dead-letter list (`{queue}:dead`): JSON records with `reason`, `error`, `attempts`,
-    /// `worker`, `time_ms` and the payload (`payload`, or `payload_hex` when not UTF-8).
+    /// `worker` (the thread name), `worker_id` (its Redis id), `time_ms` and the payload
+    /// (`payload`, or `payload_hex` when not UTF-8).
     pub fn dead_key(&self) -> &str {
         &self.shared.keys.dead
     }
