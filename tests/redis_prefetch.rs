@@ -242,3 +242,74 @@ fn kill_9_while_reinitialising_charges_no_run_to_the_job_taken_ahead() {
         );
     }
 }
+
+/// An upper bound on the window that remains: a `kill -9` after an acknowledgement's reply and
+/// before the executor starts the job it took charges that job a run. The window is part of
+/// the gap between one job's end and the next one's start on the same worker (the rest is the
+/// acknowledgement's round trip). A measurement, not a check:
+/// `cargo test --release --test redis_prefetch measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run it by hand"]
+fn measure_the_gap_between_jobs_that_bounds_the_window() {
+    use std::time::Instant;
+    let server = RedisServer::start();
+    let source = RedisSource::builder(server.url(), Q)
+        .results(RESULTS)
+        .block_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let jobs = 3000;
+    source.push(&vec![b"job".to_vec(); jobs]).unwrap();
+    let marks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    let m = Arc::clone(&marks);
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(1)
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, std::convert::Infallible>(()),
+            move |_, job: &Vec<u8>| {
+                let start = Instant::now();
+                let out = job.clone();
+                m.lock().push((start, Instant::now()));
+                Ok(out)
+            },
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "all done",
+        || source.summary().is_ok_and(|s| s.is_idle()),
+        || source.summary(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    let marks = marks.lock();
+    let mut gaps: Vec<Duration> = marks
+        .windows(2)
+        .map(|w| w[1].0.duration_since(w[0].1))
+        .collect();
+    gaps.sort();
+    let q = |p: f64| gaps[((gaps.len() - 1) as f64 * p) as usize];
+    let ping = {
+        let mut c = server.conn();
+        let mut rtts: Vec<Duration> = (0..1000)
+            .map(|_| {
+                let t = Instant::now();
+                let _: String = redis::cmd("PING").query(&mut c).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        rtts.sort();
+        rtts[500]
+    };
+    eprintln!(
+        "gap between jobs on one worker ({} gaps): p50 {:?}, p99 {:?}, max {:?}; PING round trip p50 {ping:?}",
+        gaps.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+}
