@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::Commands;
 use settle_support::{DEAD, Places, Q, RESULTS, Runs, source, wait_settled};
 use support::redis::RedisServer;
-use support::{Gate, PATIENCE, wait_until};
+use support::{Gate, PATIENCE, Recorder, wait_until};
 use threadtide::{JobError, ThreadPoolManager};
 
 /// `INFO errorstats`: how many WRONGTYPE errors the server has replied so far.
@@ -79,7 +79,9 @@ fn wrong_type_case(name: &str, when: When) {
     let runs = Runs::default();
     let gate = Gate::default();
     let (r, g) = (runs.clone(), gate.clone());
+    let events = Recorder::default();
     let pool = ThreadPoolManager::builder()
+        .event_handler(events.clone())
         .jobs_per_thread(10)
         .max_threads_per_type(3)
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
@@ -166,6 +168,27 @@ fn wrong_type_case(name: &str, when: When) {
             || wrongtype_errors(&mut c) > before,
             || Places::read(&mut server.conn()),
         );
+        // The host hears which key and which type. Not for `Q:retired` (only the keeper writes
+        // it, and its errors are logged, not sent as events) nor for `Q` before start (no
+        // worker runs yet: the monitor's backlog read fails, with Redis's own message).
+        if name != "retired" && !(name == "queue" && when == When::BeforeStart) {
+            let wanted = format!("WRONGTYPE key {key} holds a string");
+            wait_until(
+                PATIENCE,
+                &format!("an error event naming {key}"),
+                || {
+                    events
+                        .errors
+                        .lock()
+                        .iter()
+                        .any(|e| e.message.contains(&wanted))
+                },
+                || {
+                    let errors = events.errors.lock();
+                    errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>()
+                },
+            );
+        }
         // While broken, no job may have been written twice.
         let p = Places::read(&mut c);
         let mut seen = HashMap::new();

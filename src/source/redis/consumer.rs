@@ -9,7 +9,7 @@ use redis::Connection;
 
 mod settle;
 
-use settle::{Call, Settle, breaks_connection};
+use settle::{Call, Settle, breaks_connection, script_error};
 
 use super::envelope::{self, Reason, Who};
 use super::scripts::settles_key;
@@ -161,7 +161,7 @@ impl<J> RedisConsumer<J> {
                 if breaks_connection(&e) {
                     self.conn = None;
                 }
-                return Err(redis_error("cannot register the worker", e));
+                return Err(script_error("cannot register the worker", e));
             }
             // Published to the keeper only once the server knows the id: a heartbeat before
             // that would find it missing and wrongly fence it.
@@ -214,6 +214,27 @@ impl<J> RedisConsumer<J> {
             Ok(entry) => {
                 self.check_own = false;
                 Ok((check_own, entry))
+            }
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                // Redis's own message names no key: say which one an operator must fix.
+                self.check_own = true;
+                let queue = self.shared.keys.queue.clone();
+                let processing = self.processing.clone();
+                let conn = self.conn.as_mut().expect("kept after an error reply");
+                let wrong = [queue, processing].into_iter().find_map(|key| {
+                    let t: String = redis::cmd("TYPE").arg(&key).query(conn).ok()?;
+                    (t != "list" && t != "none").then_some((key, t))
+                });
+                Err(match wrong {
+                    Some((key, t)) => SourceError::with_source(
+                        format!(
+                            "cannot fetch: WRONGTYPE key {key} holds a {t} where threadtide \
+                             keeps a list; nothing was changed"
+                        ),
+                        e,
+                    ),
+                    None => redis_error("cannot fetch", e),
+                })
             }
             Err(e) => {
                 if breaks_connection(&e) {

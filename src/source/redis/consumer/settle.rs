@@ -17,6 +17,23 @@ pub(super) fn breaks_connection(e: &RedisError) -> bool {
     e.code().is_none()
 }
 
+/// A script's error: for an error reply raised by a key check, the check's own words
+/// (`WRONGTYPE key <k> holds a <t> where threadtide keeps a <t>; nothing was changed`)
+/// without the script's hash and line that Redis appends.
+pub(super) fn script_error(context: &str, e: RedisError) -> SourceError {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => {
+            let detail = detail
+                .split(" script: ")
+                .next()
+                .unwrap_or(detail)
+                .to_owned();
+            SourceError::with_source(format!("{context}: {code} {detail}"), e)
+        }
+        _ => redis_error(context, e),
+    }
+}
+
 impl<J> RedisConsumer<J> {
     /// Runs a settle script for `entry` as call number `seq` (see scripts.rs): returns its
     /// code (1 done, 0 already applied by an earlier try of this call, -2 no longer in the
@@ -66,7 +83,7 @@ impl<J> RedisConsumer<J> {
                     self.conn = None;
                 }
                 self.check_own = true;
-                return Err(redis_error("cannot settle a job", e));
+                return Err(script_error("cannot settle a job", e));
             }
         };
         if code != -2 {
