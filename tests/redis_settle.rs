@@ -88,6 +88,11 @@ fn a_settle_retried_after_a_stall_never_touches_the_next_identical_job() {
     );
     assert!(p.dead.is_empty(), "{:?}", p.dead);
     assert!(p.results.len() >= jobs);
+    let settles: usize = c.hlen(format!("{Q}:settles")).unwrap();
+    assert_eq!(
+        settles, 0,
+        "workers that left leave no settle record behind"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
