@@ -21,6 +21,7 @@
 //! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
 //! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
+//! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use threadtide::{JobError, RedisSource, ThreadPoolManager, WaitError, WorkerInfo};
+use threadtide::{JobError, Queue, RedisSource, ThreadPoolManager, WaitError, WorkerInfo};
 
 #[derive(Debug, Default)]
 struct Args {
@@ -51,6 +52,8 @@ struct Args {
     init_ms: u64,
     exec_log: Option<String>,
     tls_ca: Option<String>,
+    block_ms: Option<u64>,
+    recycle_after: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -93,6 +96,8 @@ fn parse_args() -> Result<Args, String> {
             "--init-ms" => args.init_ms = num(&value)?,
             "--exec-log" => args.exec_log = Some(value),
             "--tls-ca" => args.tls_ca = Some(value),
+            "--block-ms" => args.block_ms = Some(num(&value)?),
+            "--recycle-after" => args.recycle_after = Some(num(&value)?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -188,6 +193,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     if let Some(ms) = args.scale_down_delay_ms {
         builder = builder.scale_down_delay(Duration::from_millis(ms));
     }
+    if let Some(ms) = args.block_ms {
+        builder = builder.fetch_timeout(Duration::from_millis(ms));
+    }
     let mut sources = Vec::new();
     for (name, key) in &args.queues {
         let mut source = RedisSource::builder(args.redis.as_str(), key.as_str())
@@ -217,10 +225,13 @@ fn run() -> Result<(), Box<dyn Error>> {
             #[cfg(not(feature = "tls"))]
             return Err(format!("--tls-ca {path}: built without the `tls` feature").into());
         }
+        if let Some(ms) = args.block_ms {
+            source = source.block_timeout(Duration::from_millis(ms));
+        }
         let source = source.build()?;
         sources.push(source.clone());
         let (queue, log, init_ms) = (name.clone(), exec_log.clone(), args.init_ms);
-        builder = builder.queue(
+        let def = Queue::new(
             name.as_str(),
             source,
             move |worker: &WorkerInfo| {
@@ -263,6 +274,10 @@ fn run() -> Result<(), Box<dyn Error>> {
                 Ok(result.to_string().into_bytes())
             },
         );
+        builder = builder.add_queue(match args.recycle_after {
+            Some(n) => def.recycle_after(n),
+            None => def,
+        });
     }
     let pool = builder.build()?;
     pool.shutdown_on_signals()?;

@@ -20,6 +20,8 @@ const COMMANDS: &[&str] = &[
     "lindex",
     "llen",
     "rpush",
+    "type",
+    "scan",
     "info",
     "client|setname",
     "evalsha",
@@ -35,7 +37,13 @@ const COMMANDS: &[&str] = &[
     "lrem",
     "lpush",
     "lmove",
-    "rpop",
+    "lpos",
+    "lrange",
+    "del",
+    "hget",
+    "hset",
+    "hdel",
+    "zrandmember",
     "time",
 ];
 
@@ -48,6 +56,8 @@ fn probes(keys: &Keys) -> Vec<Vec<String>> {
     if let Some(results) = &keys.results {
         lists.push(results);
     }
+    let settles = super::scripts::settles_key(q);
+    let match_processing = format!("{}*", keys.processing_prefix);
     let v = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut out = vec![
         v(&["blmove", q, &p, "LEFT", "LEFT", "1"]),
@@ -56,8 +66,15 @@ fn probes(keys: &Keys) -> Vec<Vec<String>> {
         v(&["llen", q]),
         v(&["llen", &p]),
         v(&["lrem", &p, "1", "x"]),
-        v(&["rpop", &p]),
+        v(&["lpos", &p, "x"]),
+        v(&["lrange", &p, "0", "0"]),
+        v(&["del", &p]),
         v(&["lpush", q, "x"]),
+        v(&["hget", &settles, "x"]),
+        v(&["hset", &settles, "x", "1"]),
+        v(&["hdel", &settles, "x"]),
+        v(&["zrandmember", r, "1"]),
+        v(&["scan", "0", "MATCH", &match_processing, "COUNT", "1"]),
         v(&["info", "server"]),
         v(&["client", "setname", "x"]),
         v(&["evalsha", "0000000000000000000000000000000000000000", "0"]),
@@ -66,6 +83,10 @@ fn probes(keys: &Keys) -> Vec<Vec<String>> {
     ];
     for list in lists {
         out.push(v(&["rpush", list, "x"]));
+        out.push(v(&["type", list]));
+    }
+    for key in [w, r, d, &settles] {
+        out.push(v(&["type", key]));
     }
     for set in [w, r, d] {
         out.push(v(&["zadd", set, "0", "x"]));
@@ -95,10 +116,15 @@ return {}
 "#;
 
 /// Fails, permanently, naming the first command (and key) the connection's user may not run.
-pub(crate) fn check(conn: &mut Connection, keys: &Keys) -> Result<(), SourceError> {
+/// `waits`: the source waits for replicas after each settle, so it needs `WAIT` too.
+pub(crate) fn check(conn: &mut Connection, keys: &Keys, waits: bool) -> Result<(), SourceError> {
     let script = Script::new(CHECK);
     let mut inv = script.prepare_invoke();
-    for probe in probes(keys) {
+    let mut all = probes(keys);
+    if waits {
+        all.push(vec!["wait".to_owned(), "1".to_owned(), "0".to_owned()]);
+    }
+    for probe in all {
         inv.arg(probe.len());
         for part in &probe {
             inv.arg(part);

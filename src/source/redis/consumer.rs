@@ -3,12 +3,16 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Connection;
 
-use super::conn::{Role, is_broken}; // redis-conn: named connections, error replies keep them
-use super::envelope::{self, Reason};
+use super::conn::{Role, is_broken}; // named connections; an error reply keeps the connection
+use super::envelope::{self, Reason, Who};
+use super::scripts::settles_key;
+use settle::{Call, Settle, script_error};
+
+mod settle;
 use super::{Shared, Slot, SlotState, redis_error};
 use crate::backoff;
 use crate::error::{JobError, SourceError};
@@ -19,6 +23,11 @@ struct InHand {
     entry: Vec<u8>,
     /// Runs before this one.
     runs: u32,
+    /// The `max_attempts` it is judged by: the one it carries, else this process's.
+    cap: u32,
+    /// The number of its settle, fixed at the first attempt so that a retried call after a
+    /// lost reply is recognised by the script and changes nothing.
+    seq: Option<u64>,
 }
 
 /// A worker's handle on a [`RedisSource`](super::RedisSource): fetches with `BLMOVE` into its
@@ -29,7 +38,13 @@ pub struct RedisConsumer<J> {
     generation: u32,
     wid: String,
     processing: String,
+    /// `Q:settles`: the last settle applied per worker (scripts.rs).
+    settles: String,
+    /// The number of this consumer's last settle call (not counting retries of one call).
+    seq: u64,
     thread: String,
+    /// When fewer replicas than asked acknowledged a settle was last logged.
+    replicas_warned: Option<Instant>,
     /// Busy and fenced flags, shared with the keeper through `Shared::slots`.
     state: Arc<SlotState>,
     conn: Option<Connection>,
@@ -65,7 +80,9 @@ pub(crate) fn release<J>(
         .key(format!("{}{wid}", k.processing_prefix))
         .key(&k.queue)
         .key(&k.retired)
-        .arg(wid);
+        .key(settles_key(&k.queue))
+        .arg(wid)
+        .arg(shared.max_attempts);
     if let Some(entry) = unstarted {
         inv.arg(entry);
     }
@@ -77,13 +94,17 @@ impl<J> RedisConsumer<J> {
     pub(crate) fn new(shared: Arc<Shared<J>>, slot: u64, thread: String) -> Self {
         let wid = shared.new_wid(slot, 0);
         let processing = format!("{}{wid}", shared.keys.processing_prefix);
+        let settles = settles_key(&shared.keys.queue);
         RedisConsumer {
             shared,
             slot,
             generation: 0,
             wid,
             processing,
+            settles,
+            seq: 0,
             thread,
+            replicas_warned: None,
             state: Arc::default(),
             conn: None,
             registered: false,
@@ -126,18 +147,21 @@ impl<J> RedisConsumer<J> {
         if !self.registered {
             let shared = Arc::clone(&self.shared);
             let wid = self.wid.clone();
+            let settles = self.settles.clone();
             let conn = self.connection()?;
             let registered: redis::RedisResult<i64> = shared
                 .scripts
                 .register
                 .key(&shared.keys.workers)
+                .key(&settles)
                 .arg(&wid)
+                .arg(shared.max_attempts)
                 .invoke(conn);
             if let Err(e) = registered {
                 if is_broken(&e) {
-                    self.conn = None; // redis-conn: an error reply leaves the connection usable
+                    self.conn = None;
                 }
-                return Err(redis_error("cannot register the worker", e));
+                return Err(script_error("cannot register the worker", e));
             }
             // Published to the keeper only once the server knows the id: a heartbeat before
             // that would find it missing and wrongly fence it.
@@ -191,132 +215,36 @@ impl<J> RedisConsumer<J> {
                 self.check_own = false;
                 Ok((check_own, entry))
             }
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                // Redis's own message names no key: say which one an operator must fix.
+                self.check_own = true;
+                let queue = self.shared.keys.queue.clone();
+                let processing = self.processing.clone();
+                let conn = self.conn.as_mut().expect("kept after an error reply");
+                let wrong = [queue, processing].into_iter().find_map(|key| {
+                    let t: String = redis::cmd("TYPE").arg(&key).query(conn).ok()?;
+                    (t != "list" && t != "none").then_some((key, t))
+                });
+                Err(match wrong {
+                    Some((key, t)) => SourceError::with_source(
+                        format!(
+                            "cannot fetch: WRONGTYPE key {key} holds a {t} where threadtide \
+                             keeps a list; nothing was changed"
+                        ),
+                        e,
+                    ),
+                    None => redis_error("cannot fetch", e),
+                })
+            }
             Err(e) => {
                 if is_broken(&e) {
-                    self.conn = None; // redis-conn: an error reply leaves the connection usable
+                    self.conn = None;
                 }
                 self.check_own = true;
                 Err(redis_error("cannot fetch", e))
             }
         }
     }
-
-    /// Runs a settle script (`ack`, `retry`, `dead`) for `entry`: 1 done, 0 already gone,
-    /// -1 fenced.
-    fn settle(
-        &mut self,
-        which: Settle,
-        entry: &[u8],
-        arg: &[u8],
-        delay_ms: u64,
-    ) -> Result<i64, SourceError> {
-        self.connection()?;
-        let RedisConsumer {
-            conn,
-            shared,
-            wid,
-            processing,
-            ..
-        } = self;
-        let conn = conn.as_mut().expect("connected above");
-        let k = &shared.keys;
-        let mut inv = match which {
-            Settle::Ack => shared.scripts.ack.prepare_invoke(),
-            Settle::Retry => shared.scripts.retry.prepare_invoke(),
-            Settle::Dead => shared.scripts.dead.prepare_invoke(),
-        };
-        inv.key(&*processing).key(&k.workers);
-        match which {
-            Settle::Ack => inv
-                .key(k.results.as_deref().unwrap_or(&k.dead))
-                .key(&k.queue),
-            Settle::Retry => inv.key(&k.delayed),
-            Settle::Dead => inv.key(&k.dead),
-        };
-        inv.arg(&*wid).arg(entry).arg(arg);
-        match which {
-            Settle::Ack => inv.arg(if k.results.is_some() { "1" } else { "0" }),
-            Settle::Retry => inv.arg(delay_ms),
-            Settle::Dead => &mut inv,
-        };
-        let result: redis::RedisResult<(i64, u64, Option<Vec<u8>>)> = inv.invoke(conn);
-        match result {
-            Ok((code, left, next)) => {
-                if left > 0 {
-                    self.check_own = true;
-                }
-                self.taken_next = next;
-                Ok(code)
-            }
-            Err(e) => {
-                if is_broken(&e) {
-                    self.conn = None; // redis-conn: an error reply leaves the connection usable
-                }
-                Err(redis_error("cannot settle a job", e))
-            }
-        }
-    }
-
-    fn note_settled(&self, code: i64, what: &str) {
-        match code {
-            -1 => {
-                self.shared
-                    .counters
-                    .acks_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                self.state.fence();
-                log::warn!(
-                    "{}: {what} refused: this worker was reaped, its job runs again elsewhere",
-                    self.thread
-                );
-            }
-            0 => log::debug!("{}: {what}: job already settled", self.thread),
-            _ => {}
-        }
-    }
-
-    /// Dead-letters an entry found while fetching (malformed, or out of attempts).
-    fn bury(
-        &mut self,
-        entry: &[u8],
-        reason: Reason,
-        error: &str,
-        runs: u32,
-    ) -> Result<(), SourceError> {
-        let payload = envelope::decode(entry).payload;
-        let record = envelope::dead_record(
-            &self.shared.keys.queue,
-            reason,
-            error,
-            runs,
-            &self.wid,
-            payload,
-        );
-        let code = self.settle(Settle::Dead, entry, &record, 0)?;
-        if code == 1 {
-            let c = &self.shared.counters;
-            match reason {
-                Reason::Malformed => &c.dead_malformed,
-                Reason::AttemptsExhausted => &c.dead_exhausted,
-                Reason::Permanent => &c.dead_permanent,
-            }
-            .fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "{}: job dead-lettered ({}): {error}",
-                self.thread,
-                reason.as_str()
-            );
-        }
-        self.note_settled(code, "dead-lettering");
-        Ok(())
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Settle {
-    Ack,
-    Retry,
-    Dead,
 }
 
 impl<J: 'static> Consumer for RedisConsumer<J> {
@@ -348,14 +276,20 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             };
             let stored = envelope::decode(&entry);
             let runs = stored.runs;
-            if runs >= self.shared.max_attempts {
-                let error = format!("started {runs} times without success");
+            let cap = stored.cap.unwrap_or(self.shared.max_attempts);
+            if runs >= cap {
+                let error = format!("started {runs} times without success (max_attempts {cap})");
                 self.bury(&entry, Reason::AttemptsExhausted, &error, runs)?;
                 continue;
             }
             match (self.shared.decoder)(stored.payload) {
                 Ok(job) => {
-                    self.in_hand = Some(InHand { entry, runs });
+                    self.in_hand = Some(InHand {
+                        entry,
+                        runs,
+                        cap,
+                        seq: None,
+                    });
                     self.set_busy(true);
                     return Ok(Some(job));
                 }
@@ -369,21 +303,48 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
         job: J,
         outcome: Result<Vec<u8>, JobError>,
     ) -> Result<(), Unacked<J, Vec<u8>>> {
-        let Some(held) = self.in_hand.take() else {
+        let Some(mut held) = self.in_hand.take() else {
             return Ok(());
         };
+        let seq = match held.seq {
+            Some(seq) => seq,
+            None => *held.seq.insert(self.next_seq()),
+        };
         let runs = held.runs + 1;
+        let payload = envelope::decode(&held.entry).payload;
+        // If refused (reaped meanwhile), the job goes back with this run counted.
+        let requeue_as = envelope::encode(runs, held.cap, backoff::random(), payload);
         let result = match &outcome {
-            Ok(output) => self
-                .settle(Settle::Ack, &held.entry, output, 0)
-                .map(|c| (c, "ack")),
-            Err(e) if e.is_retryable() && runs < self.shared.max_attempts => {
-                let payload = envelope::decode(&held.entry).payload;
-                let next = envelope::encode(runs, backoff::random(), payload);
+            Ok(output) => {
+                let push: &[u8] = if self.shared.keys.results.is_some() {
+                    b"1"
+                } else {
+                    b"0"
+                };
+                let call = Call {
+                    entry: &held.entry,
+                    seq,
+                    requeue_as: &requeue_as,
+                    arg: output,
+                    extra: push,
+                };
+                self.settle(Settle::Ack, call).map(|c| (c, "ack"))
+            }
+            Err(e) if e.is_retryable() && runs < held.cap => {
+                let next = envelope::encode(runs, held.cap, backoff::random(), payload);
                 let delay = self.shared.retry_backoff.delay(runs);
-                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                self.settle(Settle::Retry, &held.entry, &next, delay_ms)
-                    .inspect(|&c| {
+                let delay_ms = u64::try_from(delay.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .to_string();
+                let call = Call {
+                    entry: &held.entry,
+                    seq,
+                    requeue_as: &requeue_as,
+                    arg: &next,
+                    extra: delay_ms.as_bytes(),
+                };
+                self.settle(Settle::Retry, call)
+                    .inspect(|&(c, _)| {
                         if c == 1 {
                             self.shared.counters.retried.fetch_add(1, Ordering::Relaxed);
                         }
@@ -396,17 +357,26 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 } else {
                     Reason::Permanent
                 };
-                let payload = envelope::decode(&held.entry).payload;
                 let record = envelope::dead_record(
                     &self.shared.keys.queue,
                     reason,
                     &e.to_string(),
                     runs,
-                    &self.wid,
+                    Who {
+                        thread: &self.thread,
+                        wid: &self.wid,
+                    },
                     payload,
                 );
-                self.settle(Settle::Dead, &held.entry, &record, 0)
-                    .inspect(|&c| {
+                let call = Call {
+                    entry: &held.entry,
+                    seq,
+                    requeue_as: &requeue_as,
+                    arg: &record,
+                    extra: b"",
+                };
+                self.settle(Settle::Dead, call)
+                    .inspect(|&(c, _)| {
                         if c == 1 {
                             let counters = &self.shared.counters;
                             match reason {
@@ -420,9 +390,9 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             }
         };
         match result {
-            Ok((code, what)) => {
+            Ok(((code, requeued), what)) => {
                 self.set_busy(false);
-                self.note_settled(code, what);
+                self.note_settled(code, requeued, what);
                 Ok(())
             }
             Err(error) => {
@@ -430,6 +400,36 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 Err(Unacked::new(error, job, outcome))
             }
         }
+    }
+
+    /// Puts the job the last acknowledgement took (not started) back at the head of the
+    /// queue, untouched and with no run counted, in one script.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached; the job then stays in this worker's processing list,
+    /// where the next fetch finds it (or the reaper, should this process die).
+    fn suspend(&mut self) -> Result<(), SourceError> {
+        let Some(entry) = self.taken_next.take() else {
+            return Ok(());
+        };
+        if self.state.is_fenced() {
+            return Ok(()); // reaped: the reaper already put it back
+        }
+        let seq = self.next_seq();
+        let call = Call {
+            entry: &entry,
+            seq,
+            requeue_as: &entry,
+            arg: b"",
+            extra: b"",
+        };
+        let (code, requeued) = self.settle(Settle::Putback, call)?;
+        if code == 1 {
+            log::debug!("{}: put its next job back before pausing", self.thread);
+        }
+        self.note_settled(code, requeued, "putting the next job back");
+        Ok(())
     }
 }
 

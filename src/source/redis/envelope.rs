@@ -1,54 +1,102 @@
 //! How a job is stored once it has been run: the producer's raw payload wrapped with its run
-//! count, and the dead-letter record.
+//! count and attempt cap, and the dead-letter record.
 //!
-//! A producer pushes raw payloads. A job that goes back to the queue (a retry, or recovery
-//! from a dead worker) is wrapped as `ESC "tt1:" runs ":" nonce ":" payload`, where `runs` is
-//! how many times it has started and `nonce` keeps byte-identical payloads apart in the delayed
-//! set. Counting runs in the job itself, not in a hash keyed by payload, means identical
-//! payloads never share a counter. The reaper's Lua script writes the same format.
+//! A producer pushes raw payloads. A job that goes back to the queue (a retry, a recovery from
+//! a dead worker, a refused settle) is wrapped as
+//! `ESC "tt2:" runs ":" cap ":" nonce ":" check ":" payload`, where `runs` is how many times it
+//! has started, `cap` the `max_attempts` of the process that first ran it (item 14: the cap
+//! travels with the job, so processes with different caps agree), `nonce` keeps byte-identical
+//! payloads apart in the delayed set, and `check` is the first 16 hex digits of
+//! `SHA-1("tt2:" runs ":" cap ":" nonce)`. The check is what makes the format unambiguous: a
+//! producer's payload that merely starts with the marker (`ESC "tt2:"`, or anything else) fails
+//! it and is read as a raw payload, byte for byte. Only the exact bytes of an envelope this
+//! crate wrote (copied back into the queue) would be taken for one. Counting runs in the job
+//! itself, not in a hash keyed by payload, means identical payloads never share a counter. The
+//! Lua scripts (scripts.rs, `seal` and `open`) read and write the same format.
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The first bytes of a wrapped job. 0x1F (unit separator) never starts JSON or text payloads.
-pub(crate) const PREFIX: &[u8] = b"\x1ftt1:";
+pub(crate) const PREFIX: &[u8] = b"\x1ftt2:";
 
-/// A stored job: how many runs it has had and the producer's payload.
+/// A stored job: how many runs it has had, the cap it carries, and the producer's payload.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Stored<'a> {
     pub(crate) runs: u32,
+    /// The `max_attempts` it carries; `None` for a raw payload (the claiming process's applies).
+    pub(crate) cap: Option<u32>,
     pub(crate) payload: &'a [u8],
 }
 
-/// Reads a stored entry. Anything not wrapped is a raw payload that has never run.
+/// The check of a header: 16 hex digits of SHA-1 over `tt2:runs:cap:nonce`, exactly as the
+/// fields are written (the Lua side hashes the same text with `redis.sha1hex`).
+fn check(runs: &[u8], cap: &[u8], nonce: &[u8]) -> [u8; 16] {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(b"tt2:");
+    h.update(runs);
+    h.update(b":");
+    h.update(cap);
+    h.update(b":");
+    h.update(nonce);
+    let hex = h.digest().to_string();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hex.as_bytes()[..16]);
+    out
+}
+
+/// Reads a stored entry. Anything that is not an intact envelope is a raw payload that has
+/// never run, whatever its bytes.
 pub(crate) fn decode(entry: &[u8]) -> Stored<'_> {
     let raw = Stored {
         runs: 0,
+        cap: None,
         payload: entry,
     };
     let Some(rest) = entry.strip_prefix(PREFIX) else {
         return raw;
     };
-    let mut parts = rest.splitn(3, |&b| b == b':');
-    let (Some(runs), Some(nonce), Some(payload)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let mut parts = rest.splitn(5, |&b| b == b':');
+    let (Some(runs), Some(cap), Some(nonce), Some(chk), Some(payload)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return raw;
     };
-    // The same shape the Lua side matches: `(%d+):(%x+):`.
-    let digits = !runs.is_empty() && runs.iter().all(u8::is_ascii_digit);
-    let hex = !nonce.is_empty() && nonce.iter().all(u8::is_ascii_hexdigit);
-    let runs = std::str::from_utf8(runs).ok().and_then(|r| r.parse().ok());
-    match runs {
-        Some(runs) if digits && hex => Stored { runs, payload },
+    // The same shape the Lua side matches: `(%d+):(%d+):(%x+):(%x+):`.
+    let digits = |f: &[u8]| !f.is_empty() && f.iter().all(u8::is_ascii_digit);
+    let hex = |f: &[u8]| !f.is_empty() && f.iter().all(u8::is_ascii_hexdigit);
+    if !(digits(runs) && digits(cap) && hex(nonce) && chk == check(runs, cap, nonce)) {
+        return raw;
+    }
+    let num = |f: &[u8]| {
+        std::str::from_utf8(f)
+            .ok()
+            .and_then(|t| t.parse::<u32>().ok())
+    };
+    match (num(runs), num(cap)) {
+        (Some(runs), Some(cap)) => Stored {
+            runs,
+            cap: Some(cap),
+            payload,
+        },
         _ => raw,
     }
 }
 
-/// Wraps `payload` for a retry after `runs` runs.
-pub(crate) fn encode(runs: u32, nonce: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(PREFIX.len() + 32 + payload.len());
+/// Wraps `payload` after `runs` runs, carrying `cap`.
+pub(crate) fn encode(runs: u32, cap: u32, nonce: u64, payload: &[u8]) -> Vec<u8> {
+    let (runs, cap, nonce) = (runs.to_string(), cap.to_string(), format!("{nonce:x}"));
+    let chk = check(runs.as_bytes(), cap.as_bytes(), nonce.as_bytes());
+    let mut out = Vec::with_capacity(PREFIX.len() + 64 + payload.len());
     out.extend_from_slice(PREFIX);
-    out.extend_from_slice(format!("{runs}:{nonce:x}:").as_bytes());
+    for field in [runs.as_bytes(), cap.as_bytes(), nonce.as_bytes(), &chk[..]] {
+        out.extend_from_slice(field);
+        out.push(b':');
+    }
     out.extend_from_slice(payload);
     out
 }
@@ -75,14 +123,22 @@ impl Reason {
 }
 
 /// A dead-letter record, as JSON: `{"queue", "reason", "error", "attempts", "worker",
-/// "time_ms", "payload"}`; a payload that is not UTF-8 is given as `"payload_hex"` instead, so
-/// no byte is lost.
+/// "worker_id", "time_ms", "payload"}`; `worker` is the thread name the logs and events use
+/// (`rpa-conferencia-6`), `worker_id` the id in `Q:workers`; a payload that is not UTF-8 is
+/// given as `"payload_hex"` instead, so no byte is lost.
+pub(crate) struct Who<'a> {
+    /// The worker's thread name.
+    pub(crate) thread: &'a str,
+    /// The worker's Redis id.
+    pub(crate) wid: &'a str,
+}
+
 pub(crate) fn dead_record(
     queue: &str,
     reason: Reason,
     error: &str,
     attempts: u32,
-    worker: &str,
+    worker: Who<'_>,
     payload: &[u8],
 ) -> Vec<u8> {
     let time_ms = SystemTime::now()
@@ -96,7 +152,9 @@ pub(crate) fn dead_record(
     s.push_str("\",\"error\":");
     json_string(&mut s, error);
     let _ = write!(s, ",\"attempts\":{attempts},\"worker\":");
-    json_string(&mut s, worker);
+    json_string(&mut s, worker.thread);
+    s.push_str(",\"worker_id\":");
+    json_string(&mut s, worker.wid);
     let _ = write!(s, ",\"time_ms\":{time_ms},");
     match std::str::from_utf8(payload) {
         Ok(text) => {
@@ -137,21 +195,36 @@ fn json_string(out: &mut String, text: &str) {
 mod tests {
     use super::*;
 
+    const W: Who<'static> = Who {
+        thread: "rpa-fila-1",
+        wid: "h:1:ab:0:0",
+    };
+
     #[test]
     fn raw_payloads_have_no_runs() {
+        let forged_check = {
+            let mut e = encode(3, 5, 0xab, b"p");
+            let n = e.len();
+            e[n - 3] ^= 1; // one bit of the check
+            e
+        };
         for raw in [
             &b"{\"id\":1}"[..],
             b"",
-            b"\x1ftt1:",
-            b"\x1ftt1:x:1:p",
-            b"\x1ftt1:1::p",
-            b"\x1ftt1:+1:a:p",
+            b"\x1ftt2:",
+            b"\x1ftt2:x:1:1:1:p",
+            b"\x1ftt2:1:5::0123456789abcdef:p",
+            b"\x1ftt2:+1:5:a:0123456789abcdef:p",
+            b"\x1ftt2:3:5:ab:0000000000000000:p",
+            b"\x1ftt1:3:ab:p",
+            &forged_check[..],
             b"\xff",
         ] {
             assert_eq!(
                 decode(raw),
                 Stored {
                     runs: 0,
+                    cap: None,
                     payload: raw
                 }
             );
@@ -160,33 +233,46 @@ mod tests {
 
     #[test]
     fn wrapped_payloads_round_trip_byte_for_byte() {
-        for payload in [&b"{\"id\":1}"[..], b"", b"a:b:c", b"\x00\xff\x1ftt1:9:9:"] {
-            let entry = encode(3, 0xdead_beef, payload);
-            assert_eq!(decode(&entry), Stored { runs: 3, payload });
+        for payload in [
+            &b"{\"id\":1}"[..],
+            b"",
+            b"a:b:c",
+            b"\x00\xff\x1ftt2:9:9:",
+            &encode(7, 2, 1, b"nested")[..],
+        ] {
+            let entry = encode(3, 4, 0xdead_beef, payload);
+            assert_eq!(
+                decode(&entry),
+                Stored {
+                    runs: 3,
+                    cap: Some(4),
+                    payload
+                }
+            );
         }
+    }
+
+    /// The check the Lua side computes with `redis.sha1hex`: pinned, so a change on one side
+    /// only is caught here (the integration tests check both against a real server).
+    #[test]
+    fn the_check_is_sha1_of_the_header() {
+        assert_eq!(
+            encode(1, 5, 0, b"p"),
+            b"\x1ftt2:1:5:0:04263884e0a4b0e0:p".to_vec()
+        );
     }
 
     #[test]
     fn dead_records_are_json_and_keep_every_byte() {
-        let rec = dead_record(
-            "fila",
-            Reason::Malformed,
-            "bad \"x\"\n",
-            1,
-            "w",
-            b"\xff\x00a",
-        );
+        let rec = dead_record("fila", Reason::Malformed, "bad \"x\"\n", 1, W, b"\xff\x00a");
         let text = String::from_utf8(rec).unwrap();
         assert!(text.contains("\"payload_hex\":\"ff0061\""), "{text}");
         assert!(text.contains("\"error\":\"bad \\\"x\\\"\\n\""), "{text}");
-        let rec = dead_record(
-            "fila",
-            Reason::Permanent,
-            "e",
-            2,
-            "w",
-            "{\"é\":1}".as_bytes(),
+        assert!(
+            text.contains("\"worker\":\"rpa-fila-1\",\"worker_id\":\"h:1:ab:0:0\""),
+            "{text}"
         );
+        let rec = dead_record("fila", Reason::Permanent, "e", 2, W, "{\"é\":1}".as_bytes());
         let text = String::from_utf8(rec).unwrap();
         assert!(text.contains("\"payload\":\"{\\\"é\\\":1}\""), "{text}");
         assert!(text.contains("\"reason\":\"permanent\""), "{text}");

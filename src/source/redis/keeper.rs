@@ -23,6 +23,7 @@ use crossbeam_channel::{Sender, bounded, select};
 use redis::Connection;
 
 use super::conn::{Link, RECONNECT, Role, redis_error};
+use super::scripts::{self, OrphanSweep};
 use super::{Shared, Slot};
 use crate::backoff::Backoff;
 use crate::error::SourceError;
@@ -39,6 +40,9 @@ pub(crate) const BACKLOG_EVERY: Duration = Duration::from_millis(50);
 /// its timeout (1 s by default), so ten minutes also covers a command delayed by TCP
 /// retransmission through a network partition.
 const RETIRED_GRACE: Duration = Duration::from_secs(600);
+/// Keys one `SCAN` page of the orphan sweep examines (scripts.rs, `OrphanSweep`): a full pass
+/// over N keys takes N / 1000 heartbeats.
+const SWEEP_COUNT: usize = 1000;
 
 pub(crate) struct Keeper {
     stop: Sender<()>,
@@ -72,6 +76,7 @@ impl Keeper {
                 steady_since: None,
                 last_promote: None,
                 stale_noted: false,
+                orphans: OrphanSweep::default(),
             };
             // A heartbeat shorter than the backlog's refresh still beats on time (and so its
             // beats are never mistaken for late ones).
@@ -108,6 +113,8 @@ struct State<J> {
     last_promote: Option<Instant>,
     /// Whether the current stale stretch was logged.
     stale_noted: bool,
+    /// The backstop sweep of processing lists no registered worker owns (scripts.rs).
+    orphans: OrphanSweep,
 }
 
 impl<J> State<J> {
@@ -143,6 +150,7 @@ impl<J> State<J> {
             self.beat()?;
             if self.view_is_fresh() {
                 self.reap()?;
+                self.sweep_orphans()?;
             } else {
                 self.shared
                     .counters
@@ -247,20 +255,7 @@ impl<J> State<J> {
 
     fn reap(&mut self) -> Result<(), SourceError> {
         let shared = Arc::clone(&self.shared);
-        let k = &shared.keys;
-        let ttl_ms = u64::try_from(shared.worker_ttl.as_millis()).unwrap_or(u64::MAX);
-        let (workers, jobs): (u64, u64) = shared
-            .scripts
-            .reap
-            .key(&k.workers)
-            .key(&k.queue)
-            .key(&k.retired)
-            .arg(ttl_ms)
-            .arg(&k.processing_prefix)
-            .arg(BATCH)
-            .arg(RETIRED_GRACE.as_millis() as u64)
-            .invoke(self.conn()?)
-            .map_err(|e| redis_error("reaping failed", e))?;
+        let (workers, jobs) = scripts::reap(&shared, self.conn()?, BATCH, RETIRED_GRACE)?;
         shared.counters.reaps.fetch_add(1, Ordering::Relaxed);
         if workers > 0 || jobs > 0 {
             shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);
@@ -270,7 +265,23 @@ impl<J> State<J> {
                 .fetch_add(workers, Ordering::Relaxed);
             log::warn!(
                 "{}: reaped {workers} dead worker(s); {jobs} job(s) back in the queue",
-                k.queue
+                shared.keys.queue
+            );
+        }
+        Ok(())
+    }
+
+    fn sweep_orphans(&mut self) -> Result<(), SourceError> {
+        let shared = Arc::clone(&self.shared);
+        let mut orphans = std::mem::take(&mut self.orphans);
+        let jobs = orphans.step(&shared, self.conn()?, SWEEP_COUNT);
+        self.orphans = orphans;
+        let jobs = jobs?;
+        if jobs > 0 {
+            shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);
+            log::warn!(
+                "{}: {jobs} job(s) back in the queue from processing lists no worker owns",
+                shared.keys.queue
             );
         }
         Ok(())

@@ -168,7 +168,6 @@ pub(crate) struct Shared<J> {
     pub(crate) block: Duration,
     io_timeout: Duration,
     /// After each settle, wait for this many replicas to acknowledge it (`WAIT n timeout`).
-    #[allow(dead_code)] // read by the settle path once it waits for replicas
     pub(crate) wait_replicas: Option<(u32, Duration)>,
     /// `host:pid:nonce`: worker ids start with it, so a restarted process never reuses one.
     pub(crate) identity: String,
@@ -237,7 +236,7 @@ impl<J> Shared<J> {
     /// server and the ACL permissions, and reads the backlog once.
     fn probe(&self) -> Result<(), SourceError> {
         let mut c = self.connect(Role::Open)?;
-        acl::check(&mut c, &self.keys)?;
+        acl::check(&mut c, &self.keys, self.wait_replicas.is_some())?;
         let n: u64 = redis::cmd("LLEN")
             .arg(&self.keys.queue)
             .query(&mut c)
@@ -397,7 +396,8 @@ impl<J: Send + 'static> RedisSource<J> {
     }
 
     /// The dead-letter list (`{queue}:dead`): JSON records with `reason`, `error`, `attempts`,
-    /// `worker`, `time_ms` and the payload (`payload`, or `payload_hex` when not UTF-8).
+    /// `worker` (the thread name), `worker_id` (its Redis id), `time_ms` and the payload
+    /// (`payload`, or `payload_hex` when not UTF-8).
     pub fn dead_key(&self) -> &str {
         &self.shared.keys.dead
     }

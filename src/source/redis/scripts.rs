@@ -1,22 +1,106 @@
-//! The Lua scripts: every state change of a job is one script, so it happens entirely or not at
-//! all (and the AOF holds all of it or none). Times are the server's (`TIME`), never a client
-//! clock. Keys of one queue derive from its list key, so one server holds them together.
+//! The Lua scripts: every state change of a job is one script. Times are the server's (`TIME`),
+//! never a client clock. Keys of one queue derive from its list key, so one server holds them.
+//!
+//! A script is not a transaction: when a command in it fails, the writes before it stay. So
+//! every script follows three rules (STYLE.md rule 25), and each is tested against a real
+//! server in `tests/redis_wrong_type.rs`, `tests/redis_settle.rs` and `tests/redis_orphans.rs`:
+//!
+//! 1. **Check, then write.** Every key a script may write is checked first (`TYPE` is the
+//!    expected one or `none`); on a wrong type it raises `WRONGTYPE key <k> holds a <t> ...`
+//!    before its first write, so nothing changes and the job stays where it was.
+//! 2. **Copy before remove.** A job is written to its next place (result, delayed set, dead
+//!    letter, queue) before it leaves the last one, so a failure at any line leaves it
+//!    somewhere (possibly twice, never nowhere).
+//! 3. **Idempotent settles.** A worker numbers its settles (`seq`); a script records the last
+//!    one it applied in `Q:settles` (wid -> `cap:seq`), and a retried call with the same number
+//!    (the reply of the first was lost in a stall) changes nothing. Matching by number, not by
+//!    payload, means a retry never touches another entry, even a byte-identical one.
+//!
+//! A settle of a worker that is no longer registered (reaped, or `Q:workers` deleted) is
+//! refused, and in the same script the worker's processing list goes back to the queue: no
+//! list is left for a sweep to find. The sweep exists anyway ([`sweep_orphans`]): a bounded
+//! `SCAN` over `Q:processing:*` that requeues any list whose worker is not registered (a
+//! `BLMOVE` left pending by a process frozen past the retired grace, for example).
 
-use redis::Script;
+use std::time::Duration;
 
-/// Shared Lua helpers, prepended to every script that needs them.
+use redis::{Connection, Script};
+
+use super::{Shared, redis_error};
+use crate::error::SourceError;
+
+/// Shared Lua helpers, prepended to every script.
 const PRELUDE: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- One more run for a stored job (see envelope.rs for the format).
-local function bump(v)
-  local runs, nonce, payload = string.match(v, '^\31tt1:(%d+):(%x+):(.*)$')
-  if runs then
-    return '\31tt1:' .. (tonumber(runs) + 1) .. ':' .. nonce .. ':' .. payload
+-- Rule 1: raise before the first write when a key holds another type.
+local function check(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= want and t ~= 'none' then
+    error({err = 'WRONGTYPE key ' .. key .. ' holds a ' .. t .. ' where threadtide keeps a '
+      .. want .. '; nothing was changed'})
   end
-  return '\31tt1:1:0:' .. v
+end
+-- The envelope of a stored job (see envelope.rs): ESC tt2:runs:cap:nonce:check:payload.
+local function header(runs, cap, nonce)
+  local h = runs .. ':' .. cap .. ':' .. nonce
+  return '\31tt2:' .. h .. ':' .. string.sub(redis.sha1hex('tt2:' .. h), 1, 16) .. ':'
+end
+local function open(v)
+  local s, e, runs, cap, nonce, chk = string.find(v, '^\31tt2:(%d+):(%d+):(%x+):(%x+):')
+  if s and chk == string.sub(redis.sha1hex('tt2:' .. runs .. ':' .. cap .. ':' .. nonce), 1, 16) then
+    return runs, cap, nonce, string.sub(v, e + 1)
+  end
+end
+-- One more run for a stored job; a raw payload gets the cap `cap`.
+local function bump(v, cap)
+  local runs, c, nonce, payload = open(v)
+  if runs then return header(tonumber(runs) + 1, c, nonce) .. payload end
+  return header(1, cap, '0') .. v
+end
+-- Copies a list's entries to the head of `queue` (`f` may rewrite each), then deletes it.
+local function requeue(pk, queue, f)
+  local items = redis.call('LRANGE', pk, 0, -1)
+  for i = #items, 1, -1 do redis.call('LPUSH', queue, f(items[i])) end
+  if #items > 0 then redis.call('DEL', pk) end
+  return #items
+end
+"#;
+
+/// The common part of the settle scripts. KEYS: processing, workers, target, queue, settles.
+/// ARGV: wid, entry, seq, cap, entry to requeue if refused, then the script's own.
+/// Returns `{code, entries left, next, requeued}`: code 1 done, 0 this call was already
+/// applied, -2 the entry is not in the processing list (someone removed it), -1 refused (the
+/// worker is not registered; its list went back to the queue, `requeued` entries).
+const SETTLE: &str = r#"
+local function refuse()
+  local mine = false
+  local n = requeue(KEYS[1], KEYS[4], function(v)
+    if not mine and v == ARGV[2] then mine = true return ARGV[5] end
+    return v
+  end)
+  redis.call('HDEL', KEYS[5], ARGV[1])
+  return {-1, 0, false, n}
+end
+local function begin(target)
+  check(KEYS[1], 'list') check(KEYS[2], 'zset') check(KEYS[3], target)
+  check(KEYS[4], 'list') check(KEYS[5], 'hash')
+  if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return refuse() end
+  local state = redis.call('HGET', KEYS[5], ARGV[1])
+  if state and string.match(state, ':(%d+)$') == ARGV[3] then
+    return {0, redis.call('LLEN', KEYS[1]), false, 0}
+  end
+  if not redis.call('LPOS', KEYS[1], ARGV[2]) then
+    return {-2, redis.call('LLEN', KEYS[1]), false, 0}
+  end
+end
+-- After the copy: the job leaves the processing list, and the call is recorded as applied.
+local function finish()
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[4] .. ':' .. ARGV[3])
+  return redis.call('LLEN', KEYS[1])
 end
 "#;
 
@@ -24,38 +108,47 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
+fn settle_script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{SETTLE}{body}"))
+}
+
+/// The hash of applied settles: wid -> `cap:seq` (see the module docs).
+pub(crate) fn settles_key(queue: &str) -> String {
+    format!("{queue}:settles")
+}
+
 /// The scripts, built once per source (each is loaded by hash, `EVALSHA`, after first use).
 pub(crate) struct Scripts {
-    /// KEYS: workers. ARGV: wid. Registers a worker with the server's time.
+    /// KEYS: workers, settles. ARGV: wid, cap. Registers a worker with the server's time.
     pub(crate) register: Script,
     /// KEYS: workers. ARGV: wids. Refreshes the live ones; returns those no longer registered
     /// (reaped: they are fenced).
     pub(crate) heartbeat: Script,
-    /// KEYS: processing, workers, results, queue. ARGV: wid, entry, result, push ("1"/"0").
-    /// Returns {code, entries left in processing, next}: code -1 fenced (refused), 0 not in
-    /// processing (already done), 1 acknowledged. Entries left over mean a stale `BLMOVE`
-    /// (from a connection given up on) put a job there: the worker takes it next. Otherwise,
-    /// once acknowledged, the script moves the queue's next job into the processing list and
-    /// returns it (`next`, else nil): one round trip per job while the queue is busy, and the
-    /// worker still holds one job at a time.
+    /// Settle (see `SETTLE`); target: results (or dead when there is none). Own ARGV: result,
+    /// push ("1"/"0"). Once acknowledged, when nothing else is left in the processing list,
+    /// moves the queue's next job there and returns it (`next`): one round trip per job while
+    /// the queue is busy, and the worker still holds one job at a time.
     pub(crate) ack: Script,
-    /// KEYS: processing, workers, delayed. ARGV: wid, entry, new entry, delay ms. Returns as
-    /// `ack`, `next` always nil.
+    /// Settle; target: delayed. Own ARGV: new entry, delay ms.
     pub(crate) retry: Script,
-    /// KEYS: processing, workers, dead. ARGV: wid, entry, record. Returns as `ack`, `next`
-    /// always nil.
+    /// Settle; target: dead. Own ARGV: record.
     pub(crate) dead: Script,
+    /// Settle; target: queue. Puts a job the worker took but never started back at the head of
+    /// the queue, untouched (no run counted).
+    pub(crate) putback: Script,
     /// KEYS: delayed, queue. ARGV: limit, to head ("1"/"0"). Moves due retries back.
     pub(crate) promote: Script,
-    /// KEYS: workers, queue, retired. ARGV: ttl ms, processing key prefix, limit, grace ms.
-    /// Requeues the jobs of workers whose heartbeat is older than the TTL (checked inside the
-    /// script) and moves them to `retired`. Then sweeps the processing lists of every retired
-    /// worker: a `BLMOVE` it left pending on the server (a stopped or partitioned process) can
-    /// still move a job there after it was reaped; such jobs are requeued too. Retired workers
-    /// are forgotten after the grace period. Returns {workers reaped, jobs requeued}.
+    /// KEYS: workers, queue, retired, settles. ARGV: ttl ms, processing key prefix, limit,
+    /// grace ms, cap. Requeues (one more run each) the jobs of workers whose heartbeat is older
+    /// than the TTL (checked inside the script) and moves them to `retired`; then sweeps the
+    /// lists of up to `limit` retired workers picked at random (`ZRANDMEMBER`: a burst of
+    /// retirements with equal scores cannot hide one). Returns {workers reaped, jobs requeued}.
     pub(crate) reap: Script,
-    /// KEYS: workers, processing, queue, retired. ARGV: wid, and optionally an entry the worker
-    /// took but never started (taken by `ack`). Puts the worker's jobs back at the head of the
+    /// KEYS: workers, queue, settles, then processing lists. ARGV: processing key prefix, cap.
+    /// Requeues the lists whose worker is not registered. Returns the number of jobs.
+    pub(crate) sweep: Script,
+    /// KEYS: workers, processing, queue, retired, settles. ARGV: wid, cap, and optionally an
+    /// entry the worker took but never started. Puts the worker's jobs back at the head of the
     /// queue, one more run each except the unstarted one, deregisters the worker and records
     /// it as retired. Returns the number of jobs.
     pub(crate) release: Script,
@@ -67,9 +160,17 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            register: script("redis.call('ZADD', KEYS[1], now_ms(), ARGV[1]) return 1"),
+            register: script(
+                r#"
+check(KEYS[1], 'zset') check(KEYS[2], 'hash')
+redis.call('ZADD', KEYS[1], now_ms(), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':0')
+return 1
+"#,
+            ),
             heartbeat: script(
                 r#"
+check(KEYS[1], 'zset')
 local now = now_ms()
 local fenced = {}
 for i = 1, #ARGV do
@@ -82,84 +183,101 @@ end
 return fenced
 "#,
             ),
-            ack: script(
+            ack: settle_script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0, false} end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1]), false} end
-if ARGV[4] == '1' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
-local left = redis.call('LLEN', KEYS[1])
-if left > 0 then return {1, left, false} end
-return {1, 0, redis.call('LMOVE', KEYS[4], KEYS[1], 'LEFT', 'LEFT')}
+local r = begin('list') if r then return r end
+if ARGV[7] == '1' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
+local left = finish()
+if left > 0 then return {1, left, false, 0} end
+return {1, 0, redis.call('LMOVE', KEYS[4], KEYS[1], 'LEFT', 'LEFT'), 0}
 "#,
             ),
-            retry: script(
+            retry: settle_script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0, false} end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1]), false} end
-redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[4]), ARGV[3])
-return {1, redis.call('LLEN', KEYS[1]), false}
+local r = begin('zset') if r then return r end
+redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[7]), ARGV[6])
+return {1, finish(), false, 0}
 "#,
             ),
-            dead: script(
+            dead: settle_script(
                 r#"
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {-1, 0, false} end
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return {0, redis.call('LLEN', KEYS[1]), false} end
-redis.call('RPUSH', KEYS[3], ARGV[3])
-return {1, redis.call('LLEN', KEYS[1]), false}
+local r = begin('list') if r then return r end
+redis.call('RPUSH', KEYS[3], ARGV[6])
+return {1, finish(), false, 0}
+"#,
+            ),
+            putback: settle_script(
+                r#"
+local r = begin('list') if r then return r end
+redis.call('LPUSH', KEYS[4], ARGV[2])
+return {1, finish(), false, 0}
 "#,
             ),
             promote: script(
                 r#"
+check(KEYS[1], 'zset')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+if #due > 0 then check(KEYS[2], 'list') end
 for _, m in ipairs(due) do
-  redis.call('ZREM', KEYS[1], m)
   if ARGV[2] == '1' then redis.call('LPUSH', KEYS[2], m) else redis.call('RPUSH', KEYS[2], m) end
+  redis.call('ZREM', KEYS[1], m)
 end
 return #due
 "#,
             ),
             reap: script(
                 r#"
+check(KEYS[1], 'zset') check(KEYS[2], 'list') check(KEYS[3], 'zset') check(KEYS[4], 'hash')
 local now = now_ms()
 local limit = tonumber(ARGV[3])
-local function requeue(wid)
-  local pk, n = ARGV[2] .. wid, 0
-  while true do
-    local v = redis.call('RPOP', pk)
-    if not v then return n end
-    redis.call('LPUSH', KEYS[2], bump(v))
-    n = n + 1
-  end
-end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, limit)
+local swept = redis.call('ZRANDMEMBER', KEYS[3], limit)
+for _, wid in ipairs(dead) do check(ARGV[2] .. wid, 'list') end
+for _, wid in ipairs(swept) do check(ARGV[2] .. wid, 'list') end
 local jobs = 0
 for _, wid in ipairs(dead) do
-  jobs = jobs + requeue(wid)
-  redis.call('ZREM', KEYS[1], wid)
+  local state = redis.call('HGET', KEYS[4], wid)
+  local cap = state and string.match(state, '^(%d+):') or ARGV[5]
+  jobs = jobs + requeue(ARGV[2] .. wid, KEYS[2], function(v) return bump(v, cap) end)
   redis.call('ZADD', KEYS[3], now, wid)
+  redis.call('ZREM', KEYS[1], wid)
+  redis.call('HDEL', KEYS[4], wid)
 end
-for _, wid in ipairs(redis.call('ZRANGE', KEYS[3], 0, limit - 1)) do
-  jobs = jobs + requeue(wid)
+for _, wid in ipairs(swept) do
+  jobs = jobs + requeue(ARGV[2] .. wid, KEYS[2], function(v) return bump(v, ARGV[5]) end)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]))
 return {#dead, jobs}
 "#,
             ),
+            sweep: script(
+                r#"
+check(KEYS[1], 'zset') check(KEYS[2], 'list') check(KEYS[3], 'hash')
+local jobs = 0
+for i = 4, #KEYS do
+  local wid = string.sub(KEYS[i], #ARGV[1] + 1)
+  -- A key of another type under the prefix holds no job of ours: the worker's own fetch
+  -- reports it.
+  if redis.call('TYPE', KEYS[i])['ok'] == 'list' and not redis.call('ZSCORE', KEYS[1], wid) then
+    jobs = jobs + requeue(KEYS[i], KEYS[2], function(v) return bump(v, ARGV[2]) end)
+    redis.call('HDEL', KEYS[3], wid)
+  end
+end
+return jobs
+"#,
+            ),
             release: script(
                 r#"
-local jobs = 0
-if ARGV[2] and redis.call('LREM', KEYS[2], 1, ARGV[2]) == 1 then
-  redis.call('LPUSH', KEYS[3], ARGV[2])
-  jobs = 1
-end
-while true do
-  local v = redis.call('RPOP', KEYS[2])
-  if not v then break end
-  redis.call('LPUSH', KEYS[3], bump(v))
-  jobs = jobs + 1
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
+check(KEYS[1], 'zset') check(KEYS[2], 'list') check(KEYS[3], 'list') check(KEYS[4], 'zset')
+check(KEYS[5], 'hash')
+local spared = not ARGV[3]
+local jobs = requeue(KEYS[2], KEYS[3], function(v)
+  if not spared and v == ARGV[3] then spared = true return v end
+  return bump(v, ARGV[2])
+end)
 redis.call('ZADD', KEYS[4], now_ms(), ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 return jobs
 "#,
             ),
@@ -176,5 +294,95 @@ return {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('L
 "#,
             ),
         }
+    }
+}
+
+/// Reaps dead workers and sweeps retired ones (the `reap` script), on the keeper's connection.
+/// Returns (workers reaped, jobs requeued).
+pub(crate) fn reap<J>(
+    shared: &Shared<J>,
+    conn: &mut Connection,
+    batch: usize,
+    grace: Duration,
+) -> Result<(u64, u64), SourceError> {
+    let k = &shared.keys;
+    let ttl_ms = u64::try_from(shared.worker_ttl.as_millis()).unwrap_or(u64::MAX);
+    shared
+        .scripts
+        .reap
+        .key(&k.workers)
+        .key(&k.queue)
+        .key(&k.retired)
+        .key(settles_key(&k.queue))
+        .arg(ttl_ms)
+        .arg(&k.processing_prefix)
+        .arg(batch)
+        .arg(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX))
+        .arg(shared.max_attempts)
+        .invoke(conn)
+        .map_err(|e| redis_error("reaping failed", e))
+}
+
+/// The backstop sweep: walks `Q:processing:*` with `SCAN` a page per call (`count` keys
+/// examined), so a full pass over a keyspace of N keys takes N / `count` calls, and requeues
+/// every list whose worker is not registered. Whatever left such a list (a process frozen past
+/// the retired grace, `Q:workers` deleted, more retirements than one reap visits), no job stays
+/// in it longer than one pass.
+#[derive(Debug, Default)]
+pub(crate) struct OrphanSweep {
+    cursor: u64,
+}
+
+impl OrphanSweep {
+    /// One `SCAN` page, and one script call when it found processing lists. Returns the jobs
+    /// requeued.
+    pub(crate) fn step<J>(
+        &mut self,
+        shared: &Shared<J>,
+        conn: &mut Connection,
+        count: usize,
+    ) -> Result<u64, SourceError> {
+        let k = &shared.keys;
+        let (cursor, found): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(self.cursor)
+            .arg("MATCH")
+            .arg(format!("{}*", glob_escape(&k.processing_prefix)))
+            .arg("COUNT")
+            .arg(count)
+            .query(conn)
+            .map_err(|e| redis_error("sweeping processing lists failed", e))?;
+        self.cursor = cursor;
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = shared.scripts.sweep.prepare_invoke();
+        inv.key(&k.workers).key(&k.queue).key(settles_key(&k.queue));
+        for key in &found {
+            inv.key(key.as_slice());
+        }
+        inv.arg(&k.processing_prefix).arg(shared.max_attempts);
+        inv.invoke(conn)
+            .map_err(|e| redis_error("sweeping processing lists failed", e))
+    }
+}
+
+/// Escapes the glob characters of `SCAN MATCH` (`*?[]\`), so a queue key is matched literally.
+fn glob_escape(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_escape_matches_literally() {
+        assert_eq!(super::glob_escape("{fila}:p:"), "{fila}:p:");
+        assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }
