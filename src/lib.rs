@@ -133,14 +133,19 @@
 
 mod backoff;
 mod builder;
+mod config;
+mod counters;
 mod error;
 mod event;
 mod manager;
 mod monitor;
+mod outage;
+mod queue;
 mod scaling;
 mod source;
 mod state;
 mod stats;
+mod threads;
 mod worker;
 
 pub use builder::{Builder, Queue};
@@ -158,6 +163,7 @@ pub use source::memory::{
 pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
 pub use source::{Consumer, FetchContext, JobSource, PoolInfo, Unacked, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
+pub use threads::silence_job_panics;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(all(doctest, feature = "redis"))]
