@@ -161,3 +161,118 @@ fn a_state_whose_drop_panics_does_not_kill_the_worker() {
     pool.shutdown();
     pool.wait().unwrap();
 }
+
+/// Issue 14 #1: a handler that panics in every callback, and a source whose `backlog` panics,
+/// must not end the monitor: jobs keep running and `wait()` returns.
+#[test]
+fn panicking_callbacks_and_backlog_do_not_stop_the_pool() {
+    struct Explosive;
+    impl threadtide::EventHandler for Explosive {
+        fn on_scale(&self, _: &threadtide::ScaleEvent) {
+            panic!("on_scale exploded");
+        }
+        fn on_worker_start(&self, _: &threadtide::WorkerEvent) {
+            panic!("on_worker_start exploded");
+        }
+        fn on_worker_exit(&self, _: &threadtide::WorkerEvent) {
+            panic!("on_worker_exit exploded");
+        }
+        fn on_error(&self, _: &threadtide::ErrorEvent) {
+            panic!("on_error exploded");
+        }
+    }
+    let source = support::Faulty::default();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("boom")
+        .event_handler(Explosive)
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    source.push(0..10);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the first jobs done despite on_scale panicking",
+        || source.completed.load(SeqCst) == 10,
+        || pool.stats(),
+    );
+    source.backlog_panics.store(true, SeqCst);
+    let errors = pool.stats().total.source_errors;
+    wait_until(
+        PATIENCE,
+        "backlog panics counted as source errors",
+        || pool.stats().total.source_errors >= errors + 3,
+        || pool.stats(),
+    );
+    source.backlog_panics.store(false, SeqCst);
+    source.push(10..20);
+    wait_until(
+        PATIENCE,
+        "later jobs done: the monitor survived",
+        || source.completed.load(SeqCst) == 20,
+        || pool.stats(),
+    );
+    assert!(pool.stats().handler_panics >= 2, "{:?}", pool.stats());
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    support::wait_threads_gone("boom-");
+}
+
+/// Issue 14 #9: a source whose `fetch` or `consumer()` panics is backed off like a failing
+/// `init`, by the same worker: it is not replaced by a new thread per panic.
+#[test]
+fn a_panicking_source_is_backed_off_not_respawned() {
+    for fault in ["fetch", "consumer"] {
+        let source = support::Faulty::default();
+        let flag = if fault == "fetch" {
+            &source.fetch_panics
+        } else {
+            &source.consumer_panics
+        };
+        flag.store(true, SeqCst);
+        let recorder = Recorder::default();
+        let pool = ThreadPoolManager::builder()
+            .backoff(Duration::from_millis(20), Duration::from_millis(40))
+            .event_handler(recorder.clone())
+            .add_queue(
+                threadtide::Queue::new(
+                    "q",
+                    source.clone(),
+                    |_| Ok::<_, Infallible>(()),
+                    |_, _| Ok(()),
+                )
+                .min_threads(1),
+            )
+            .build()
+            .unwrap();
+        pool.start().unwrap();
+        wait_until(
+            PATIENCE,
+            "five panics of the source reported",
+            || recorder.errors.lock().len() >= 5,
+            || pool.stats(),
+        );
+        let stats = pool.stats();
+        assert_eq!(stats.total.spawned, 1, "{fault}: {stats:?}");
+        assert!(stats.total.source_errors >= 5, "{fault}: {stats:?}");
+        let errors = recorder.errors.lock().clone();
+        for e in &errors {
+            assert_eq!(e.kind, ErrorKind::Source, "{e:?}");
+            assert!(e.message.contains("panicked"), "{e:?}");
+            assert!(e.retry_in >= Duration::from_millis(10), "{e:?}");
+        }
+        flag.store(false, SeqCst);
+        source.push(0..5);
+        wait_until(
+            PATIENCE,
+            "jobs run once the source heals",
+            || source.completed.load(SeqCst) == 5,
+            || pool.stats(),
+        );
+        pool.shutdown_timeout(PATIENCE).unwrap();
+    }
+}
