@@ -323,6 +323,7 @@ fn thread_names_say_pool_queue_and_number() {
         )
         .build()
         .unwrap();
+    let _open = support::OpenOnDrop(gate.clone());
     pool.start().unwrap();
     wait_until(
         PATIENCE,
@@ -442,6 +443,7 @@ fn a_scale_down_for_another_queue_has_its_own_reason() {
         )
         .build()
         .unwrap();
+    let _open = support::OpenOnDrop(gate.clone());
     a.extend(0..1000);
     pool.start().unwrap();
     wait_until(

@@ -265,3 +265,13 @@ impl threadtide::Consumer for FaultyConsumer {
         Ok(())
     }
 }
+
+/// Opens a [`Gate`] when dropped, so that a failing assertion unwinds through a pool's drop
+/// instead of hanging on held jobs. Declare it after the pool (locals drop in reverse).
+pub struct OpenOnDrop(pub Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
