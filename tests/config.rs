@@ -355,3 +355,68 @@ fn queue_settings_at_their_extremes() {
         .unwrap_err();
     assert_eq!(e.field(), "queue[q].min_threads");
 }
+
+/// Issue 14 #9: a worker thread the operating system refuses to start is an error the host
+/// sees (an `ErrorKind::Spawn` event and a count), retried with back-off, not a silent pool.
+/// Runs itself again as a child under an address-space limit that a 1 GiB stack cannot fit.
+#[test]
+fn a_refused_spawn_is_an_event_and_a_count() {
+    if std::env::var_os("THREADTIDE_SPAWN_CHILD").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("prlimit")
+            .arg("--as=1073741824")
+            .arg(exe)
+            .args([
+                "--exact",
+                "a_refused_spawn_is_an_event_and_a_count",
+                "--nocapture",
+            ])
+            .env("THREADTIDE_SPAWN_CHILD", "1")
+            .output()
+            .expect("prlimit runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("child saw spawn errors"), "{text}");
+        return;
+    }
+    use parking_lot::Mutex;
+    use std::sync::Arc;
+    #[derive(Clone, Default)]
+    struct Errors(Arc<Mutex<Vec<threadtide::ErrorEvent>>>);
+    impl threadtide::EventHandler for Errors {
+        fn on_error(&self, e: &threadtide::ErrorEvent) {
+            self.0.lock().push(e.clone());
+        }
+    }
+    let errors = Errors::default();
+    let source: MemorySource<u32> = MemorySource::new();
+    let pool = ThreadPoolManager::builder()
+        .stack_size(1 << 30)
+        .backoff(Duration::from_millis(5), Duration::from_millis(10))
+        .event_handler(errors.clone())
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    source.extend(0..3);
+    pool.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while errors.0.lock().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", pool.stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let stats = pool.stats();
+    assert!(stats.total.spawn_failures >= 3, "{stats:?}");
+    assert_eq!(stats.total.spawned, 0, "{stats:?}");
+    for e in errors.0.lock().iter() {
+        assert_eq!(e.kind, threadtide::ErrorKind::Spawn, "{e:?}");
+        assert!(e.retry_in >= Duration::from_millis(2), "{e:?}");
+    }
+    pool.shutdown_timeout(Duration::from_secs(20)).unwrap();
+    println!("child saw spawn errors");
+}

@@ -276,3 +276,57 @@ fn a_panicking_source_is_backed_off_not_respawned() {
         pool.shutdown_timeout(PATIENCE).unwrap();
     }
 }
+
+/// Issue 14 #8: `silence_job_panics` skips std's panic print for panics inside jobs only;
+/// a panic in `init` or on another thread still reaches the previous hook.
+#[test]
+fn silence_job_panics_skips_only_the_panics_of_jobs() {
+    static SEEN: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+    // Stands in for std's printing hook, which silence_job_panics keeps for other panics.
+    std::panic::set_hook(Box::new(|info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        SEEN.lock().push(text);
+    }));
+    threadtide::silence_job_panics();
+    let source: MemorySource<u32> = MemorySource::builder().max_attempts(1).build().unwrap();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let i = inits.clone();
+    let pool = ThreadPoolManager::builder()
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .queue(
+            "q",
+            source.clone(),
+            move |_| {
+                if i.fetch_add(1, SeqCst) == 0 {
+                    panic!("init-marker");
+                }
+                Ok::<_, Infallible>(())
+            },
+            |_, job: &u32| -> Result<(), threadtide::JobError> {
+                panic!("job-marker {job}");
+            },
+        )
+        .build()
+        .unwrap();
+    source.extend(0..3);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "three jobs dead-lettered",
+        || source.dead_letters().len() == 3,
+        || pool.stats(),
+    );
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    let _ = std::panic::catch_unwind(|| panic!("outside-marker"));
+    let seen = SEEN.lock().clone();
+    let count = |m: &str| seen.iter().filter(|s| s.contains(m)).count();
+    assert_eq!(count("job-marker"), 0, "{seen:?}");
+    assert_eq!(count("init-marker"), 1, "{seen:?}");
+    assert_eq!(count("outside-marker"), 1, "{seen:?}");
+    assert_eq!(pool.stats().total.jobs_panicked, 3);
+}
