@@ -1,9 +1,12 @@
 //! The pool's threads: their names, which pool a thread belongs to, and panics on them.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Once;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Once};
+
+use crate::counters::Counters;
 
 /// Linux keeps this many bytes of a thread name (`TASK_COMM_LEN` - 1); `ps -L`, `top -H` and
 /// `/proc/*/task/*/comm` show no more.
@@ -50,8 +53,9 @@ fn cut(s: &str, bytes: usize) -> &str {
 thread_local! {
     /// The id of the pool whose worker or monitor runs on this thread (0: none).
     static POOL_OF_THREAD: Cell<usize> = const { Cell::new(0) };
-    /// Whether this thread is running a job's executor right now.
-    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+    /// The counters of the worker running on this thread: their `busy` flag says whether a
+    /// job's executor is running (set once per thread, so the hot path pays nothing).
+    static WORKER: OnceCell<Arc<Counters>> = const { OnceCell::new() };
 }
 
 /// Whether the calling thread belongs to the pool `id`.
@@ -63,14 +67,18 @@ pub(crate) fn mark_pool_thread(id: usize) {
     POOL_OF_THREAD.with(|c| c.set(id));
 }
 
-/// Runs `f` (a job's executor) under `catch_unwind`, marked as a job for
-/// [`silence_job_panics`].
-#[inline(always)]
-pub(crate) fn run_job<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
-    IN_JOB.with(|c| c.set(true));
-    let r = catch_unwind(AssertUnwindSafe(f));
-    IN_JOB.with(|c| c.set(false));
-    r
+/// Marks the calling thread as a worker with these counters, for [`silence_job_panics`].
+pub(crate) fn mark_worker_thread(counters: &Arc<Counters>) {
+    WORKER.with(|w| {
+        let _ = w.set(Arc::clone(counters));
+    });
+}
+
+/// Whether the calling thread is a worker running a job's executor right now.
+fn in_job() -> bool {
+    WORKER
+        .try_with(|w| w.get().is_some_and(|c| c.busy.load(Ordering::Relaxed)))
+        .unwrap_or(false)
 }
 
 /// The text of a panic payload (`panic!` gives a `&str` or a `String`).
@@ -115,7 +123,7 @@ pub fn silence_job_panics() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !IN_JOB.with(Cell::get) {
+            if !in_job() {
                 previous(info);
             }
         }));

@@ -67,6 +67,7 @@ pub(crate) fn main(
     counters: Arc<Counters>,
 ) {
     threads::mark_pool_thread(pool.id);
+    threads::mark_worker_thread(&counters);
     let queue = &pool.queues[queue_index];
     let worker = Worker {
         pool: &pool,
@@ -243,7 +244,7 @@ fn serve<H: Handlers>(
         let since = started.map_or(0, |s| w.pool.ns_since_epoch(s).max(1));
         w.counters.busy_since_ns.store(since, Ordering::Relaxed);
         w.counters.busy.store(true, Ordering::Release);
-        let result = threads::run_job(|| h.exec(st, &job));
+        let result = catch_unwind(AssertUnwindSafe(|| h.exec(st, &job)));
         w.counters.busy.store(false, Ordering::Release);
         if let Some(started) = started {
             let took = started.elapsed();
