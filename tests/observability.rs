@@ -241,3 +241,58 @@ fn a_failing_source_logs_one_line_down_and_one_back() {
     // Suspended before every back-off, and once more before exit.
     assert!(source.suspends.load(std::sync::atomic::Ordering::SeqCst) >= 30);
 }
+
+/// Issue 15 #10 (monitor side): a backlog that cannot be read is one line when it starts and
+/// one when it is readable again, however many ticks fail in between; every failure is still
+/// an event and a count.
+#[test]
+fn an_unreadable_backlog_logs_one_line_down_and_one_back() {
+    capture_logs();
+    let source = support::Faulty::default();
+    source
+        .backlog_panics
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("bl")
+        .rebalance_interval(Duration::from_millis(1))
+        .event_handler(recorder.clone())
+        .queue(
+            "unreadable",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "30 backlog errors",
+        || pool.stats().total.source_errors >= 30,
+        || pool.stats(),
+    );
+    source
+        .backlog_panics
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    source.push(0..3);
+    wait_until(
+        PATIENCE,
+        "jobs run once the backlog is readable",
+        || source.completed.load(std::sync::atomic::Ordering::SeqCst) == 3,
+        || pool.stats(),
+    );
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    let lines: Vec<_> = LOG
+        .0
+        .lock()
+        .iter()
+        .filter(|(_, m)| m.starts_with("queue unreadable:"))
+        .cloned()
+        .collect();
+    let count = |text: &str| lines.iter().filter(|(_, m)| m.contains(text)).count();
+    assert_eq!(count("cannot read the backlog"), 1, "{lines:#?}");
+    assert_eq!(count("backlog readable again"), 1, "{lines:#?}");
+    let events = recorder.errors.lock().len() as u64;
+    assert!(events >= 30, "{events}");
+}

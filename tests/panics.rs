@@ -53,13 +53,14 @@ fn panics_are_caught_retried_and_keep_the_pool_size() {
     assert_eq!(stats.total.jobs_panicked, 20, "{stats:?}");
     assert_eq!(stats.total.jobs_ok, 40, "{stats:?}");
     assert!(source.dead_letters().is_empty());
-    // Size kept: the workers that panicked are the same threads, never replaced.
-    assert_eq!(stats.total.spawned, 2, "{stats:?}");
+    // Size kept: the workers that panicked are the same threads, never replaced (on a loaded
+    // machine one worker may run every job before the monitor spawns the second).
+    assert!((1..=2).contains(&stats.total.spawned), "{stats:?}");
     assert_eq!(stats.total.retired, 0, "{stats:?}");
     // State rebuilt once per panic, on top of the first build of each worker.
     assert_eq!(
         states.built() as u64,
-        2 + stats.total.jobs_panicked,
+        stats.total.spawned + stats.total.jobs_panicked,
         "{stats:?}"
     );
     let panics = recorder

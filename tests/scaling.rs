@@ -272,8 +272,10 @@ fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
 fn the_hosts_sixty_second_interval_is_expressible() {
     let source: MemorySource<u32> = MemorySource::new();
     source.extend(0..60); // pushed before start: the first check happens at start
+    let recorder = Recorder::default();
     let pool = ThreadPoolManager::builder()
         .rebalance_interval(Duration::from_secs(60))
+        .event_handler(recorder.clone())
         .queue(
             "q",
             source.clone(),
@@ -283,17 +285,22 @@ fn the_hosts_sixty_second_interval_is_expressible() {
         .build()
         .unwrap();
     pool.start().unwrap();
+    // The start-up check plans 2 threads; the monitor spawns them one after the other, and on
+    // a loaded machine the first may run all 60 jobs before the second exists: wait for the
+    // spawn rather than for the jobs.
     wait_until(
         PATIENCE,
-        "first check ran the jobs",
-        || source.unfinished() == 0,
-        || pool.stats(),
+        "the start-up check spawned 2 threads and the jobs ran",
+        || source.unfinished() == 0 && pool.stats().total.spawned == 2,
+        || (pool.stats(), recorder.scales.lock().clone()),
     );
+    let scales = recorder.scales.lock().clone();
     assert_eq!(
-        pool.stats().total.spawned,
-        2,
-        "60 jobs at the start-up check -> 2 threads"
+        scales.len(),
+        1,
+        "one check within the 60 s interval: {scales:?}"
     );
+    assert_eq!((scales[0].1.from, scales[0].1.to), (0, 2), "{scales:?}");
     pool.shutdown();
     pool.wait().unwrap();
 }

@@ -325,3 +325,33 @@ fn wait_timeout_of_duration_max_waits() {
     t.join().unwrap();
     assert_eq!(source.unfinished(), 0);
 }
+
+/// A worker tells its consumer it will not fetch again before it exits
+/// (`Consumer::suspend`), so a job taken ahead is put back.
+#[test]
+fn every_worker_suspends_its_consumer_before_it_exits() {
+    let source = support::Faulty::default();
+    let pool = ThreadPoolManager::builder()
+        .add_queue(
+            threadtide::Queue::new(
+                "q",
+                source.clone(),
+                |_| Ok::<_, Infallible>(()),
+                |_, _| Ok(()),
+            )
+            .min_threads(3),
+        )
+        .max_threads_per_type(3)
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "three consumers",
+        || source.consumers.load(SeqCst) == 3,
+        || pool.stats(),
+    );
+    assert_eq!(source.suspends.load(SeqCst), 0);
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_eq!(source.suspends.load(SeqCst), 3);
+}
