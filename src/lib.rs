@@ -89,15 +89,17 @@
 //! * [`ThreadPoolManager::stats`]: workers, busy, backlog, target, job counts and durations.
 //! * [`EventHandler`]: scaling decisions, worker starts and exits, errors (every error, even
 //!   when the log is quiet about it).
-//! * `log`, at these levels:
+//! * `log`, at these levels (the pool's own lines; a source documents its own):
 //!   * `info`: scaling decisions with their reason ("queue conferencia: 322 jobs -> scaling
-//!     up 2 -> 7 threads (backlog grew)"), a source or spawning working again after an outage
-//!     (with its length), shutdown;
+//!     up 2 -> 7 threads (backlog grew)"), a source, a backlog or spawning working again after
+//!     an outage (with its length), a shutdown requested by call or signal, and its end;
 //!   * `warn`: a worker losing its source, or the monitor a backlog (one line, then at most
 //!     one a minute while it lasts), a failed `init`, a job that panicked (without its
-//!     message), a refused acknowledgement;
-//!   * `error`: a refused thread spawn, an event handler or a `Drop` that panicked, an
-//!     acknowledgement given up while stopping, a source that cannot put running jobs back;
+//!     message), a refused acknowledgement, running jobs put back after a shutdown deadline,
+//!     a drop that leaves workers to finish, a second signal while draining;
+//!   * `error`: a refused thread spawn, a panic outside a job (an event handler, a `Drop`, a
+//!     worker or the monitor thread itself), an acknowledgement given up while stopping, a
+//!     source that cannot put running jobs back;
 //!   * `debug`: a steady queue when its backlog changed, worker starts and exits;
 //!   * `trace`: a job's panic message, which may quote the job.
 //!
