@@ -237,9 +237,10 @@ impl Builder {
     /// Linux keeps only 15 bytes of a thread name (`ps -L`, `top -H`), so a longer name is
     /// shortened: the number or role is kept whole, the prefix and the queue name are cut
     /// (the queue keeps at least half the room). `threadtide-conferencia-12` becomes
-    /// `threa-confer-12`; with the prefix `rpa`, `rpa-conferenc-6`. Logs, events and
-    /// [`WorkerInfo::name`] use the same shortened name. A short prefix keeps more of the
-    /// queue name. Defaults to `"threadtide"`. Empty is refused, and so is a NUL byte.
+    /// `threa-confer-12`; with the prefix `rpa`, `rpa-conferenc-6`. A short prefix keeps more
+    /// of the queue name. Logs, events, stats and [`WorkerInfo::name`] use the full name,
+    /// which is unique in the pool; the number ties the two together. Defaults to
+    /// `"threadtide"`. Empty is refused, and so is a NUL byte.
     pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.thread_name_prefix = prefix.into();
         self

@@ -120,7 +120,7 @@ impl Error for StartError {
 pub struct RunningJob {
     /// The queue the job came from.
     pub queue: String,
-    /// The worker thread running it (`{prefix}-{queue}-{n}`, shortened to 15 bytes).
+    /// The worker running it (`{prefix}-{queue}-{n}`, see [`WorkerInfo::name`](crate::WorkerInfo::name)).
     pub worker: String,
     /// How long it had been running when the wait ended (to within one `rebalance_interval`
     /// for a job that followed a run of jobs shorter than 50 µs, which are not all timed).

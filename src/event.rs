@@ -66,8 +66,8 @@ pub enum ExitReason {
 pub struct WorkerEvent {
     /// The queue the worker serves.
     pub queue: String,
-    /// The thread's name, `{prefix}-{queue}-{n}` shortened to 15 bytes (see
-    /// [`Builder::thread_name_prefix`](crate::Builder::thread_name_prefix)).
+    /// The worker's name, `{prefix}-{queue}-{n}` (its OS thread shows it shortened to 15
+    /// bytes; see [`Builder::thread_name_prefix`](crate::Builder::thread_name_prefix)).
     pub worker: String,
     /// Set on exit only.
     pub exit: Option<ExitReason>,

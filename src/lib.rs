@@ -106,7 +106,8 @@
 //!   Job payloads never appear above `trace`.
 //! * Threads are named `{prefix}-{queue}-{n}`, `{prefix}-monitor` and `{prefix}-signals`,
 //!   shortened to Linux's 15 bytes with the number kept (see
-//!   [`thread_name_prefix`](Builder::thread_name_prefix)).
+//!   [`thread_name_prefix`](Builder::thread_name_prefix)); logs and events give a worker's
+//!   full name.
 //!
 //! # Stopping
 //!

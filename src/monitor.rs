@@ -271,16 +271,16 @@ impl Monitor {
         let pool = &self.pool;
         let q = &pool.queues[qi];
         let index = q.next_index.fetch_add(1, Ordering::Relaxed);
-        let name = threads::thread_name(
-            &pool.config.thread_name_prefix,
-            Some(q.name()),
-            &index.to_string(),
-        );
+        let prefix = &pool.config.thread_name_prefix;
+        // The full name (unique in the pool) for logs, events and stats; the OS thread gets
+        // it shortened to the 15 bytes Linux keeps, number included.
+        let name = format!("{prefix}-{}-{index}", q.name());
+        let os_name = threads::thread_name(prefix, Some(q.name()), &index.to_string());
         let info = WorkerInfo::new(Arc::clone(&q.config.name), name.clone(), index);
         let counters = Arc::new(Counters::default());
         // Counted before the thread exists, so no snapshot sees its jobs before its spawn.
         q.enlist(pool, Arc::from(name.as_str()), Arc::clone(&counters));
-        let mut builder = thread::Builder::new().name(name);
+        let mut builder = thread::Builder::new().name(os_name);
         if let Some(size) = pool.config.stack_size {
             builder = builder.stack_size(size);
         }

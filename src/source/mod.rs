@@ -253,9 +253,9 @@ impl WorkerInfo {
         &self.queue
     }
 
-    /// The thread's name, `{prefix}-{queue}-{index}` shortened to 15 bytes (see
-    /// [`Builder::thread_name_prefix`](crate::Builder::thread_name_prefix)); logs and events
-    /// use the same name.
+    /// The worker's name, `{prefix}-{queue}-{index}`, unique in the pool: logs, events and
+    /// stats use it. The OS thread's name is the same shortened to Linux's 15 bytes, number
+    /// kept (see [`Builder::thread_name_prefix`](crate::Builder::thread_name_prefix)).
     pub fn name(&self) -> &str {
         &self.name
     }
