@@ -138,7 +138,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
             };
             init_failures = init_failures.saturating_add(1);
             let delay = backoff.delay(init_failures);
-            w.suspend(c);
+            w.suspend(c, &mut outage);
             w.report(ErrorKind::Init, message, delay);
             if let Some(reason) = w.pause(delay) {
                 break reason;
@@ -154,13 +154,13 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
             Ok(Served::Exit(reason)) => break reason,
             Ok(Served::StateSpent) => {
                 // No job may wait hidden in the consumer while `init` runs again.
-                w.suspend(c);
+                w.suspend(c, &mut outage);
                 drop_state(&mut state, w);
             }
             Ok(Served::SourceFailed(e)) => {
                 let delay = backoff.delay(outage.errors().saturating_add(1));
-                w.suspend(c);
                 w.source_failed(&mut outage, e.to_string(), delay);
+                w.suspend(c, &mut outage);
                 if let Some(reason) = w.pause(delay) {
                     break reason;
                 }
@@ -178,7 +178,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
         }
     };
     if let Some(c) = consumer.as_mut() {
-        w.suspend(c);
+        w.suspend(c, &mut outage);
     }
     drop_state(&mut state, w);
     drop_guarded(consumer, w);
@@ -263,7 +263,7 @@ fn serve<H: Handlers>(
             Err(p) => (Err(job_panicked(w, p)), true),
         };
         counts.since_init += 1;
-        acknowledge(consumer, job, outcome, w);
+        acknowledge(consumer, job, outcome, w, outage);
         // The state may be half-way through something after a panic: rebuild it.
         if spent || recycle_after.is_some_and(|n| counts.since_init >= n) {
             return Served::StateSpent;
@@ -279,9 +279,10 @@ fn acknowledge<C: Consumer>(
     job: C::Job,
     outcome: Result<C::Output, JobError>,
     w: &Worker<'_>,
+    outage: &mut Outage,
 ) {
     if let Err(unacked) = consumer.complete(job, outcome) {
-        acknowledge_with_retries(consumer, unacked, w);
+        acknowledge_with_retries(consumer, unacked, w, outage);
     }
 }
 
@@ -294,6 +295,7 @@ fn acknowledge_with_retries<C: Consumer>(
     consumer: &mut C,
     mut unacked: Unacked<C::Job, C::Output>,
     w: &Worker<'_>,
+    outage: &mut Outage,
 ) {
     const TRIES_WHILE_STOPPING: u32 = 3;
     let backoff = w.pool.config.backoff;
@@ -313,10 +315,13 @@ fn acknowledge_with_retries<C: Consumer>(
         } else {
             backoff.delay(failures)
         };
-        w.report(ErrorKind::Source, unacked.error.to_string(), delay);
+        w.source_failed(outage, unacked.error.to_string(), delay);
         w.pool.sleep_unless_stopped(delay);
         match consumer.complete(unacked.job, unacked.outcome) {
-            Ok(()) => return,
+            Ok(()) => {
+                w.source_back(outage);
+                return;
+            }
             Err(again) => unacked = again,
         }
     }
@@ -380,15 +385,14 @@ impl Worker<'_> {
     }
 
     /// Tells the consumer the worker will not fetch for a while (back-off, rebuild, exit).
-    fn suspend<C: Consumer>(&self, consumer: &mut C) {
-        match catch_unwind(AssertUnwindSafe(|| consumer.suspend())) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.report(ErrorKind::Source, e.to_string(), Duration::ZERO),
-            Err(p) => {
-                let message = panicked_source(p, "suspend");
-                self.report(ErrorKind::Source, message, Duration::ZERO);
-            }
-        }
+    /// A failure is a source error of the current outage (logged as [`Outage`] allows).
+    fn suspend<C: Consumer>(&self, consumer: &mut C, outage: &mut Outage) {
+        let message = match catch_unwind(AssertUnwindSafe(|| consumer.suspend())) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(p) => panicked_source(p, "suspend"),
+        };
+        self.source_failed(outage, message, Duration::ZERO);
     }
 
     /// A source error: counted, an event every time, a log line as [`Outage`] allows.
@@ -420,8 +424,8 @@ impl Worker<'_> {
         }
     }
 
-    /// Reports an init failure, a job panic, or a one-off source error (acknowledgement,
-    /// suspend): counted, logged, and an event.
+    /// Reports an init failure or a job panic: counted, logged, and an event. (Source errors
+    /// go through [`source_failed`](Self::source_failed).)
     fn report(&self, kind: ErrorKind, message: String, retry_in: Duration) {
         let name = self.info.name();
         match kind {
@@ -429,17 +433,13 @@ impl Worker<'_> {
                 self.queue.init_failures.fetch_add(1, Ordering::Relaxed);
                 log::warn!("{name}: worker init failed ({message}); retrying in {retry_in:?}");
             }
-            ErrorKind::JobPanic => {
+            _ => {
                 // The message may quote the job: only at trace, as payloads are.
                 log::warn!(
                     "{name}: job panicked; reported failed to its source, state rebuilt \
                      (the panic message is logged at trace)"
                 );
                 log::trace!("{name}: job panic message: {message}");
-            }
-            _ => {
-                self.queue.source_errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("{name}: job source error ({message}); retrying in {retry_in:?}");
             }
         }
         self.emit(kind, message, retry_in);
