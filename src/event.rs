@@ -79,7 +79,8 @@ pub struct WorkerEvent {
 pub enum ErrorKind {
     /// The queue's `init` closure failed (returned an error or panicked); retried with back-off.
     Init,
-    /// The job source failed (fetch, acknowledgement, or backlog); retried with back-off.
+    /// The job source failed or one of its methods panicked (fetch, acknowledgement,
+    /// suspend, consumer, or backlog); retried with back-off.
     Source,
     /// An executor panicked; the job was reported failed and the worker's state rebuilt.
     JobPanic,
