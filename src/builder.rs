@@ -1,4 +1,5 @@
-//! The builder and per-queue configuration. Every default lives here; `build()` validates.
+//! The builder and per-queue settings: setters that never panic, and `build()`, which checks
+//! every value in one place. The defaults and the validated settings live in `config.rs`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -6,47 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::config::{Config, MAX_THREADS, MAX_WAIT, QueueConfig, defaults};
 use crate::error::{BuildError, JobError};
-use crate::event::{EventHandler, NoEvents};
+use crate::event::{EventHandler, Guarded, NoEvents};
 use crate::manager::ThreadPoolManager;
+use crate::queue::QueueDef;
 use crate::source::{JobSource, WorkerInfo};
-use crate::worker::{QueueDef, Runner};
+use crate::worker::Runner;
 
-/// Defaults, in one place. Their reasons are in `src/scaling.md`.
-pub(crate) mod defaults {
-    use std::time::Duration;
+/// The largest [`Builder::stack_size`]: 1 GiB.
+const MAX_STACK: usize = 1 << 30;
 
-    pub(crate) const JOBS_PER_THREAD: usize = 50;
-    pub(crate) const MAX_THREADS_PER_TYPE: usize = 10;
-    pub(crate) const MAX_TOTAL_THREADS: usize = 20;
-    pub(crate) const REBALANCE_INTERVAL: Duration = Duration::from_millis(50);
-    pub(crate) const SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
-    pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
-    pub(crate) const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-    pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
-    pub(crate) const THREAD_NAME_PREFIX: &str = "threadtide";
-}
-
-/// The validated pool-wide settings.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) jobs_per_thread: usize,
-    pub(crate) max_threads_per_type: usize,
-    pub(crate) max_total_threads: usize,
-    pub(crate) rebalance_interval: Duration,
-    pub(crate) scale_down_delay: Duration,
-    pub(crate) fetch_timeout: Duration,
-    pub(crate) backoff: Backoff,
-    pub(crate) thread_name_prefix: String,
-    pub(crate) stack_size: Option<usize>,
-}
-
-/// The validated settings of one queue, and its type-erased runner.
-pub(crate) struct QueueConfig {
-    pub(crate) name: Arc<str>,
-    pub(crate) min_threads: usize,
-    pub(crate) weight: u32,
-    pub(crate) runner: Arc<dyn Runner>,
+impl ThreadPoolManager {
+    /// Starts configuring a pool. Every setting has a default; see [`Builder`].
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
 }
 
 /// One queue: its job source, how to build a worker's state, and how to run a job.
@@ -85,7 +61,7 @@ pub struct Queue {
     min_threads: usize,
     weight: u32,
     recycle_after: Option<u64>,
-    make_runner: Box<dyn FnOnce(Option<u64>) -> Arc<dyn Runner>>,
+    runner: Arc<dyn Runner>,
 }
 
 impl fmt::Debug for Queue {
@@ -112,11 +88,9 @@ impl Queue {
         Queue {
             name: name.into(),
             min_threads: 0,
-            weight: 1,
+            weight: defaults::WEIGHT,
             recycle_after: None,
-            make_runner: Box::new(move |recycle| {
-                Arc::new(QueueDef::new(source, init, exec, recycle)) as Arc<dyn Runner>
-            }),
+            runner: Arc::new(QueueDef::new(source, init, exec)),
         }
     }
 
@@ -167,7 +141,7 @@ impl Queue {
 /// ```
 pub struct Builder {
     config: Config,
-    events: Arc<dyn EventHandler>,
+    events: Box<dyn EventHandler>,
     queues: Vec<Queue>,
 }
 
@@ -183,21 +157,8 @@ impl fmt::Debug for Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            config: Config {
-                jobs_per_thread: defaults::JOBS_PER_THREAD,
-                max_threads_per_type: defaults::MAX_THREADS_PER_TYPE,
-                max_total_threads: defaults::MAX_TOTAL_THREADS,
-                rebalance_interval: defaults::REBALANCE_INTERVAL,
-                scale_down_delay: defaults::SCALE_DOWN_DELAY,
-                fetch_timeout: defaults::FETCH_TIMEOUT,
-                backoff: Backoff {
-                    initial: defaults::BACKOFF_INITIAL,
-                    max: defaults::BACKOFF_MAX,
-                },
-                thread_name_prefix: defaults::THREAD_NAME_PREFIX.to_owned(),
-                stack_size: None,
-            },
-            events: Arc::new(NoEvents),
+            config: Config::default(),
+            events: Box::new(NoEvents),
             queues: Vec::new(),
         }
     }
@@ -216,22 +177,27 @@ impl Builder {
         self
     }
 
-    /// No queue gets more threads than this. Defaults to 10. 0 is refused.
+    /// No queue gets more threads than this. Defaults to 10. 0 is refused, so is more than
+    /// 2^20.
     pub fn max_threads_per_type(mut self, threads: usize) -> Self {
         self.config.max_threads_per_type = threads;
         self
     }
 
     /// The threads of all queues together never pass this; when demand does, the split is
-    /// weighted and fair (see the crate docs). Defaults to 20. 0 is refused.
+    /// weighted and fair (see the crate docs). Defaults to 20. 0 is refused, so is more than
+    /// 2^20.
     pub fn max_total_threads(mut self, threads: usize) -> Self {
         self.config.max_total_threads = threads;
         self
     }
 
-    /// How often the monitor reads every queue's backlog and rebalances. Defaults to 50 ms, so
-    /// a burst into an idle pool starts within ~50 ms plus the worker's `init`; the host's
-    /// original 60 s is `Duration::from_secs(60)`. Zero is refused.
+    /// The longest the monitor goes between two readings of every queue's backlog and
+    /// rebalances. It also rebalances at once, between ticks, whenever a worker exits (so a
+    /// queue waiting for room under the total cap gets it as soon as another's worker is
+    /// gone), and once at [`start`](ThreadPoolManager::start). Defaults to 50 ms, so a burst
+    /// into an idle pool starts within ~50 ms plus the worker's `init`; the host's original
+    /// 60 s is `Duration::from_secs(60)`. Zero is refused, so is more than one day.
     pub fn rebalance_interval(mut self, interval: Duration) -> Self {
         self.config.rebalance_interval = interval;
         self
@@ -239,7 +205,8 @@ impl Builder {
 
     /// How long a lower target must persist before threads are retired (scale-up is
     /// immediate). Defaults to 30 s: a browser costs seconds to open, so a dip shorter than
-    /// that is cheaper to ride out. Zero scales down on the next tick.
+    /// that is cheaper to ride out. Zero scales down on the next tick. Any value is accepted
+    /// (`Duration::MAX` never scales down while room allows).
     pub fn scale_down_delay(mut self, delay: Duration) -> Self {
         self.config.scale_down_delay = delay;
         self
@@ -247,7 +214,7 @@ impl Builder {
 
     /// The longest a worker blocks in one fetch before looking around again; sources that
     /// cannot be woken (Redis) use it as their blocking timeout, which bounds how long an idle
-    /// worker takes to retire. Defaults to 1 s. Zero is refused.
+    /// worker takes to retire. Defaults to 1 s. Zero is refused, so is more than one day.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.config.fetch_timeout = timeout;
         self
@@ -255,29 +222,44 @@ impl Builder {
 
     /// Back-off after a failed `init` or a source error: `initial * 2^(n-1)` capped at `max`,
     /// jittered to 50-100%. Defaults to 500 ms and 30 s. A zero `initial` is refused (it would
-    /// be a tight loop), so is `max < initial`.
+    /// be a tight loop), so are `max < initial` and a `max` of more than one day. A pause is
+    /// cut short only by shutdown or by the worker's own retirement.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.config.backoff = Backoff { initial, max };
         self
     }
 
-    /// Worker threads are named `{prefix}-{queue}-{n}`, the monitor `{prefix}-monitor`.
-    /// Defaults to `"threadtide"`. Empty is refused.
+    /// Names the pool's threads: workers `{prefix}-{queue}-{n}` (`n` is
+    /// [`WorkerInfo::index`]), the monitor `{prefix}-monitor`, the signal listener
+    /// `{prefix}-signals`, and a source's own threads `{prefix}-{queue}-{role}` (the Redis
+    /// source's `keeper`, through [`PoolInfo::thread_name`](crate::PoolInfo::thread_name)).
+    ///
+    /// Linux keeps only 15 bytes of a thread name (`ps -L`, `top -H`), so a longer name is
+    /// shortened: the number or role is kept whole, the prefix and the queue name are cut
+    /// (the queue keeps at least half the room). `threadtide-conferencia-12` becomes
+    /// `threa-confer-12`; with the prefix `rpa`, `rpa-conferenc-6`. A short prefix keeps more
+    /// of the queue name. Logs, events, stats and [`WorkerInfo::name`] use the full name,
+    /// which is unique in the pool; the number ties the two together. Defaults to
+    /// `"threadtide"`. Empty is refused, and so is a NUL byte.
     pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.thread_name_prefix = prefix.into();
         self
     }
 
     /// Stack size of worker threads, in bytes. Defaults to the standard library's (2 MiB,
-    /// or `RUST_MIN_STACK`).
+    /// or `RUST_MIN_STACK`). 0 gives the platform's smallest stack; more than 1 GiB is
+    /// refused. If the operating system refuses to start a thread anyway (memory, limits),
+    /// the host sees an [`ErrorKind::Spawn`](crate::ErrorKind::Spawn) event and a
+    /// `spawn_failures` count, and the monitor retries with back-off.
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.config.stack_size = Some(bytes);
         self
     }
 
-    /// Receives scaling decisions, worker starts and exits, and errors. Defaults to none.
+    /// Receives scaling decisions, worker starts and exits, and errors. Defaults to none. A
+    /// handler that panics is caught (see [`EventHandler`]).
     pub fn event_handler(mut self, handler: impl EventHandler) -> Self {
-        self.events = Arc::new(handler);
+        self.events = Box::new(handler);
         self
     }
 
@@ -307,7 +289,9 @@ impl Builder {
     /// A [`BuildError`] naming the first bad field and its value: a zero count or interval
     /// where one is refused, no queue, an empty, duplicate or NUL-containing queue name, a
     /// queue `weight` of 0, `recycle_after` of 0, `min_threads` above `max_threads_per_type`,
-    /// or minimums that add up past `max_total_threads`.
+    /// minimums that add up past `max_total_threads`, a thread cap above 2^20, a wait
+    /// (`rebalance_interval`, `fetch_timeout`, `backoff.max`) above one day, or a
+    /// `stack_size` above 1 GiB.
     pub fn build(self) -> Result<ThreadPoolManager, BuildError> {
         let c = &self.config;
         let positive = [
@@ -320,6 +304,15 @@ impl Builder {
                 return Err(BuildError::new(field, value, "must be at least 1"));
             }
         }
+        for (field, value) in &positive[1..] {
+            if *value > MAX_THREADS {
+                return Err(BuildError::new(
+                    *field,
+                    value,
+                    format!("must be at most {MAX_THREADS}"),
+                ));
+            }
+        }
         let nonzero = [
             ("rebalance_interval", c.rebalance_interval),
             ("fetch_timeout", c.fetch_timeout),
@@ -329,6 +322,30 @@ impl Builder {
             if value.is_zero() {
                 return Err(BuildError::new(field, "0s", "must be longer than zero"));
             }
+        }
+        let bounded = [
+            ("rebalance_interval", c.rebalance_interval),
+            ("fetch_timeout", c.fetch_timeout),
+            ("backoff.initial", c.backoff.initial),
+            ("backoff.max", c.backoff.max),
+        ];
+        for (field, value) in bounded {
+            if value > MAX_WAIT {
+                return Err(BuildError::new(
+                    field,
+                    format!("{value:?}"),
+                    "must be at most one day (86400s)",
+                ));
+            }
+        }
+        if let Some(size) = c.stack_size
+            && size > MAX_STACK
+        {
+            return Err(BuildError::new(
+                "stack_size",
+                size,
+                format!("must be at most {MAX_STACK} bytes (1 GiB)"),
+            ));
         }
         if c.backoff.max < c.backoff.initial {
             return Err(BuildError::new(
@@ -384,14 +401,18 @@ impl Builder {
         let queues = self
             .queues
             .into_iter()
-            .map(|q| QueueConfig {
-                name: Arc::from(q.name),
-                min_threads: q.min_threads,
-                weight: q.weight,
-                runner: (q.make_runner)(q.recycle_after),
+            .map(|q| {
+                let config = QueueConfig {
+                    name: Arc::from(q.name),
+                    min_threads: q.min_threads,
+                    weight: q.weight,
+                    recycle_after: q.recycle_after,
+                };
+                (config, q.runner)
             })
             .collect();
-        Ok(ThreadPoolManager::new(self.config, queues, self.events))
+        let events = Arc::new(Guarded::new(self.events));
+        Ok(ThreadPoolManager::new(self.config, queues, events))
     }
 }
 

@@ -120,7 +120,7 @@ impl Error for StartError {
 pub struct RunningJob {
     /// The queue the job came from.
     pub queue: String,
-    /// The worker thread running it (`{prefix}-{queue}-{n}`).
+    /// The worker running it (`{prefix}-{queue}-{n}`, see [`WorkerInfo::name`](crate::WorkerInfo::name)).
     pub worker: String,
     /// How long it had been running when the wait ended (to within one `rebalance_interval`
     /// for a job that followed a run of jobs shorter than 50 µs, which are not all timed).
@@ -142,6 +142,9 @@ pub enum WaitError {
         /// such as Redis does, once the pool is shutting down; the in-memory source cannot).
         requeued: usize,
     },
+    /// The monitor thread died of a panic (a bug of the pool: every callback it makes is
+    /// guarded). The pool stopped, and its workers were joined before this was returned.
+    MonitorPanicked,
 }
 
 impl fmt::Display for WaitError {
@@ -155,6 +158,9 @@ impl fmt::Display for WaitError {
                 "timed out with {} job(s) still running, {requeued} put back in their source",
                 running.len()
             ),
+            WaitError::MonitorPanicked => {
+                f.write_str("the pool's monitor thread panicked; the pool stopped")
+            }
         }
     }
 }

@@ -51,8 +51,9 @@
 //!
 //! # How many threads
 //!
-//! Every [`rebalance_interval`](Builder::rebalance_interval) (50 ms by default) a monitor
-//! thread reads each queue's backlog and plans:
+//! At [`start`](ThreadPoolManager::start), then every
+//! [`rebalance_interval`](Builder::rebalance_interval) (50 ms by default) and whenever a worker
+//! exits, a monitor thread reads each queue's backlog and plans:
 //!
 //! * per queue, `ceil(backlog / jobs_per_thread)` clamped to `[min_threads, max_threads_per_type]`:
 //!   with the defaults 1-50 jobs give 1 thread, 51-100 give 2, 322 give 7, 5000 give 10;
@@ -62,26 +63,51 @@
 //!   10 threads 4 / 6);
 //! * scale-up is immediate; scale-down waits until the lower target has held for
 //!   [`scale_down_delay`](Builder::scale_down_delay) (30 s), so a noisy backlog does not make
-//!   threads flap. Held threads only use room no other queue needs.
+//!   threads flap. Held threads only use room no other queue needs, and a hold only keeps
+//!   threads a queue has: it never starts one. A queue that gives up threads because another
+//!   queue needs the room says so ([`ScaleReason::Shared`]).
 //!
 //! Shrinking is graceful: an excess worker leaves only between jobs, drops its state (the
-//! browser closes), and is joined. An idle one is woken at once.
+//! browser closes), and is joined. An idle worker of the [`MemorySource`] is woken at once; a
+//! source that cannot be woken (Redis) notices within its blocking timeout
+//! ([`fetch_timeout`](Builder::fetch_timeout), 1 s).
 //!
 //! # Failures
 //!
 //! * An executor that panics is caught; the job is reported failed to its source, which
 //!   decides about a retry ([`MemorySource`] retries with back-off, then dead-letters), the
-//!   worker's state is rebuilt, and the pool keeps its size.
-//! * A failing `init` and a failing source are retried with exponential back-off and jitter
-//!   ([`Builder::backoff`]), and reported.
+//!   worker's state is rebuilt, and the pool keeps its size. std still prints each panic on
+//!   stderr; [`silence_job_panics`] stops that for panics inside jobs.
+//! * A failing `init`, a failing source, a source whose methods panic, and a thread the
+//!   operating system refuses to start are retried with exponential back-off and jitter
+//!   ([`Builder::backoff`]), and reported. A back-off pause ends early only for shutdown or the
+//!   worker's own retirement.
+//! * An [`EventHandler`] that panics is caught and counted; the pool goes on.
 //!
 //! # Watching it
 //!
 //! * [`ThreadPoolManager::stats`]: workers, busy, backlog, target, job counts and durations.
-//! * [`EventHandler`]: scaling decisions, worker starts and exits, errors.
-//! * `log`: scaling decisions at `info` ("queue conferencia: 322 jobs -> scaling up 2 -> 7
-//!   threads"), a steady queue at `debug` when its backlog changed, errors at `warn`, worker
-//!   starts and exits at `debug`. Job payloads are never logged.
+//! * [`EventHandler`]: scaling decisions, worker starts and exits, errors (every error, even
+//!   when the log is quiet about it).
+//! * `log`, at these levels (the pool's own lines; a source documents its own):
+//!   * `info`: scaling decisions with their reason ("queue conferencia: 322 jobs -> scaling
+//!     up 2 -> 7 threads (backlog grew)"), a source, a backlog or spawning working again after
+//!     an outage (with its length), a shutdown requested by call or signal, and its end;
+//!   * `warn`: a worker losing its source, or the monitor a backlog (one line, then at most
+//!     one a minute while it lasts), a failed `init`, a job that panicked (without its
+//!     message), a refused acknowledgement, running jobs put back after a shutdown deadline,
+//!     a drop that leaves workers to finish, a second signal while draining;
+//!   * `error`: a refused thread spawn, a panic outside a job (an event handler, a `Drop`, a
+//!     worker or the monitor thread itself), an acknowledgement given up while stopping, a
+//!     source that cannot put running jobs back;
+//!   * `debug`: a steady queue when its backlog changed, worker starts and exits;
+//!   * `trace`: a job's panic message, which may quote the job.
+//!
+//!   Job payloads never appear above `trace`.
+//! * Threads are named `{prefix}-{queue}-{n}`, `{prefix}-monitor` and `{prefix}-signals`,
+//!   shortened to Linux's 15 bytes with the number kept (see
+//!   [`thread_name_prefix`](Builder::thread_name_prefix)); logs and events give a worker's
+//!   full name.
 //!
 //! # Stopping
 //!
@@ -89,7 +115,8 @@
 //! until every thread is joined; [`shutdown_timeout`](ThreadPoolManager::shutdown_timeout)
 //! bounds it and reports what was still running;
 //! [`shutdown_on_signals`](ThreadPoolManager::shutdown_on_signals) wires SIGINT and SIGTERM to a
-//! graceful shutdown. Dropping the pool shuts it down gracefully.
+//! graceful shutdown. Dropping the pool shuts it down gracefully and joins every thread, except
+//! after a bounded wait gave up during shutdown (see [`ThreadPoolManager`]'s Drop section).
 //!
 //! # Redis lists
 //!
@@ -134,14 +161,19 @@
 
 mod backoff;
 mod builder;
+mod config;
+mod counters;
 mod error;
 mod event;
 mod manager;
 mod monitor;
+mod outage;
+mod queue;
 mod scaling;
 mod source;
 mod state;
 mod stats;
+mod threads;
 mod worker;
 
 pub use builder::{Builder, Queue};
@@ -160,6 +192,7 @@ pub use source::memory::{
 pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
 pub use source::{Consumer, FetchContext, FetchWait, JobSource, PoolInfo, Unacked, WorkerInfo};
 pub use stats::{PoolStats, QueueStats};
+pub use threads::silence_job_panics;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(all(doctest, feature = "redis"))]

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::builder::{Builder, Config, QueueConfig};
+use crate::config::{Config, QueueConfig};
 use crate::error::{StartError, WaitError};
-use crate::event::EventHandler;
+use crate::event::{EventHandler, Guarded};
 use crate::monitor::Monitor;
 use crate::source::PoolInfo;
 use crate::state::PoolShared;
-use crate::stats::{Accumulator, PoolStats, QueueStats};
-use crate::worker;
+use crate::stats::{self, PoolStats};
+use crate::threads;
+use crate::worker::Runner;
 
 static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -25,7 +26,8 @@ struct Threads {
     started: bool,
     monitor: Option<JoinHandle<()>>,
     signals: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>,
-    /// A bounded wait gave up with jobs still running: Drop must not block on them.
+    /// A bounded wait gave up with jobs still running while the pool was stopping: Drop does
+    /// not block on them (see the type's docs).
     abandoned: bool,
     /// Running jobs were handed back to their sources after a shutdown deadline.
     requeued: bool,
@@ -40,13 +42,22 @@ struct Threads {
 /// # Drop
 ///
 /// Dropping a started pool shuts it down gracefully and blocks until running jobs finish and
-/// every thread is joined, as [`shutdown`](Self::shutdown) then [`wait`](Self::wait) would.
-/// Two exceptions never block: after [`shutdown_timeout`](Self::shutdown_timeout) or
-/// [`wait_timeout`](Self::wait_timeout) gave up, the remaining workers (already told to stop)
-/// are left to finish their job and exit on their own; and a drop on one of the pool's own
-/// threads only signals.
+/// every thread (monitor, workers, signal listener) is joined, as [`shutdown`](Self::shutdown)
+/// then [`wait`](Self::wait) would. Exactly two cases do not block:
+///
+/// * a bounded wait ([`shutdown_timeout`](Self::shutdown_timeout), or
+///   [`wait_timeout`](Self::wait_timeout) after a shutdown was requested) returned
+///   [`WaitError::TimedOut`] and no later wait finished: the host chose a deadline, so the
+///   drop does not wait again. The remaining workers, already told to stop, finish their job
+///   and exit on their own; their threads are not joined (the process may exit first).
+/// * the drop runs on one of the pool's own threads (it would wait for itself): it only
+///   signals.
+///
+/// A [`wait_timeout`](Self::wait_timeout) that timed out on a pool that was still running
+/// changes nothing: a later drop shuts down and joins everything.
 pub struct ThreadPoolManager {
     shared: Arc<PoolShared>,
+    runners: Vec<Arc<dyn Runner>>,
     threads: Arc<Mutex<Threads>>,
 }
 
@@ -99,19 +110,16 @@ fn signal_stop(shared: &PoolShared, threads: &Mutex<Threads>) {
 }
 
 impl ThreadPoolManager {
-    /// Starts configuring a pool. Every setting has a default; see [`Builder`].
-    pub fn builder() -> Builder {
-        Builder::new()
-    }
-
     pub(crate) fn new(
         config: Config,
-        queues: Vec<QueueConfig>,
-        events: Arc<dyn EventHandler>,
+        queues: Vec<(QueueConfig, Arc<dyn Runner>)>,
+        events: Arc<Guarded>,
     ) -> Self {
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let (queues, runners): (Vec<_>, Vec<_>) = queues.into_iter().unzip();
         ThreadPoolManager {
             shared: Arc::new(PoolShared::new(id, config, queues, events)),
+            runners,
             threads: Arc::new(Mutex::new(Threads::default())),
         }
     }
@@ -134,16 +142,17 @@ impl ThreadPoolManager {
             return Err(StartError::ShutDown);
         }
         let prefix: Arc<str> = Arc::from(self.shared.config.thread_name_prefix.as_str());
+        let events: Arc<dyn EventHandler> = self.shared.events.clone();
         for (i, q) in self.shared.queues.iter().enumerate() {
             let info = PoolInfo::new(
                 Arc::clone(&q.config.name),
                 Arc::clone(&prefix),
-                Arc::clone(&self.shared.events),
+                Arc::clone(&events),
             );
-            if let Err(error) = q.config.runner.open(&info) {
+            if let Err(error) = self.runners[i].open(&info) {
                 // Nothing may be left running: close the sources already opened.
-                for opened in &self.shared.queues[..i] {
-                    opened.config.runner.close();
+                for opened in &self.runners[..i] {
+                    opened.close();
                 }
                 return Err(StartError::Source {
                     queue: q.name().to_owned(),
@@ -151,13 +160,13 @@ impl ThreadPoolManager {
                 });
             }
         }
-        let monitor = Monitor::new(Arc::clone(&self.shared));
+        let monitor = Monitor::new(Arc::clone(&self.shared), self.runners.clone());
         let handle = thread::Builder::new()
             .name(monitor.thread_name().to_owned())
             .spawn(move || monitor.run())
             .map_err(|e| {
-                for q in &self.shared.queues {
-                    q.config.runner.close();
+                for runner in &self.runners {
+                    runner.close();
                 }
                 StartError::Spawn(e)
             })?;
@@ -192,19 +201,22 @@ impl ThreadPoolManager {
     /// # Errors
     ///
     /// [`WaitError::InsideWorker`] when called from one of this pool's threads (it would wait
-    /// for itself).
+    /// for itself); [`WaitError::MonitorPanicked`] if the monitor thread died (the pool then
+    /// stopped and joined its workers, so the wait still returns).
     pub fn wait(&self) -> Result<(), WaitError> {
         self.wait_until(None)
     }
 
-    /// Like [`wait`](Self::wait), giving up after `timeout`.
+    /// Like [`wait`](Self::wait), giving up after `timeout` (a timeout too large for the
+    /// clock, such as `Duration::MAX`, waits as [`wait`](Self::wait) does).
     ///
     /// # Errors
     ///
     /// [`WaitError::TimedOut`] listing the jobs still running when the time ran out (the pool
-    /// may not even have been asked to stop), or [`WaitError::InsideWorker`].
+    /// may not even have been asked to stop), [`WaitError::InsideWorker`], or
+    /// [`WaitError::MonitorPanicked`].
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(Instant::now().checked_add(timeout))
     }
 
     /// [`shutdown`](Self::shutdown), then waits up to `timeout` for running jobs to finish.
@@ -221,11 +233,13 @@ impl ThreadPoolManager {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
-        if worker::on_pool_thread(self.shared.id) {
+        if threads::on_pool_thread(self.shared.id) {
             return Err(WaitError::InsideWorker);
         }
         if !self.shared.wait_done(deadline) {
-            self.threads.lock().abandoned = true;
+            if self.shared.is_stopping() {
+                self.threads.lock().abandoned = true;
+            }
             let mut running = Vec::new();
             for q in &self.shared.queues {
                 q.running_jobs(&self.shared, &mut running);
@@ -239,14 +253,15 @@ impl ThreadPoolManager {
         }
         let mut threads = self.threads.lock();
         threads.abandoned = false;
-        if let Some(monitor) = threads.monitor.take()
-            && monitor.join().is_err()
-        {
-            log::error!("the monitor thread panicked");
+        if let Some(monitor) = threads.monitor.take() {
+            let _ = monitor.join();
         }
         if let Some((handle, thread)) = threads.signals.take() {
             handle.close();
             let _ = thread.join();
+        }
+        if self.shared.monitor_died.load(Ordering::Acquire) {
+            return Err(WaitError::MonitorPanicked);
         }
         Ok(())
     }
@@ -258,8 +273,8 @@ impl ThreadPoolManager {
             return 0;
         }
         let mut total = 0;
-        for q in &self.shared.queues {
-            match q.config.runner.requeue_running() {
+        for (q, runner) in self.shared.queues.iter().zip(&self.runners) {
+            match runner.requeue_running() {
                 Ok(n) => total += n,
                 Err(e) => log::error!("queue {}: cannot put back running jobs: {e}", q.name()),
             }
@@ -287,7 +302,11 @@ impl ThreadPoolManager {
         let handle = signals.handle();
         let stopper = self.shutdown_handle();
         let thread = thread::Builder::new()
-            .name(format!("{}-signals", self.shared.config.thread_name_prefix))
+            .name(threads::thread_name(
+                &self.shared.config.thread_name_prefix,
+                None,
+                "signals",
+            ))
             .spawn(move || {
                 for signal in signals.forever() {
                     if stopper.is_shutdown() {
@@ -315,32 +334,7 @@ impl ThreadPoolManager {
     /// A snapshot of every queue and the totals. Cheap (no call to a source: the backlog is the
     /// monitor's last reading); safe to call from any thread, often.
     pub fn stats(&self) -> PoolStats {
-        let mut queues = Vec::with_capacity(self.shared.queues.len());
-        let mut all = Accumulator::default();
-        for q in &self.shared.queues {
-            let (stats, acc) = q.snapshot();
-            all.merge(&acc);
-            queues.push(stats);
-        }
-        let sum = |f: fn(&QueueStats) -> usize| queues.iter().map(f).sum::<usize>();
-        let sum64 = |f: fn(&QueueStats) -> u64| queues.iter().map(f).sum::<u64>();
-        let total = QueueStats {
-            name: "total".to_owned(),
-            workers: sum(|q| q.workers),
-            busy: sum(|q| q.busy),
-            backlog: sum(|q| q.backlog),
-            target: sum(|q| q.target),
-            jobs_ok: all.ok,
-            jobs_failed: all.failed,
-            jobs_panicked: all.panicked,
-            spawned: sum64(|q| q.spawned),
-            retired: sum64(|q| q.retired),
-            init_failures: sum64(|q| q.init_failures),
-            source_errors: sum64(|q| q.source_errors),
-            mean_job_time: all.mean(),
-            p99_job_time: all.quantile(0.99),
-        };
-        PoolStats { queues, total }
+        stats::collect(&self.shared)
     }
 }
 
@@ -351,7 +345,7 @@ impl Drop for ThreadPoolManager {
             let t = self.threads.lock();
             (t.started, t.abandoned)
         };
-        if !started || worker::on_pool_thread(self.shared.id) {
+        if !started || threads::on_pool_thread(self.shared.id) {
             return;
         }
         if abandoned && !self.shared.is_done() {

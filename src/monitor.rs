@@ -1,7 +1,13 @@
 //! The monitor thread: every tick, read the backlogs, plan, and apply the plan by spawning
 //! workers or asking idle ones to retire. On stop it joins every worker.
+//!
+//! Nothing a host or a source supplies can end it: event handlers are guarded
+//! ([`Guarded`](crate::event::Guarded)), `backlog` and `close` run under `catch_unwind`, and if
+//! the thread dies anyway its `Drop` stops the pool, joins the workers and marks the pool
+//! done, so that `wait()` returns (with an error) instead of hanging.
 
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
@@ -9,33 +15,43 @@ use std::time::Instant;
 
 use crossbeam_channel::{select, tick};
 
-use crate::event::{ErrorEvent, ErrorKind, ScaleEvent, ScaleReason};
+use crate::counters::Counters;
+use crate::event::{ErrorEvent, ErrorKind, EventHandler, ScaleEvent};
+use crate::outage::{Line, Outage};
 use crate::scaling::{self, Limits, QueueInput, Stabilizer};
 use crate::source::WorkerInfo;
 use crate::state::PoolShared;
-use crate::worker;
+use crate::threads::{self, drop_payload, panic_message};
+use crate::worker::{self, Runner};
 
 pub(crate) struct Monitor {
     pool: Arc<PoolShared>,
+    runners: Vec<Arc<dyn Runner>>,
     stabilizer: Stabilizer,
     workers: Vec<JoinHandle<()>>,
     /// Last backlog logged per queue, to log "steady" at debug only when something moved.
     logged_backlog: Vec<Option<usize>>,
-    /// Whether the last backlog read of each queue failed (log the first error of a streak).
-    backlog_failing: Vec<bool>,
+    /// Backlog read failures per queue, for one log line per outage.
+    backlog_outage: Vec<Outage>,
+    /// Spawn failures per queue, and when spawning may be tried again.
+    spawn_outage: Vec<(Outage, Option<Instant>)>,
     name: String,
+    drained: bool,
 }
 
 impl Monitor {
-    pub(crate) fn new(pool: Arc<PoolShared>) -> Self {
+    pub(crate) fn new(pool: Arc<PoolShared>, runners: Vec<Arc<dyn Runner>>) -> Self {
         let n = pool.queues.len();
         Monitor {
             stabilizer: Stabilizer::new(pool.config.scale_down_delay),
-            name: format!("{}-monitor", pool.config.thread_name_prefix),
+            name: threads::thread_name(&pool.config.thread_name_prefix, None, "monitor"),
             pool,
+            runners,
             workers: Vec::new(),
             logged_backlog: vec![None; n],
-            backlog_failing: vec![false; n],
+            backlog_outage: (0..n).map(|_| Outage::default()).collect(),
+            spawn_outage: (0..n).map(|_| (Outage::default(), None)).collect(),
+            drained: false,
         }
     }
 
@@ -45,7 +61,7 @@ impl Monitor {
 
     /// The monitor thread's body.
     pub(crate) fn run(mut self) {
-        worker::mark_pool_thread(self.pool.id);
+        threads::mark_pool_thread(self.pool.id);
         let ticker = tick(self.pool.config.rebalance_interval);
         loop {
             self.reap();
@@ -76,10 +92,18 @@ impl Monitor {
                 log::error!("a worker thread panicked outside a job");
             }
         }
-        for q in &self.pool.queues {
-            q.config.runner.close();
+        for (q, runner) in self.pool.queues.iter().zip(&self.runners) {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| runner.close())) {
+                log::error!(
+                    "queue {}: the source's close panicked: {}",
+                    q.name(),
+                    panic_message(&*p)
+                );
+                drop_payload(p);
+            }
         }
         log::info!("shut down: every worker joined");
+        self.drained = true;
         self.pool.mark_done();
     }
 
@@ -100,29 +124,48 @@ impl Monitor {
 
     fn read_backlogs(&mut self) {
         for (i, q) in self.pool.queues.iter().enumerate() {
-            match q.config.runner.backlog() {
-                Ok(n) => {
+            let runner = &self.runners[i];
+            let message = match catch_unwind(AssertUnwindSafe(|| runner.backlog())) {
+                Ok(Ok(n)) => {
                     q.backlog.store(n, Ordering::Relaxed);
-                    self.backlog_failing[i] = false;
-                }
-                Err(e) => {
-                    q.source_errors.fetch_add(1, Ordering::Relaxed);
-                    if !self.backlog_failing[i] {
-                        log::warn!(
-                            "queue {}: cannot read the backlog ({e}); keeping the last count",
+                    if let Some((down_for, errors)) =
+                        self.backlog_outage[i].recovered(Instant::now())
+                    {
+                        log::info!(
+                            "queue {}: backlog readable again after {down_for:?} \
+                             ({errors} errors)",
                             q.name()
                         );
                     }
-                    self.backlog_failing[i] = true;
-                    self.pool.events.on_error(&ErrorEvent {
-                        kind: ErrorKind::Source,
-                        queue: q.name().to_owned(),
-                        worker: self.name.clone(),
-                        message: e.to_string(),
-                        retry_in: self.pool.config.rebalance_interval,
-                    });
+                    continue;
                 }
+                Ok(Err(e)) => e.to_string(),
+                Err(p) => {
+                    let m = format!("the source's backlog panicked: {}", panic_message(&*p));
+                    drop_payload(p);
+                    m
+                }
+            };
+            q.source_errors.fetch_add(1, Ordering::Relaxed);
+            match self.backlog_outage[i].failed(Instant::now()) {
+                Line::Lost => log::warn!(
+                    "queue {}: cannot read the backlog ({message}); keeping the last count",
+                    q.name()
+                ),
+                Line::Still { down_for, errors } => log::warn!(
+                    "queue {}: backlog still unreadable after {down_for:?} ({errors} errors, \
+                     last: {message})",
+                    q.name()
+                ),
+                Line::Quiet => {}
             }
+            self.pool.events.on_error(&ErrorEvent {
+                kind: ErrorKind::Source,
+                queue: q.name().to_owned(),
+                worker: self.name.clone(),
+                message,
+                retry_in: self.pool.config.rebalance_interval,
+            });
         }
     }
 
@@ -148,6 +191,7 @@ impl Monitor {
                 min: q.config.min_threads,
                 weight: q.config.weight,
                 hold,
+                current: q.alive.load(Ordering::Acquire),
             })
             .collect();
         let plan = scaling::plan(&inputs, &limits);
@@ -162,15 +206,12 @@ impl Monitor {
             let from = q.target.swap(to, Ordering::AcqRel);
             let backlog = inputs[i].backlog;
             if from != to {
-                let reason = if to > from {
-                    ScaleReason::Up
-                } else {
-                    ScaleReason::Down
-                };
+                let reason = scaling::reason(&inputs[i], &limits, from, to);
                 log::info!(
-                    "queue {}: {backlog} jobs -> scaling {} {from} -> {to} threads",
+                    "queue {}: {backlog} jobs -> scaling {} {from} -> {to} threads ({})",
                     q.name(),
                     if to > from { "up" } else { "down" },
+                    reason.describe(),
                 );
                 self.pool.events.on_scale(&ScaleEvent {
                     queue: q.name().to_owned(),
@@ -188,11 +229,11 @@ impl Monitor {
                 self.logged_backlog[i] = Some(backlog);
             }
         }
-        self.apply(&plan);
+        self.apply(&plan, now);
     }
 
     /// Spawns missing workers within the caps, and wakes idle ones where there are too many.
-    fn apply(&mut self, plan: &[usize]) {
+    fn apply(&mut self, plan: &[usize], now: Instant) {
         let pool = Arc::clone(&self.pool);
         let c = &pool.config;
         for (qi, &target) in plan.iter().enumerate() {
@@ -206,20 +247,21 @@ impl Monitor {
                 }
                 continue;
             }
+            if self.spawn_outage[qi].1.is_some_and(|at| now < at) {
+                continue; // backing off after a refused spawn
+            }
             let missing = target - alive;
-            let room_queue = c
-                .max_threads_per_type
-                .saturating_sub(q.live.load(Ordering::Acquire));
+            let room_queue = c.max_threads_per_type.saturating_sub(q.live());
             let room_total = c
                 .max_total_threads
                 .saturating_sub(pool.total_live.load(Ordering::Acquire));
             for _ in 0..missing.min(room_queue).min(room_total) {
-                if let Err(e) = self.spawn(qi) {
-                    log::error!(
-                        "queue {}: cannot spawn a worker thread ({e}); retrying next tick",
-                        q.name()
-                    );
-                    break;
+                match self.spawn(qi) {
+                    Ok(()) => self.spawned(qi),
+                    Err(e) => {
+                        self.spawn_failed(qi, &e);
+                        break;
+                    }
                 }
             }
         }
@@ -229,28 +271,83 @@ impl Monitor {
         let pool = &self.pool;
         let q = &pool.queues[qi];
         let index = q.next_index.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{}-{index}", pool.config.thread_name_prefix, q.name());
+        let prefix = &pool.config.thread_name_prefix;
+        // The full name (unique in the pool) for logs, events and stats; the OS thread gets
+        // it shortened to the 15 bytes Linux keeps, number included.
+        let name = format!("{prefix}-{}-{index}", q.name());
+        let os_name = threads::thread_name(prefix, Some(q.name()), &index.to_string());
         let info = WorkerInfo::new(Arc::clone(&q.config.name), name.clone(), index);
-        q.alive.fetch_add(1, Ordering::AcqRel);
-        q.live.fetch_add(1, Ordering::AcqRel);
-        pool.total_live.fetch_add(1, Ordering::AcqRel);
-        let mut builder = thread::Builder::new().name(name);
+        let counters = Arc::new(Counters::default());
+        // Counted before the thread exists, so no snapshot sees its jobs before its spawn.
+        q.enlist(pool, Arc::from(name.as_str()), Arc::clone(&counters));
+        let mut builder = thread::Builder::new().name(os_name);
         if let Some(size) = pool.config.stack_size {
             builder = builder.stack_size(size);
         }
         let shared = Arc::clone(pool);
-        match builder.spawn(move || worker::main(shared, qi, info)) {
+        let runner = Arc::clone(&self.runners[qi]);
+        let theirs = Arc::clone(&counters);
+        match builder.spawn(move || worker::main(shared, runner, qi, info, theirs)) {
             Ok(handle) => {
-                q.spawned.fetch_add(1, Ordering::Relaxed);
                 self.workers.push(handle);
                 Ok(())
             }
             Err(e) => {
-                q.alive.fetch_sub(1, Ordering::AcqRel);
-                q.live.fetch_sub(1, Ordering::AcqRel);
-                pool.total_live.fetch_sub(1, Ordering::AcqRel);
+                q.leave(pool, &counters, false, false);
                 Err(e)
             }
         }
+    }
+
+    fn spawned(&mut self, qi: usize) {
+        let (outage, retry_at) = &mut self.spawn_outage[qi];
+        *retry_at = None;
+        if let Some((down_for, errors)) = outage.recovered(Instant::now()) {
+            log::info!(
+                "queue {}: worker threads start again after {down_for:?} ({errors} refusals)",
+                self.pool.queues[qi].name()
+            );
+        }
+    }
+
+    /// A refused spawn: counted, an event, a log line per outage, and a back-off before the
+    /// next try for this queue.
+    fn spawn_failed(&mut self, qi: usize, error: &io::Error) {
+        let q = &self.pool.queues[qi];
+        q.spawn_failures.fetch_add(1, Ordering::Relaxed);
+        let (outage, retry_at) = &mut self.spawn_outage[qi];
+        let now = Instant::now();
+        let line = outage.failed(now);
+        let delay = self.pool.config.backoff.delay(outage.errors());
+        *retry_at = now.checked_add(delay);
+        let message = format!("cannot start a worker thread: {error}");
+        match line {
+            Line::Lost | Line::Still { .. } => log::error!(
+                "queue {}: {message}; retrying in {delay:?}, then with back-off",
+                q.name()
+            ),
+            Line::Quiet => {}
+        }
+        self.pool.events.on_error(&ErrorEvent {
+            kind: ErrorKind::Spawn,
+            queue: q.name().to_owned(),
+            worker: self.name.clone(),
+            message,
+            retry_in: delay,
+        });
+    }
+}
+
+impl Drop for Monitor {
+    /// Runs only when the monitor thread unwinds (a normal exit drained already): stop the
+    /// pool, join the workers, and mark the pool done so that `wait()` cannot hang.
+    fn drop(&mut self) {
+        if self.drained {
+            return;
+        }
+        log::error!("the monitor thread panicked: stopping the pool");
+        self.pool.monitor_died.store(true, Ordering::Release);
+        self.pool.stop();
+        self.drain();
     }
 }

@@ -7,6 +7,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::event::ScaleReason;
+
 /// The pool-wide limits the plan must respect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -30,6 +32,30 @@ pub(crate) struct QueueInput {
     /// Threads recently planned for this queue that should be kept while room allows
     /// (the scale-down stabilisation; 0 when there is nothing to hold).
     pub(crate) hold: usize,
+    /// Threads the queue has now (`alive`): a hold keeps threads, it never starts one.
+    pub(crate) current: usize,
+}
+
+/// Threads a queue would keep if the total cap did not bind: its demand, or its hold on the
+/// threads it has, whichever is more.
+pub(crate) fn uncapped(q: &QueueInput, limits: &Limits) -> usize {
+    demand(q.backlog, q.min, limits).max(keep(q, limits))
+}
+
+/// The threads a hold keeps: recent demand, but only threads the queue has now.
+fn keep(q: &QueueInput, limits: &Limits) -> usize {
+    q.hold.min(q.current).min(limits.max_per_queue)
+}
+
+/// Why a queue's target went from `from` to `to` (`from != to`).
+pub(crate) fn reason(q: &QueueInput, limits: &Limits, from: usize, to: usize) -> ScaleReason {
+    if to > from {
+        ScaleReason::Up
+    } else if to < uncapped(q, limits) {
+        ScaleReason::Shared
+    } else {
+        ScaleReason::Down
+    }
 }
 
 /// Threads a queue asks for on its own: `ceil(backlog / jobs_per_thread)` clamped to
@@ -49,9 +75,11 @@ pub(crate) fn demand(backlog: usize, min: usize, limits: &Limits) -> usize {
 ///    that still wants more (ties: heavier weight, then larger backlog, then input order). A
 ///    queue with work and no thread has ratio 0, so it is served before any queue gets a second
 ///    thread: no queue with work starves while the cap allows one thread per such queue.
-/// 4. Capacity left over is used to keep `hold` threads (recent targets) so that a falling
-///    backlog does not tear threads down at once; holding never takes threads from a queue's
-///    demand.
+/// 4. Capacity left over is used to keep `hold` threads (recent demands) so that a falling
+///    backlog does not tear threads down at once. Holding never takes threads from a queue's
+///    demand, and it only keeps threads a queue has (`current`): it never starts one. When the
+///    room left does not cover every hold it is shared by the same weighted water-filling, so
+///    no queue's hold is cut to let another queue keep more than its share.
 ///
 /// Requires `sum(min) <= max_total`, which `Builder::build` validates.
 pub(crate) fn plan(queues: &[QueueInput], limits: &Limits) -> Vec<usize> {
@@ -64,24 +92,27 @@ pub(crate) fn plan(queues: &[QueueInput], limits: &Limits) -> Vec<usize> {
     } else {
         water_fill(queues, &want, limits.max_total)
     };
-    let mut spare = limits.max_total.saturating_sub(alloc.iter().sum());
-    for (q, a) in queues.iter().zip(alloc.iter_mut()) {
-        if spare == 0 {
-            break;
-        }
-        let keep = q.hold.min(limits.max_per_queue);
-        if keep > *a {
-            let extra = (keep - *a).min(spare);
-            *a += extra;
-            spare -= extra;
-        }
+    let spare = limits.max_total.saturating_sub(alloc.iter().sum());
+    if spare > 0 {
+        let keep: Vec<usize> = queues
+            .iter()
+            .zip(&alloc)
+            .map(|(q, &a)| keep(q, limits).max(a))
+            .collect();
+        let cap = alloc.iter().sum::<usize>() + spare;
+        alloc = fill(queues, alloc, &keep, cap);
     }
     alloc
 }
 
 /// Weighted max-min fair split of `cap` threads, each queue between its `min` and its `want`.
 fn water_fill(queues: &[QueueInput], want: &[usize], cap: usize) -> Vec<usize> {
-    let mut alloc: Vec<usize> = queues.iter().map(|q| q.min).collect();
+    fill(queues, queues.iter().map(|q| q.min).collect(), want, cap)
+}
+
+/// Raises `alloc` towards `want`, one thread at a time to the queue with the lowest
+/// `alloc / weight`, until the sum reaches `cap` or every want is met.
+fn fill(queues: &[QueueInput], mut alloc: Vec<usize>, want: &[usize], cap: usize) -> Vec<usize> {
     let mut left = cap.saturating_sub(alloc.iter().sum());
     while left > 0 {
         let next = (0..queues.len())
@@ -175,6 +206,7 @@ mod tests {
             min: 0,
             weight: 1,
             hold: 0,
+            current: 0,
         }
     }
 
@@ -219,13 +251,53 @@ mod tests {
 
     #[test]
     fn hold_uses_spare_room_only() {
-        let held = QueueInput { hold: 10, ..q(0) };
+        let held = QueueInput {
+            hold: 10,
+            current: 10,
+            ..q(0)
+        };
         assert_eq!(plan(&[held, q(1000)], &HOST), vec![10, 10]);
         let limits = Limits {
             max_total: 12,
             ..HOST
         };
         assert_eq!(plan(&[held, q(1000)], &limits), vec![2, 10]);
+    }
+
+    #[test]
+    fn a_hold_never_starts_a_thread() {
+        // Issue 14's case: cap 12, "pdf" holds 10 browsers with 172 jobs waiting (demand 9 at
+        // 20 jobs a thread), "conf" needs 2, held 3 but has 2 threads: conf must not start a
+        // third browser by taking one of pdf's.
+        let limits = Limits {
+            jobs_per_thread: 20,
+            max_per_queue: 10,
+            max_total: 12,
+        };
+        let conf = QueueInput {
+            hold: 3,
+            current: 2,
+            ..q(40)
+        };
+        let pdf = QueueInput {
+            hold: 10,
+            current: 10,
+            ..q(172)
+        };
+        assert_eq!(plan(&[conf, pdf], &limits), vec![2, 10]);
+    }
+
+    #[test]
+    fn scale_reasons() {
+        let held = QueueInput {
+            hold: 10,
+            current: 10,
+            ..q(0)
+        };
+        assert_eq!(reason(&held, &HOST, 10, 2), ScaleReason::Shared);
+        assert_eq!(reason(&q(0), &HOST, 10, 0), ScaleReason::Down);
+        assert_eq!(reason(&q(1000), &HOST, 10, 6), ScaleReason::Shared);
+        assert_eq!(reason(&q(1000), &HOST, 0, 10), ScaleReason::Up);
     }
 
     #[test]
@@ -256,12 +328,13 @@ mod tests {
         /// Queues whose minimums fit under the limits, as `build()` guarantees.
         fn case() -> impl Strategy<Value = (Limits, Vec<QueueInput>)> {
             limits().prop_flat_map(|l| {
-                let queue = (0usize..2000, 0usize..3, 1u32..100, 0usize..20).prop_map(
-                    move |(backlog, min, weight, hold)| QueueInput {
+                let queue = (0usize..2000, 0usize..3, 1u32..100, 0usize..20, 0usize..20).prop_map(
+                    move |(backlog, min, weight, hold, current)| QueueInput {
                         backlog,
                         min: min.min(l.max_per_queue),
                         weight,
                         hold,
+                        current,
                     },
                 );
                 (Just(l), prop::collection::vec(queue, 1..6))
@@ -284,9 +357,90 @@ mod tests {
                 }
             }
 
+            /// Work-conserving: when the queues want more than the cap, the cap is used.
             #[test]
-            fn same_input_same_plan((l, qs) in case()) {
-                prop_assert_eq!(plan(&qs, &l), plan(&qs, &l));
+            fn the_cap_is_used_when_demand_passes_it((l, qs) in case()) {
+                let demands: usize = qs.iter().map(|q| demand(q.backlog, q.min, &l)).sum();
+                let planned: usize = plan(&qs, &l).iter().sum();
+                if demands >= l.max_total {
+                    prop_assert_eq!(planned, l.max_total);
+                }
+            }
+
+            /// No queue gets more than its demand by a thread it does not have yet: a thread
+            /// whose queue still wants it is never torn down to give another queue more than
+            /// its demand.
+            #[test]
+            fn a_hold_only_keeps_threads_that_exist((l, qs) in case()) {
+                for (q, t) in qs.iter().zip(plan(&qs, &l)) {
+                    let d = demand(q.backlog, q.min, &l);
+                    prop_assert!(t <= d.max(q.current.min(q.hold)), "{q:?} -> {t} (demand {d})");
+                }
+            }
+
+            /// Weighted fairness of holds: if a queue keeps fewer held threads than it has and
+            /// wants, no other queue keeps held threads past an equal weighted share.
+            #[test]
+            fn held_threads_are_shared_fairly((l, qs) in case()) {
+                let planned = plan(&qs, &l);
+                for (i, q) in qs.iter().enumerate() {
+                    if planned[i] >= uncapped(q, &l) {
+                        continue;
+                    }
+                    for (j, r) in qs.iter().enumerate() {
+                        let dj = demand(r.backlog, r.min, &l);
+                        if planned[j] > dj.max(r.min) {
+                            // j keeps a held thread while i is cut: j's share, one thread
+                            // less, must not pass i's.
+                            let lhs = (planned[j] - 1) as u128 * u128::from(q.weight);
+                            let rhs = planned[i] as u128 * u128::from(r.weight);
+                            prop_assert!(lhs <= rhs, "{qs:?} -> {planned:?}: {j} over {i}");
+                        }
+                    }
+                }
+            }
+
+            /// The reason given for a scale-down is `Shared` exactly when the queue gets
+            /// fewer threads than it would keep on its own.
+            #[test]
+            fn reasons_match_the_plan((l, qs) in case(), from in 0usize..40) {
+                for (q, to) in qs.iter().zip(plan(&qs, &l)) {
+                    if to < from {
+                        let r = reason(q, &l, from, to);
+                        prop_assert_eq!(r == ScaleReason::Shared, to < uncapped(q, &l));
+                    }
+                }
+            }
+
+            /// The stabilizer against a brute-force model: the hold is the largest demand
+            /// recorded within the window, whatever the sequence of records.
+            #[test]
+            fn stabilizer_matches_its_model(
+                window_ms in 0u64..2000,
+                steps in prop::collection::vec((0u64..700, 0usize..12, 0usize..12), 1..60),
+            ) {
+                let window = Duration::from_millis(window_ms);
+                let t0 = Instant::now();
+                let mut s = Stabilizer::new(window);
+                let mut log: Vec<(Instant, Vec<usize>)> = Vec::new();
+                let mut now = t0;
+                for (dt, a, b) in steps {
+                    now += Duration::from_millis(dt);
+                    let want: Vec<usize> = (0..2)
+                        .map(|k| {
+                            log.iter()
+                                .filter(|(at, _)| now.saturating_duration_since(*at) <= window)
+                                .map(|(_, d)| d[k])
+                                .max()
+                                .unwrap_or(0)
+                        })
+                        .collect();
+                    let want = if window.is_zero() { vec![0, 0] } else { want };
+                    prop_assert_eq!(s.holds(now, 2), want);
+                    s.record(now, vec![a, b]);
+                    log.push((now, vec![a, b]));
+                }
+                prop_assert!(s.history.len() <= log.len());
             }
 
             #[test]
@@ -325,6 +479,7 @@ mod tests {
 
             #[test]
             fn holding_never_takes_from_demand((l, qs) in case()) {
+                // With holds, every queue still gets at least what its demand alone gets.
                 let bare: Vec<QueueInput> =
                     qs.iter().map(|q| QueueInput { hold: 0, ..*q }).collect();
                 for (with, without) in plan(&qs, &l).iter().zip(plan(&bare, &l)) {

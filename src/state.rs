@@ -1,42 +1,55 @@
 //! State shared by the manager, the monitor and the workers.
 //!
-//! Counts per queue, all atomics:
+//! Per queue:
 //! * `target`: what the monitor's last plan wants;
 //! * `alive`: workers not committed to leaving (a worker leaves by decrementing it, with a
 //!   compare-and-swap against `target` when retiring, so two workers never both retire for one
-//!   excess slot);
-//! * `live`: worker threads not yet finished, retiring ones included. Caps are enforced on
-//!   `live` so that a browser still closing counts against the memory it holds.
+//!   excess slot). It is the one count the hot path reads, so it stays an atomic;
+//! * the [`Roster`]: threads not yet finished (`live`, retiring ones included), started and
+//!   exited over the pool's life, and each running worker's counters. Every count that
+//!   describes one worker changes with the others, under the roster's lock, in
+//!   [`QueueState::enlist`] and [`QueueState::leave`]: a snapshot never shows half of a spawn
+//!   or an exit (tokio's `SpawnerMetrics` pattern). Caps are enforced on `live`, so a browser
+//!   still closing counts against the memory it holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use parking_lot::{Condvar, Mutex};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::builder::{Config, QueueConfig};
+use crate::config::{Config, QueueConfig};
+use crate::counters::Counters;
 use crate::error::RunningJob;
-use crate::event::EventHandler;
-use crate::stats::{Accumulator, Counters, QueueStats};
+use crate::event::Guarded;
+
+/// The threads of one queue and their counts, changed together under one lock.
+#[derive(Default)]
+pub(crate) struct Roster {
+    /// Counters of running workers, by thread name.
+    pub(crate) workers: Vec<(Arc<str>, Arc<Counters>)>,
+    /// Folded totals of exited workers.
+    pub(crate) exited: Counters,
+    /// Worker threads not yet finished (retiring ones included).
+    pub(crate) live: usize,
+    pub(crate) spawned: u64,
+    pub(crate) retired: u64,
+}
 
 pub(crate) struct QueueState {
     pub(crate) config: QueueConfig,
     pub(crate) target: AtomicUsize,
     pub(crate) alive: AtomicUsize,
-    pub(crate) live: AtomicUsize,
     pub(crate) backlog: AtomicUsize,
-    pub(crate) spawned: AtomicU64,
-    pub(crate) retired: AtomicU64,
     pub(crate) init_failures: AtomicU64,
     pub(crate) source_errors: AtomicU64,
+    pub(crate) spawn_failures: AtomicU64,
     pub(crate) next_index: AtomicU64,
     /// One token asks one idle worker to look at `alive > target` again.
     pub(crate) wake_tx: Sender<()>,
     pub(crate) wake_rx: Receiver<()>,
-    /// Counters of running workers, and the folded totals of exited ones.
-    workers: Mutex<Vec<(Arc<str>, Arc<Counters>)>>,
-    exited: Counters,
+    roster: Mutex<Roster>,
 }
 
 impl QueueState {
@@ -46,17 +59,14 @@ impl QueueState {
             config,
             target: AtomicUsize::new(0),
             alive: AtomicUsize::new(0),
-            live: AtomicUsize::new(0),
             backlog: AtomicUsize::new(0),
-            spawned: AtomicU64::new(0),
-            retired: AtomicU64::new(0),
             init_failures: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
+            spawn_failures: AtomicU64::new(0),
             next_index: AtomicU64::new(0),
             wake_tx,
             wake_rx,
-            workers: Mutex::new(Vec::new()),
-            exited: Counters::default(),
+            roster: Mutex::new(Roster::default()),
         }
     }
 
@@ -84,20 +94,56 @@ impl QueueState {
         }
     }
 
-    pub(crate) fn register(&self, name: Arc<str>, counters: Arc<Counters>) {
-        self.workers.lock().push((name, counters));
+    /// Worker threads not yet finished, retiring ones included.
+    pub(crate) fn live(&self) -> usize {
+        self.roster.lock().live
     }
 
-    pub(crate) fn unregister(&self, counters: &Arc<Counters>) {
-        let mut workers = self.workers.lock();
-        workers.retain(|(_, c)| !Arc::ptr_eq(c, counters));
-        self.exited.absorb(counters);
+    /// Counts a worker about to be spawned, in one step: alive, live, spawned, and its
+    /// counters listed. Undo with [`leave`](Self::leave) if the spawn fails.
+    pub(crate) fn enlist(&self, pool: &PoolShared, name: Arc<str>, counters: Arc<Counters>) {
+        let mut r = self.roster.lock();
+        self.alive.fetch_add(1, Ordering::AcqRel);
+        pool.total_live.fetch_add(1, Ordering::AcqRel);
+        r.live += 1;
+        r.spawned += 1;
+        r.workers.push((name, counters));
+    }
+
+    /// Takes a worker out, in one step: its counters folded into the queue's totals, out of
+    /// live (and of alive unless it retired, which took itself out of alive already).
+    /// `spawned` says whether its thread ever ran: a failed spawn is undone, not retired.
+    pub(crate) fn leave(
+        &self,
+        pool: &PoolShared,
+        counters: &Arc<Counters>,
+        retired: bool,
+        spawned: bool,
+    ) {
+        let mut r = self.roster.lock();
+        r.workers.retain(|(_, c)| !Arc::ptr_eq(c, counters));
+        r.exited.absorb(counters);
+        if !retired {
+            self.alive.fetch_sub(1, Ordering::AcqRel);
+        }
+        pool.total_live.fetch_sub(1, Ordering::AcqRel);
+        r.live -= 1;
+        if spawned {
+            r.retired += 1;
+        } else {
+            r.spawned -= 1;
+        }
+    }
+
+    /// The roster, locked, for a snapshot.
+    pub(crate) fn roster(&self) -> MutexGuard<'_, Roster> {
+        self.roster.lock()
     }
 
     /// Gives running jobs that were not timed (see `JobTimer`) a start time: now, so their
     /// elapsed time is known to within one monitor tick.
     pub(crate) fn stamp_untimed(&self, now_ns: u64) {
-        for (_, c) in self.workers.lock().iter() {
+        for (_, c) in self.roster.lock().workers.iter() {
             if c.busy.load(Ordering::Acquire) {
                 let _ = c.busy_since_ns.compare_exchange(
                     0,
@@ -111,7 +157,7 @@ impl QueueState {
 
     pub(crate) fn running_jobs(&self, pool: &PoolShared, out: &mut Vec<RunningJob>) {
         let now = pool.now_ns();
-        for (name, c) in self.workers.lock().iter() {
+        for (name, c) in self.roster.lock().workers.iter() {
             if c.busy.load(Ordering::Acquire) {
                 // 0: an untimed job not stamped yet, so it started within the last tick.
                 let since = c.busy_since_ns.load(Ordering::Acquire);
@@ -123,40 +169,10 @@ impl QueueState {
                 out.push(RunningJob {
                     queue: self.name().to_owned(),
                     worker: name.to_string(),
-                    elapsed: std::time::Duration::from_nanos(elapsed),
+                    elapsed: Duration::from_nanos(elapsed),
                 });
             }
         }
-    }
-
-    pub(crate) fn snapshot(&self) -> (QueueStats, Accumulator) {
-        let mut acc = Accumulator::default();
-        let mut busy = 0;
-        {
-            let workers = self.workers.lock();
-            self.exited.add_to(&mut acc);
-            for (_, c) in workers.iter() {
-                c.add_to(&mut acc);
-                busy += usize::from(c.busy.load(Ordering::Relaxed));
-            }
-        }
-        let stats = QueueStats {
-            name: self.name().to_owned(),
-            workers: self.alive.load(Ordering::Relaxed),
-            busy,
-            backlog: self.backlog.load(Ordering::Relaxed),
-            target: self.target.load(Ordering::Relaxed),
-            jobs_ok: acc.ok,
-            jobs_failed: acc.failed,
-            jobs_panicked: acc.panicked,
-            spawned: self.spawned.load(Ordering::Relaxed),
-            retired: self.retired.load(Ordering::Relaxed),
-            init_failures: self.init_failures.load(Ordering::Relaxed),
-            source_errors: self.source_errors.load(Ordering::Relaxed),
-            mean_job_time: acc.mean(),
-            p99_job_time: acc.quantile(0.99),
-        };
-        (stats, acc)
     }
 }
 
@@ -164,7 +180,7 @@ pub(crate) struct PoolShared {
     pub(crate) id: usize,
     pub(crate) config: Config,
     pub(crate) queues: Vec<QueueState>,
-    pub(crate) events: Arc<dyn EventHandler>,
+    pub(crate) events: Arc<Guarded>,
     epoch: Instant,
     pub(crate) stopping: AtomicBool,
     /// Disconnected (its sender dropped) when the pool stops: wakes every select at once.
@@ -174,6 +190,8 @@ pub(crate) struct PoolShared {
     pub(crate) nudge_tx: Sender<()>,
     pub(crate) nudge_rx: Receiver<()>,
     pub(crate) total_live: AtomicUsize,
+    /// Set if the monitor thread died of a panic (the pool stopped and joined its workers).
+    pub(crate) monitor_died: AtomicBool,
     done: Mutex<bool>,
     done_cv: Condvar,
 }
@@ -183,7 +201,7 @@ impl PoolShared {
         id: usize,
         config: Config,
         queues: Vec<QueueConfig>,
-        events: Arc<dyn EventHandler>,
+        events: Arc<Guarded>,
     ) -> Self {
         let (stop_tx, stop_rx) = bounded(0);
         let (nudge_tx, nudge_rx) = bounded(1);
@@ -199,6 +217,7 @@ impl PoolShared {
             nudge_tx,
             nudge_rx,
             total_live: AtomicUsize::new(0),
+            monitor_died: AtomicBool::new(false),
             done: Mutex::new(false),
             done_cv: Condvar::new(),
         }
@@ -225,6 +244,20 @@ impl PoolShared {
         }
         self.stop_tx.lock().take();
         true
+    }
+
+    /// Waits up to `delay`, returning early (true) only if the pool stops.
+    pub(crate) fn sleep_unless_stopped(&self, delay: Duration) -> bool {
+        match Instant::now().checked_add(delay) {
+            Some(deadline) => matches!(
+                self.stop_rx.recv_deadline(deadline),
+                Err(RecvTimeoutError::Disconnected)
+            ),
+            None => {
+                let _ = self.stop_rx.recv();
+                true
+            }
+        }
     }
 
     pub(crate) fn nudge(&self) {

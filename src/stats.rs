@@ -1,228 +1,75 @@
-//! Counters kept by the workers and the snapshots built from them.
-//!
-//! Each worker owns its counters and is their only writer, so the hot path does plain loads and
-//! stores (no locked read-modify-write, no shared cache line between workers). A snapshot sums
-//! the live workers and the totals folded in from workers that have exited.
+//! The snapshots [`ThreadPoolManager::stats`](crate::ThreadPoolManager::stats) returns, and
+//! the one place they are assembled from the pool's state.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Linear buckets below 2^SUB_BITS ns, then 2^SUB_BITS buckets per power of two: the bucket
-/// holding a value is at most 1/16 (6%) wider than the value.
-const SUB_BITS: u32 = 4;
-const SUB: usize = 1 << SUB_BITS;
-/// Values from 2^MAX_EXP ns (~73 minutes) up share the top bucket.
-const MAX_EXP: u32 = 42;
-const BUCKETS: usize = SUB + (MAX_EXP - SUB_BITS + 1) as usize * SUB;
+use crate::counters::Accumulator;
+use crate::state::PoolShared;
 
-fn bucket_of(ns: u64) -> usize {
-    if ns < SUB as u64 {
-        return ns as usize;
-    }
-    let exp = (63 - ns.leading_zeros()).min(MAX_EXP);
-    let sub = if exp == MAX_EXP && ns >= 1 << (MAX_EXP + 1) {
-        SUB - 1
-    } else {
-        ((ns >> (exp - SUB_BITS)) as usize) & (SUB - 1)
-    };
-    SUB + (exp - SUB_BITS) as usize * SUB + sub
-}
-
-/// The middle of a bucket, in nanoseconds.
-fn bucket_mid(index: usize) -> u64 {
-    if index < SUB {
-        return index as u64;
-    }
-    let exp = (index - SUB) / SUB + SUB_BITS as usize;
-    let sub = ((index - SUB) % SUB) as u64;
-    let width = 1u64 << (exp - SUB_BITS as usize);
-    (1u64 << exp) + sub * width + width / 2
-}
-
-/// Adds to a counter that only the calling thread writes.
-#[inline]
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
-}
-
-/// Job counters of one worker (single writer) or the folded totals of exited workers.
-///
-/// Aligned to 128 bytes (two cache lines, as crossbeam's `CachePadded` does for adjacent-line
-/// prefetch) so that two workers' counters, allocated side by side, never share a line.
-#[derive(Debug)]
-#[repr(align(128))]
-pub(crate) struct Counters {
-    pub(crate) ok: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) panicked: AtomicU64,
-    pub(crate) busy: AtomicBool,
-    pub(crate) busy_since_ns: AtomicU64,
-    time_sum_ns: AtomicU64,
-    buckets: Box<[AtomicU64]>,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            ok: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            panicked: AtomicU64::new(0),
-            busy: AtomicBool::new(false),
-            busy_since_ns: AtomicU64::new(0),
-            time_sum_ns: AtomicU64::new(0),
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-}
-
-/// How one job ended, for the counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ended {
-    Ok,
-    Failed,
-    Panicked,
-}
-
-impl Counters {
-    /// Counts a finished job. Only the owning worker calls this.
-    #[inline]
-    pub(crate) fn record(&self, ended: Ended) {
-        let counter = match ended {
-            Ended::Ok => &self.ok,
-            Ended::Failed => &self.failed,
-            Ended::Panicked => &self.panicked,
+/// Assembles the snapshot of every queue and the totals. Each queue's worker counts are read
+/// under its roster's lock, so they agree with each other.
+pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
+    let mut queues = Vec::with_capacity(pool.queues.len());
+    let mut all = Accumulator::default();
+    for q in &pool.queues {
+        let mut acc = Accumulator::default();
+        let mut busy = 0;
+        let (spawned, retired, workers) = {
+            let roster = q.roster();
+            roster.exited.add_to(&mut acc);
+            for (_, c) in &roster.workers {
+                c.add_to(&mut acc);
+                busy += usize::from(c.busy.load(Ordering::Relaxed));
+            }
+            (
+                roster.spawned,
+                roster.retired,
+                q.alive.load(Ordering::Acquire),
+            )
         };
-        bump(counter, 1);
+        queues.push(QueueStats {
+            name: q.name().to_owned(),
+            workers,
+            busy,
+            backlog: q.backlog.load(Ordering::Relaxed),
+            target: q.target.load(Ordering::Relaxed),
+            jobs_ok: acc.ok,
+            jobs_failed: acc.failed,
+            jobs_panicked: acc.panicked,
+            spawned,
+            retired,
+            init_failures: q.init_failures.load(Ordering::Relaxed),
+            source_errors: q.source_errors.load(Ordering::Relaxed),
+            spawn_failures: q.spawn_failures.load(Ordering::Relaxed),
+            mean_job_time: acc.mean(),
+            p99_job_time: acc.quantile(0.99),
+        });
+        all.merge(&acc);
     }
-
-    /// Records the run time of a timed job (see [`JobTimer`]). Only the owning worker calls it.
-    #[inline]
-    pub(crate) fn record_time(&self, took: Duration) {
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        bump(&self.time_sum_ns, ns);
-        bump(&self.buckets[bucket_of(ns)], 1);
-    }
-
-    /// Adds `other` into `self` (for folding an exited worker into the queue totals; called
-    /// under the queue's lock, so there is one writer).
-    pub(crate) fn absorb(&self, other: &Counters) {
-        bump(&self.ok, other.ok.load(Relaxed));
-        bump(&self.failed, other.failed.load(Relaxed));
-        bump(&self.panicked, other.panicked.load(Relaxed));
-        bump(&self.time_sum_ns, other.time_sum_ns.load(Relaxed));
-        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
-            let n = theirs.load(Relaxed);
-            if n != 0 {
-                bump(mine, n);
-            }
-        }
-    }
-
-    pub(crate) fn add_to(&self, acc: &mut Accumulator) {
-        acc.ok += self.ok.load(Relaxed);
-        acc.failed += self.failed.load(Relaxed);
-        acc.panicked += self.panicked.load(Relaxed);
-        acc.time_sum_ns = acc
-            .time_sum_ns
-            .saturating_add(self.time_sum_ns.load(Relaxed));
-        if acc.buckets.is_empty() {
-            acc.buckets = vec![0; BUCKETS];
-        }
-        for (a, b) in acc.buckets.iter_mut().zip(self.buckets.iter()) {
-            *a += b.load(Relaxed);
-        }
-    }
-}
-
-/// Plain sums used while building a snapshot.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Accumulator {
-    pub(crate) ok: u64,
-    pub(crate) failed: u64,
-    pub(crate) panicked: u64,
-    time_sum_ns: u64,
-    buckets: Vec<u64>,
-}
-
-impl Accumulator {
-    pub(crate) fn merge(&mut self, other: &Accumulator) {
-        self.ok += other.ok;
-        self.failed += other.failed;
-        self.panicked += other.panicked;
-        self.time_sum_ns = self.time_sum_ns.saturating_add(other.time_sum_ns);
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; BUCKETS];
-        }
-        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
-        }
-    }
-
-    /// Mean over the timed jobs.
-    pub(crate) fn mean(&self) -> Option<Duration> {
-        let n: u64 = self.buckets.iter().sum();
-        (n > 0).then(|| Duration::from_nanos(self.time_sum_ns / n))
-    }
-
-    /// The `q` quantile (0.0..=1.0) of job durations, within the 6% bucket precision.
-    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
-        let n: u64 = self.buckets.iter().sum();
-        if n == 0 {
-            return None;
-        }
-        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
-        let mut seen = 0;
-        for (i, &count) in self.buckets.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(Duration::from_nanos(bucket_mid(i)));
-            }
-        }
-        None
-    }
-}
-
-/// Decides which jobs a worker times. Reading the clock costs ~25 ns a read; a no-op job
-/// costs less than that to dispatch. So a worker times every job while its jobs last
-/// [`TIME_ALL_ABOVE`] or more (the clock is then under 0.1% of the job), and one job in
-/// [`SAMPLE_EVERY`] while they are shorter: counts stay exact, the mean and p99 of short jobs
-/// become sampled estimates, and dispatch stays within a few nanoseconds of a bare channel.
-#[derive(Debug)]
-pub(crate) struct JobTimer {
-    time_all: bool,
-    untimed: u32,
-}
-
-pub(crate) const TIME_ALL_ABOVE: Duration = Duration::from_micros(50);
-pub(crate) const SAMPLE_EVERY: u32 = 64;
-
-impl JobTimer {
-    pub(crate) fn new() -> Self {
-        // Start by timing: the first job tells whether jobs are long.
-        JobTimer {
-            time_all: true,
-            untimed: 0,
-        }
-    }
-
-    /// Whether to time the next job.
-    #[inline]
-    pub(crate) fn next(&mut self) -> bool {
-        if self.time_all {
-            return true;
-        }
-        self.untimed += 1;
-        if self.untimed >= SAMPLE_EVERY {
-            self.untimed = 0;
-            return true;
-        }
-        false
-    }
-
-    /// Learns from a timed job.
-    #[inline]
-    pub(crate) fn saw(&mut self, took: Duration) {
-        self.time_all = took >= TIME_ALL_ABOVE;
+    let sum = |f: fn(&QueueStats) -> usize| queues.iter().map(f).sum::<usize>();
+    let sum64 = |f: fn(&QueueStats) -> u64| queues.iter().map(f).sum::<u64>();
+    let total = QueueStats {
+        name: "total".to_owned(),
+        workers: sum(|q| q.workers),
+        busy: sum(|q| q.busy),
+        backlog: sum(|q| q.backlog),
+        target: sum(|q| q.target),
+        jobs_ok: all.ok,
+        jobs_failed: all.failed,
+        jobs_panicked: all.panicked,
+        spawned: sum64(|q| q.spawned),
+        retired: sum64(|q| q.retired),
+        init_failures: sum64(|q| q.init_failures),
+        source_errors: sum64(|q| q.source_errors),
+        spawn_failures: sum64(|q| q.spawn_failures),
+        mean_job_time: all.mean(),
+        p99_job_time: all.quantile(0.99),
+    };
+    PoolStats {
+        queues,
+        total,
+        handler_panics: pool.events.panics(),
     }
 }
 
@@ -248,14 +95,19 @@ pub struct QueueStats {
     pub jobs_failed: u64,
     /// Jobs whose executor panicked.
     pub jobs_panicked: u64,
-    /// Worker threads started over the pool's life.
+    /// Worker threads started over the pool's life. Counted when the thread is started, with
+    /// `workers`, so `spawned - retired` is always the number of threads not yet finished.
     pub spawned: u64,
     /// Worker threads that have exited.
     pub retired: u64,
     /// Failed attempts to build a worker's state (the `init` closure returned an error or panicked).
     pub init_failures: u64,
-    /// Errors reported by the job source (fetch, acknowledgement, backlog).
+    /// Errors reported by the job source (fetch, acknowledgement, backlog), panics of the
+    /// source's methods included.
     pub source_errors: u64,
+    /// Times the operating system refused to start a worker thread (see
+    /// [`ErrorKind::Spawn`](crate::ErrorKind::Spawn)).
+    pub spawn_failures: u64,
     /// Mean executor time per job, `None` before the first timed job. Every job lasting 50 µs
     /// or more is timed; shorter ones are sampled one in 64 (reading the clock would cost more
     /// than dispatching them), so for them this is an estimate.
@@ -273,61 +125,14 @@ pub struct PoolStats {
     pub queues: Vec<QueueStats>,
     /// Sums over all queues; durations are over all jobs of all queues.
     pub total: QueueStats,
+    /// Calls of the [`EventHandler`](crate::EventHandler) that panicked (caught; the pool
+    /// went on).
+    pub handler_panics: u64,
 }
 
 impl PoolStats {
     /// The stats of the queue called `name`.
     pub fn queue(&self, name: &str) -> Option<&QueueStats> {
         self.queues.iter().find(|q| q.name == name)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_ordered_and_tight() {
-        let mut last = 0;
-        for ns in (0..5_000u64).chain((13..64).map(|e| 1u64 << e)) {
-            let b = bucket_of(ns);
-            assert!(b >= last && b < BUCKETS, "{ns} -> {b}");
-            last = b;
-            if ns < 1 << MAX_EXP {
-                let mid = bucket_mid(b) as f64;
-                assert!(
-                    (mid - ns as f64).abs() <= ns as f64 / 16.0 + 1.0,
-                    "{ns} vs {mid}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn quantiles() {
-        let c = Counters::default();
-        for ms in 1..=100 {
-            c.record(Ended::Ok);
-            c.record_time(Duration::from_millis(ms));
-        }
-        let mut acc = Accumulator::default();
-        c.add_to(&mut acc);
-        let p99 = acc.quantile(0.99).unwrap().as_secs_f64() * 1000.0;
-        assert!((p99 - 99.0).abs() < 99.0 / 16.0, "{p99}");
-        let mean = acc.mean().unwrap().as_secs_f64() * 1000.0;
-        assert!((mean - 50.5).abs() < 0.01, "{mean}");
-    }
-
-    #[test]
-    fn long_jobs_are_all_timed_short_ones_sampled() {
-        let mut t = JobTimer::new();
-        assert!(t.next(), "the first job is timed");
-        t.saw(Duration::from_millis(3));
-        assert!((0..100).all(|_| t.next()), "jobs of 3 ms: every one timed");
-        t.saw(Duration::from_micros(2));
-        let timed = (0..SAMPLE_EVERY * 10).filter(|_| t.next()).count();
-        assert_eq!(timed, 10, "jobs of 2 us: one in {SAMPLE_EVERY}");
-        t.saw(Duration::from_millis(1));
-        assert!(t.next(), "a long job switches back to timing all");
     }
 }

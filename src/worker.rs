@@ -1,9 +1,7 @@
-//! The worker thread: build state, fetch, run under `catch_unwind`, acknowledge, and retire
-//! only between jobs.
+//! The worker thread, top-down: [`main`] sets it up, [`run`] builds its consumer and state and
+//! retries them with back-off, [`serve`] is the hot loop (fetch, run under `catch_unwind`,
+//! acknowledge), and a worker retires only between jobs.
 
-use std::any::Any;
-use std::cell::Cell;
-use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,27 +9,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
 
+use crate::counters::{Counters, Ended, JobTimer};
 use crate::error::{JobError, SourceError};
-use crate::event::{ErrorEvent, ErrorKind, ExitReason, WorkerEvent};
+use crate::event::{ErrorEvent, ErrorKind, EventHandler, ExitReason, WorkerEvent};
+use crate::outage::{Line, Outage};
+use crate::queue::Handlers;
 use crate::source::{Consumer, FetchContext, JobSource, PoolInfo, Unacked, WorkerInfo};
 use crate::state::{PoolShared, QueueState};
-use crate::stats::{Counters, Ended, JobTimer};
+use crate::threads::{self, drop_payload, panic_message};
 
-thread_local! {
-    /// The id of the pool whose worker or monitor runs on this thread (0: none).
-    static POOL_OF_THREAD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Whether the calling thread belongs to the pool `id`.
-pub(crate) fn on_pool_thread(id: usize) -> bool {
-    POOL_OF_THREAD.with(Cell::get) == id
-}
-
-pub(crate) fn mark_pool_thread(id: usize) {
-    POOL_OF_THREAD.with(|c| c.set(id));
-}
-
-/// A queue's job loop with its types erased, so the pool holds queues of different types.
+/// A queue with its types erased, so that the pool holds queues of different types: the
+/// manager opens and closes its source, the monitor reads its backlog, a worker runs its loop.
 pub(crate) trait Runner: Send + Sync {
     fn open(&self, pool: &PoolInfo) -> Result<(), SourceError>;
     fn backlog(&self) -> Result<usize, SourceError>;
@@ -40,23 +28,25 @@ pub(crate) trait Runner: Send + Sync {
     fn run(&self, worker: &Worker<'_>) -> ExitReason;
 }
 
-pub(crate) struct QueueDef<S, St, I, X> {
-    source: S,
-    init: I,
-    exec: X,
-    recycle_after: Option<u64>,
-    _state: PhantomData<fn() -> St>,
-}
+impl<H: Handlers> Runner for H {
+    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
+        self.source().open(pool)
+    }
 
-impl<S, St, I, X> QueueDef<S, St, I, X> {
-    pub(crate) fn new(source: S, init: I, exec: X, recycle_after: Option<u64>) -> Self {
-        QueueDef {
-            source,
-            init,
-            exec,
-            recycle_after,
-            _state: PhantomData,
-        }
+    fn backlog(&self) -> Result<usize, SourceError> {
+        self.source().backlog()
+    }
+
+    fn close(&self) {
+        self.source().close();
+    }
+
+    fn requeue_running(&self) -> Result<usize, SourceError> {
+        self.source().requeue_running()
+    }
+
+    fn run(&self, worker: &Worker<'_>) -> ExitReason {
+        run(self, worker)
     }
 }
 
@@ -66,6 +56,297 @@ pub(crate) struct Worker<'a> {
     pub(crate) queue: &'a QueueState,
     pub(crate) info: WorkerInfo,
     pub(crate) counters: Arc<Counters>,
+}
+
+/// The body of a worker thread. The monitor has already counted it (`QueueState::enlist`).
+pub(crate) fn main(
+    pool: Arc<PoolShared>,
+    runner: Arc<dyn Runner>,
+    queue_index: usize,
+    info: WorkerInfo,
+    counters: Arc<Counters>,
+) {
+    threads::mark_pool_thread(pool.id);
+    threads::mark_worker_thread(&counters);
+    let queue = &pool.queues[queue_index];
+    let worker = Worker {
+        pool: &pool,
+        queue,
+        info,
+        counters,
+    };
+    // Whatever happens below, even a panic outside the guarded calls, the counts are put right.
+    let mut guard = ExitGuard {
+        worker: &worker,
+        reason: None,
+    };
+    log::debug!("{}: started", worker.info.name());
+    pool.events.on_worker_start(&WorkerEvent {
+        queue: queue.name().to_owned(),
+        worker: worker.info.name().to_owned(),
+        exit: None,
+    });
+    guard.reason = Some(runner.run(&worker));
+}
+
+/// Builds the worker's consumer and state, retrying each with back-off, and serves jobs until
+/// the worker must leave.
+fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
+    let backoff = w.pool.config.backoff;
+    let mut consumer: Option<<H::Source as JobSource>::Consumer> = None;
+    let mut state: Option<H::State> = None;
+    let mut init_failures = 0u32;
+    let mut outage = Outage::default();
+    let mut loop_state = Counts {
+        timer: JobTimer::new(),
+        since_init: 0,
+    };
+    let exit = loop {
+        if let Some(reason) = w.should_exit() {
+            break reason;
+        }
+        let Some(c) = consumer.as_mut() else {
+            let message = match catch_unwind(AssertUnwindSafe(|| h.source().consumer(&w.info))) {
+                Ok(Ok(c)) => {
+                    consumer = Some(c);
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(p) => panicked_source(p, "consumer"),
+            };
+            let delay = backoff.delay(outage.errors().saturating_add(1));
+            w.source_failed(&mut outage, message, delay);
+            if let Some(reason) = w.pause(delay) {
+                break reason;
+            }
+            continue;
+        };
+        let Some(st) = state.as_mut() else {
+            let message = match catch_unwind(AssertUnwindSafe(|| h.init(&w.info))) {
+                Ok(Ok(s)) => {
+                    state = Some(s);
+                    loop_state.since_init = 0;
+                    init_failures = 0;
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(p) => {
+                    let m = panic_message(&*p);
+                    drop_payload(p);
+                    m
+                }
+            };
+            init_failures = init_failures.saturating_add(1);
+            let delay = backoff.delay(init_failures);
+            w.suspend(c, &mut outage);
+            w.report(ErrorKind::Init, message, delay);
+            if let Some(reason) = w.pause(delay) {
+                break reason;
+            }
+            continue;
+        };
+        // A panic of the source's `fetch` or `complete` unwinds out of `serve` (a job's panic
+        // is caught inside): the consumer may be broken, so it is dropped and rebuilt.
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            serve(h, w, c, st, &mut loop_state, &mut outage)
+        }));
+        match served {
+            Ok(Served::Exit(reason)) => break reason,
+            Ok(Served::StateSpent) => {
+                // No job may wait hidden in the consumer while `init` runs again.
+                w.suspend(c, &mut outage);
+                drop_state(&mut state, w);
+            }
+            Ok(Served::SourceFailed(e)) => {
+                let delay = backoff.delay(outage.errors().saturating_add(1));
+                w.source_failed(&mut outage, e.to_string(), delay);
+                w.suspend(c, &mut outage);
+                if let Some(reason) = w.pause(delay) {
+                    break reason;
+                }
+            }
+            Err(p) => {
+                w.counters.busy.store(false, Ordering::Release);
+                let message = panicked_source(p, "fetch or complete");
+                drop_guarded(consumer.take(), w);
+                let delay = backoff.delay(outage.errors().saturating_add(1));
+                w.source_failed(&mut outage, message, delay);
+                if let Some(reason) = w.pause(delay) {
+                    break reason;
+                }
+            }
+        }
+    };
+    if let Some(c) = consumer.as_mut() {
+        w.suspend(c, &mut outage);
+    }
+    drop_state(&mut state, w);
+    drop_guarded(consumer, w);
+    exit
+}
+
+/// What the job loop keeps across its runs: a source error leaves `serve` but keeps these.
+struct Counts {
+    timer: JobTimer,
+    /// Jobs run on the current state, for `recycle_after`.
+    since_init: u64,
+}
+
+/// Why a worker left its job loop.
+enum Served {
+    /// The pool is stopping or the queue has a worker too many.
+    Exit(ExitReason),
+    /// The state must be rebuilt: a job panicked, or `recycle_after` jobs ran on it.
+    StateSpent,
+    /// The source failed to fetch.
+    SourceFailed(SourceError),
+}
+
+/// The hot loop: with a consumer and a state in hand, fetch, run and acknowledge jobs until the
+/// worker must leave or its state must be rebuilt. Everything set up once per worker stays out
+/// of it, so a no-op job costs little more than the channel hand-off.
+fn serve<H: Handlers>(
+    h: &H,
+    w: &Worker<'_>,
+    consumer: &mut <H::Source as JobSource>::Consumer,
+    st: &mut H::State,
+    counts: &mut Counts,
+    outage: &mut Outage,
+) -> Served {
+    let recycle_after = w.queue.config.recycle_after;
+    let cx = FetchContext::new(
+        w.pool.config.fetch_timeout,
+        &w.queue.wake_rx,
+        &w.pool.stop_rx,
+        &w.pool.stopping,
+    );
+    loop {
+        if let Some(reason) = w.should_exit() {
+            return Served::Exit(reason);
+        }
+        cx.rearm();
+        let job = match consumer.fetch(&cx) {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                if outage.is_down() {
+                    w.source_back(outage);
+                }
+                continue;
+            }
+            Err(e) => return Served::SourceFailed(e),
+        };
+        if outage.is_down() {
+            w.source_back(outage);
+        }
+
+        // An untimed job's start is stamped by the monitor within one tick (0 = unknown).
+        let started = counts.timer.next().then(Instant::now);
+        let since = started.map_or(0, |s| w.pool.ns_since_epoch(s).max(1));
+        w.counters.busy_since_ns.store(since, Ordering::Relaxed);
+        w.counters.busy.store(true, Ordering::Release);
+        let result = catch_unwind(AssertUnwindSafe(|| h.exec(st, &job)));
+        w.counters.busy.store(false, Ordering::Release);
+        if let Some(started) = started {
+            let took = started.elapsed();
+            w.counters.record_time(took);
+            counts.timer.saw(took);
+        }
+        let (outcome, spent) = match result {
+            Ok(Ok(output)) => {
+                w.counters.record(Ended::Ok);
+                (Ok(output), false)
+            }
+            Ok(Err(e)) => {
+                w.counters.record(Ended::Failed);
+                (Err(e), false)
+            }
+            Err(p) => (Err(job_panicked(w, p)), true),
+        };
+        counts.since_init += 1;
+        acknowledge(consumer, job, outcome, w, outage);
+        // The state may be half-way through something after a panic: rebuild it.
+        if spent || recycle_after.is_some_and(|n| counts.since_init >= n) {
+            return Served::StateSpent;
+        }
+    }
+}
+
+/// Hands the outcome to the source. The common case is one call that succeeds; retrying is
+/// kept out of line so the hot path does not carry it.
+#[inline]
+fn acknowledge<C: Consumer>(
+    consumer: &mut C,
+    job: C::Job,
+    outcome: Result<C::Output, JobError>,
+    w: &Worker<'_>,
+    outage: &mut Outage,
+) {
+    if let Err(unacked) = consumer.complete(job, outcome) {
+        acknowledge_with_retries(consumer, unacked, w, outage);
+    }
+}
+
+/// Retries a completion with back-off while the source fails; the pause wakes at once on stop.
+/// While the pool is stopping it gives up after a few tries: the source keeps the job
+/// recoverable (the Redis source leaves it in the worker's processing list for the reaper).
+#[cold]
+#[inline(never)]
+fn acknowledge_with_retries<C: Consumer>(
+    consumer: &mut C,
+    mut unacked: Unacked<C::Job, C::Output>,
+    w: &Worker<'_>,
+    outage: &mut Outage,
+) {
+    const TRIES_WHILE_STOPPING: u32 = 3;
+    let backoff = w.pool.config.backoff;
+    let mut failures = 0;
+    loop {
+        failures += 1;
+        if w.pool.is_stopping() && failures >= TRIES_WHILE_STOPPING {
+            log::error!(
+                "{}: giving up acknowledging a job while stopping: {}",
+                w.info.name(),
+                unacked.error
+            );
+            return;
+        }
+        let delay = if w.pool.is_stopping() {
+            Duration::ZERO
+        } else {
+            backoff.delay(failures)
+        };
+        w.source_failed(outage, unacked.error.to_string(), delay);
+        w.pool.sleep_unless_stopped(delay);
+        match consumer.complete(unacked.job, unacked.outcome) {
+            Ok(()) => {
+                w.source_back(outage);
+                return;
+            }
+            Err(again) => unacked = again,
+        }
+    }
+}
+
+/// Counts and reports a job's panic; the job is reported failed to its source.
+#[cold]
+#[inline(never)]
+fn job_panicked(w: &Worker<'_>, payload: Box<dyn std::any::Any + Send>) -> JobError {
+    w.counters.record(Ended::Panicked);
+    let message = panic_message(&*payload);
+    drop_payload(payload);
+    w.report(ErrorKind::JobPanic, message.clone(), Duration::ZERO);
+    JobError::panicked(message)
+}
+
+/// The message for a panic of a source's method.
+#[cold]
+fn panicked_source(payload: Box<dyn std::any::Any + Send>, method: &str) -> String {
+    let message = format!(
+        "the source's {method} panicked: {}",
+        panic_message(&*payload)
+    );
+    drop_payload(payload);
+    message
 }
 
 impl Worker<'_> {
@@ -81,36 +362,90 @@ impl Worker<'_> {
         }
     }
 
-    /// Sleeps for `delay`, or less if the pool stops or the monitor asks workers to look again.
-    fn pause(&self, delay: Duration) {
-        select! {
-            recv(self.pool.stop_rx) -> _ => {}
-            recv(self.queue.wake_rx) -> _ => {}
-            default(delay) => {}
+    /// Waits out a back-off of `delay`. Only a stop or this worker's own retirement cuts it
+    /// short, and then it says why the worker must leave; a wake-up for a retirement that
+    /// another worker already took is ignored.
+    fn pause(&self, delay: Duration) -> Option<ExitReason> {
+        let deadline = Instant::now().checked_add(delay);
+        loop {
+            let left = deadline.map_or(delay, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return None;
+            }
+            select! {
+                recv(self.pool.stop_rx) -> _ => return Some(ExitReason::Shutdown),
+                recv(self.queue.wake_rx) -> _ => {
+                    if self.queue.try_retire() {
+                        return Some(ExitReason::Retired);
+                    }
+                }
+                default(left) => return None,
+            }
         }
     }
 
-    fn report(&self, kind: ErrorKind, message: String, retry_in: Duration) {
-        let counter = match kind {
-            ErrorKind::Init => Some(&self.queue.init_failures),
-            ErrorKind::Source => Some(&self.queue.source_errors),
-            _ => None,
+    /// Tells the consumer the worker will not fetch for a while (back-off, rebuild, exit).
+    /// A failure is a source error of the current outage (logged as [`Outage`] allows).
+    fn suspend<C: Consumer>(&self, consumer: &mut C, outage: &mut Outage) {
+        let message = match catch_unwind(AssertUnwindSafe(|| consumer.suspend())) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(p) => panicked_source(p, "suspend"),
         };
-        if let Some(c) = counter {
-            c.fetch_add(1, Ordering::Relaxed);
+        self.source_failed(outage, message, Duration::ZERO);
+    }
+
+    /// A source error: counted, an event every time, a log line as [`Outage`] allows.
+    fn source_failed(&self, outage: &mut Outage, message: String, retry_in: Duration) {
+        self.queue.source_errors.fetch_add(1, Ordering::Relaxed);
+        let name = self.info.name();
+        match outage.failed(Instant::now()) {
+            Line::Lost => log::warn!(
+                "{name}: lost its job source ({message}); retrying in {retry_in:?}, \
+                 then with back-off"
+            ),
+            Line::Still { down_for, errors } => log::warn!(
+                "{name}: job source still failing after {down_for:?} ({errors} errors, \
+                 last: {message}); retrying in {retry_in:?}"
+            ),
+            Line::Quiet => {}
         }
+        self.emit(ErrorKind::Source, message, retry_in);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn source_back(&self, outage: &mut Outage) {
+        if let Some((down_for, errors)) = outage.recovered(Instant::now()) {
+            log::info!(
+                "{}: job source is back after {down_for:?} ({errors} errors)",
+                self.info.name()
+            );
+        }
+    }
+
+    /// Reports an init failure or a job panic: counted, logged, and an event. (Source errors
+    /// go through [`source_failed`](Self::source_failed).)
+    fn report(&self, kind: ErrorKind, message: String, retry_in: Duration) {
         let name = self.info.name();
         match kind {
             ErrorKind::Init => {
-                log::warn!("{name}: worker init failed ({message}); retrying in {retry_in:?}")
+                self.queue.init_failures.fetch_add(1, Ordering::Relaxed);
+                log::warn!("{name}: worker init failed ({message}); retrying in {retry_in:?}");
             }
-            ErrorKind::Source => {
-                log::warn!("{name}: job source error ({message}); retrying in {retry_in:?}")
+            _ => {
+                // The message may quote the job: only at trace, as payloads are.
+                log::warn!(
+                    "{name}: job panicked; reported failed to its source, state rebuilt \
+                     (the panic message is logged at trace)"
+                );
+                log::trace!("{name}: job panic message: {message}");
             }
-            _ => log::warn!(
-                "{name}: job panicked ({message}); reported failed to its source, state rebuilt"
-            ),
         }
+        self.emit(kind, message, retry_in);
+    }
+
+    fn emit(&self, kind: ErrorKind, message: String, retry_in: Duration) {
         self.pool.events.on_error(&ErrorEvent {
             kind,
             queue: self.queue.name().to_owned(),
@@ -121,301 +456,19 @@ impl Worker<'_> {
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
-
 /// Drops a worker's state, surviving a `Drop` that panics (a browser that fails to close).
-fn drop_state<St>(state: &mut Option<St>, worker: &Worker<'_>) {
-    if let Some(s) = state.take()
-        && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(s)))
+fn drop_state<St>(state: &mut Option<St>, w: &Worker<'_>) {
+    drop_guarded(state.take(), w);
+}
+
+/// Drops a value (a state, a consumer), surviving a `Drop` that panics.
+fn drop_guarded<T>(value: Option<T>, w: &Worker<'_>) {
+    if let Some(v) = value
+        && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v)))
     {
-        log::error!(
-            "{}: dropping the worker state panicked: {}",
-            worker.info.name(),
-            panic_message(&*p)
-        );
+        log::error!("{}: a drop panicked: {}", w.info.name(), panic_message(&*p));
+        drop_payload(p);
     }
-}
-
-impl<S, St, E, I, X> Runner for QueueDef<S, St, I, X>
-where
-    S: JobSource,
-    St: 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    I: Fn(&WorkerInfo) -> Result<St, E> + Send + Sync + 'static,
-    X: Fn(&mut St, &S::Job) -> Result<S::Output, JobError> + Send + Sync + 'static,
-{
-    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
-        self.source.open(pool)
-    }
-
-    fn backlog(&self) -> Result<usize, SourceError> {
-        self.source.backlog()
-    }
-
-    fn close(&self) {
-        self.source.close();
-    }
-
-    fn requeue_running(&self) -> Result<usize, SourceError> {
-        self.source.requeue_running()
-    }
-
-    fn run(&self, w: &Worker<'_>) -> ExitReason {
-        let backoff = w.pool.config.backoff;
-        let mut consumer: Option<S::Consumer> = None;
-        let mut state: Option<St> = None;
-        let mut init_failures = 0u32;
-        let mut source_failures = 0u32;
-        // Jobs run on the current state, for `recycle_after`.
-        let mut since_init = 0u64;
-        let mut timer = JobTimer::new();
-        let exit = loop {
-            if let Some(reason) = w.should_exit() {
-                break reason;
-            }
-            let Some(consumer) = consumer.as_mut() else {
-                match self.source.consumer(&w.info) {
-                    Ok(c) => consumer = Some(c),
-                    Err(e) => {
-                        source_failures += 1;
-                        let delay = backoff.delay(source_failures);
-                        w.report(ErrorKind::Source, e.to_string(), delay);
-                        w.pause(delay);
-                    }
-                }
-                continue;
-            };
-            let Some(st) = state.as_mut() else {
-                match catch_unwind(AssertUnwindSafe(|| (self.init)(&w.info))) {
-                    Ok(Ok(s)) => {
-                        state = Some(s);
-                        since_init = 0;
-                        init_failures = 0;
-                    }
-                    Ok(Err(e)) => {
-                        init_failures += 1;
-                        let delay = backoff.delay(init_failures);
-                        w.report(ErrorKind::Init, e.into().to_string(), delay);
-                        w.pause(delay);
-                    }
-                    Err(p) => {
-                        init_failures += 1;
-                        let delay = backoff.delay(init_failures);
-                        w.report(ErrorKind::Init, panic_message(&*p), delay);
-                        w.pause(delay);
-                    }
-                }
-                continue;
-            };
-            let counts = Counts {
-                timer: &mut timer,
-                since_init: &mut since_init,
-                source_failures: &mut source_failures,
-            };
-            match self.serve(w, consumer, st, counts) {
-                Served::Exit(reason) => break reason,
-                Served::StateSpent => {
-                    // No job may wait hidden in the consumer while `init` runs again.
-                    if let Err(e) = consumer.suspend() {
-                        w.report(ErrorKind::Source, e.to_string(), Duration::ZERO);
-                    }
-                    drop_state(&mut state, w);
-                }
-                Served::SourceFailed(e) => {
-                    source_failures += 1;
-                    let delay = backoff.delay(source_failures);
-                    w.report(ErrorKind::Source, e.to_string(), delay);
-                    w.pause(delay);
-                }
-            }
-        };
-        drop_state(&mut state, w);
-        drop(consumer);
-        exit
-    }
-}
-
-/// What the job loop keeps across its runs: a source error leaves `serve` but keeps the state.
-struct Counts<'a> {
-    timer: &'a mut JobTimer,
-    since_init: &'a mut u64,
-    source_failures: &'a mut u32,
-}
-
-/// Why a worker left its job loop.
-enum Served {
-    /// The pool is stopping or the queue has a worker too many.
-    Exit(ExitReason),
-    /// The state must be rebuilt: a job panicked, or `recycle_after` jobs ran on it.
-    StateSpent,
-    /// The source failed to fetch.
-    SourceFailed(SourceError),
-}
-
-impl<S, St, E, I, X> QueueDef<S, St, I, X>
-where
-    S: JobSource,
-    St: 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    I: Fn(&WorkerInfo) -> Result<St, E> + Send + Sync + 'static,
-    X: Fn(&mut St, &S::Job) -> Result<S::Output, JobError> + Send + Sync + 'static,
-{
-    /// The hot loop: with a consumer and a state in hand, fetch, run and acknowledge jobs until
-    /// the worker must leave or its state must be rebuilt. Everything set up once per worker
-    /// stays out of it, so a no-op job costs little more than the channel hand-off.
-    fn serve(
-        &self,
-        w: &Worker<'_>,
-        consumer: &mut S::Consumer,
-        st: &mut St,
-        counts: Counts<'_>,
-    ) -> Served {
-        let Counts {
-            timer,
-            since_init,
-            source_failures,
-        } = counts;
-        let cx = FetchContext::new(
-            w.pool.config.fetch_timeout,
-            &w.queue.wake_rx,
-            &w.pool.stop_rx,
-            &w.pool.stopping,
-        );
-        loop {
-            if let Some(reason) = w.should_exit() {
-                return Served::Exit(reason);
-            }
-            cx.rearm();
-            let job = match consumer.fetch(&cx) {
-                Ok(Some(job)) => job,
-                Ok(None) => continue,
-                Err(e) => return Served::SourceFailed(e),
-            };
-            *source_failures = 0;
-
-            // An untimed job's start is stamped by the monitor within one tick (0 = unknown).
-            let started = timer.next().then(Instant::now);
-            let since = started.map_or(0, |s| w.pool.ns_since_epoch(s).max(1));
-            w.counters.busy_since_ns.store(since, Ordering::Relaxed);
-            w.counters.busy.store(true, Ordering::Release);
-            let result = catch_unwind(AssertUnwindSafe(|| (self.exec)(st, &job)));
-            w.counters.busy.store(false, Ordering::Release);
-            if let Some(started) = started {
-                let took = started.elapsed();
-                w.counters.record_time(took);
-                timer.saw(took);
-            }
-            let (outcome, spent) = match result {
-                Ok(Ok(output)) => {
-                    w.counters.record(Ended::Ok);
-                    (Ok(output), false)
-                }
-                Ok(Err(e)) => {
-                    w.counters.record(Ended::Failed);
-                    (Err(e), false)
-                }
-                Err(p) => (Err(panicked(w, &*p)), true),
-            };
-            *since_init += 1;
-            acknowledge(consumer, job, outcome, w);
-            // The state may be half-way through something after a panic: rebuild it.
-            if spent || self.recycle_after.is_some_and(|n| *since_init >= n) {
-                return Served::StateSpent;
-            }
-        }
-    }
-}
-
-/// Counts and reports a job's panic; the job is reported failed to its source.
-#[cold]
-#[inline(never)]
-fn panicked(w: &Worker<'_>, payload: &(dyn Any + Send)) -> JobError {
-    w.counters.record(Ended::Panicked);
-    let message = panic_message(payload);
-    w.report(ErrorKind::JobPanic, message.clone(), Duration::ZERO);
-    JobError::panicked(message)
-}
-
-/// Hands the outcome to the source. The common case is one call that succeeds; retrying is
-/// kept out of line so the hot path does not carry it.
-#[inline]
-fn acknowledge<C: Consumer>(
-    consumer: &mut C,
-    job: C::Job,
-    outcome: Result<C::Output, JobError>,
-    w: &Worker<'_>,
-) {
-    if let Err(unacked) = consumer.complete(job, outcome) {
-        acknowledge_with_retries(consumer, unacked, w);
-    }
-}
-
-/// Retries a completion with back-off while the source fails. While the pool is stopping it
-/// gives up after a few tries: the source keeps the job recoverable (the Redis source leaves it
-/// in the worker's processing list for the reaper).
-#[cold]
-#[inline(never)]
-fn acknowledge_with_retries<C: Consumer>(
-    consumer: &mut C,
-    mut unacked: Unacked<C::Job, C::Output>,
-    w: &Worker<'_>,
-) {
-    const TRIES_WHILE_STOPPING: u32 = 3;
-    let backoff = w.pool.config.backoff;
-    let mut failures = 0;
-    loop {
-        failures += 1;
-        let delay = backoff.delay(failures);
-        if w.pool.is_stopping() && failures >= TRIES_WHILE_STOPPING {
-            log::error!(
-                "{}: giving up acknowledging a job while stopping: {}",
-                w.info.name(),
-                unacked.error
-            );
-            return;
-        }
-        w.report(ErrorKind::Source, unacked.error.to_string(), delay);
-        std::thread::sleep(delay);
-        match consumer.complete(unacked.job, unacked.outcome) {
-            Ok(()) => return,
-            Err(again) => unacked = again,
-        }
-    }
-}
-
-/// The body of a worker thread. The monitor has already counted it in `alive` and `live`.
-pub(crate) fn main(pool: Arc<PoolShared>, queue_index: usize, info: WorkerInfo) {
-    mark_pool_thread(pool.id);
-    let queue = &pool.queues[queue_index];
-    let counters = Arc::new(Counters::default());
-    queue.register(Arc::from(info.name()), Arc::clone(&counters));
-    let worker = Worker {
-        pool: &pool,
-        queue,
-        info,
-        counters,
-    };
-    // Whatever happens below, even a panic of a source, the counts are put right.
-    let mut guard = ExitGuard {
-        worker: &worker,
-        reason: None,
-    };
-    log::debug!("{}: started", worker.info.name());
-    pool.events.on_worker_start(&WorkerEvent {
-        queue: queue.name().to_owned(),
-        worker: worker.info.name().to_owned(),
-        exit: None,
-    });
-    let runner = Arc::clone(&queue.config.runner);
-    guard.reason = Some(runner.run(&worker));
 }
 
 struct ExitGuard<'a, 'b> {
@@ -426,18 +479,17 @@ struct ExitGuard<'a, 'b> {
 impl Drop for ExitGuard<'_, '_> {
     fn drop(&mut self) {
         let w = self.worker;
-        // A retiring worker already took itself out of `alive` in `try_retire`.
-        if self.reason != Some(ExitReason::Retired) {
-            w.queue.alive.fetch_sub(1, Ordering::AcqRel);
-        }
         let reason = self.reason.unwrap_or(ExitReason::Shutdown);
         if self.reason.is_none() {
             log::error!("{}: worker thread panicked outside a job", w.info.name());
         }
-        w.queue.unregister(&w.counters);
-        w.queue.retired.fetch_add(1, Ordering::Relaxed);
-        w.queue.live.fetch_sub(1, Ordering::AcqRel);
-        w.pool.total_live.fetch_sub(1, Ordering::AcqRel);
+        // A retiring worker already took itself out of `alive` in `try_retire`.
+        w.queue.leave(
+            w.pool,
+            &w.counters,
+            self.reason == Some(ExitReason::Retired),
+            true,
+        );
         log::debug!("{}: exited ({reason:?})", w.info.name());
         w.pool.events.on_worker_exit(&WorkerEvent {
             queue: w.queue.name().to_owned(),

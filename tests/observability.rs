@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use support::{Gate, PATIENCE, Recorder, wait_until};
-use threadtide::{JobError, MemorySource, ScaleReason, ThreadPoolManager};
+use threadtide::{ErrorKind, JobError, MemorySource, ScaleReason, ThreadPoolManager};
 
 struct Capture(Mutex<Vec<(log::Level, String)>>);
 
@@ -27,10 +27,20 @@ impl log::Log for Capture {
 
 static LOG: Capture = Capture(Mutex::new(Vec::new()));
 
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&LOG).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+/// Personal data that a panic message quotes from its job, as real executors do.
+const CPF: &str = "cpf=987.654.321-00";
+
 #[test]
 fn stats_events_and_log_lines_tell_what_the_pool_does() {
-    log::set_logger(&LOG).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    capture_logs();
     let source: MemorySource<u32> = MemorySource::builder().max_attempts(1).build().unwrap();
     let gate = Gate::default();
     let recorder = Recorder::default();
@@ -44,7 +54,7 @@ fn stats_events_and_log_lines_tell_what_the_pool_does() {
             |_| Ok::<_, Infallible>(()),
             move |_, job: &u32| match job {
                 0 => Err(JobError::retryable("portal down")),
-                1 => panic!("page crashed"),
+                1 => panic!("page crashed on order {job} ({CPF})"),
                 j if *j >= 1000 => {
                     g.pass();
                     Ok(())
@@ -147,4 +157,142 @@ fn stats_events_and_log_lines_tell_what_the_pool_does() {
         !lines.iter().any(|(_, m)| m.contains("1000")),
         "a payload reached the log"
     );
+    // The panic message quotes the job: it reaches the log only at trace, and the event
+    // carries it whole, as ErrorEvent::message documents.
+    let leaked: Vec<_> = lines
+        .iter()
+        .filter(|(l, m)| *l < log::Level::Trace && m.contains(CPF))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "a panic message above trace: {leaked:#?}"
+    );
+    assert!(has(log::Level::Trace, CPF), "{lines:#?}");
+    let panics: Vec<_> = recorder
+        .errors
+        .lock()
+        .iter()
+        .filter(|e| e.kind == ErrorKind::JobPanic)
+        .cloned()
+        .collect();
+    assert_eq!(panics.len(), 1, "{panics:?}");
+    assert_eq!(
+        panics[0].message,
+        format!("page crashed on order 1 ({CPF})")
+    );
+}
+
+/// Issue 15 #10 (worker side): a worker whose source keeps failing logs one line when it
+/// loses it and one when it is back, however many errors in between; every error is still an
+/// event.
+#[test]
+fn a_failing_source_logs_one_line_down_and_one_back() {
+    capture_logs();
+    let source = support::Faulty::default();
+    source
+        .fetch_fails
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("out")
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .event_handler(recorder.clone())
+        .add_queue(
+            threadtide::Queue::new(
+                "q",
+                source.clone(),
+                |_| Ok::<_, Infallible>(()),
+                |_, _| Ok(()),
+            )
+            .min_threads(1),
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "30 source errors",
+        || recorder.errors.lock().len() >= 30,
+        || pool.stats(),
+    );
+    source
+        .fetch_fails
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    source.push(0..3);
+    wait_until(
+        PATIENCE,
+        "the source back",
+        || source.completed.load(std::sync::atomic::Ordering::SeqCst) == 3,
+        || pool.stats(),
+    );
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    let lines: Vec<_> = LOG
+        .0
+        .lock()
+        .iter()
+        .filter(|(_, m)| m.starts_with("out-q-"))
+        .cloned()
+        .collect();
+    let count = |text: &str| lines.iter().filter(|(_, m)| m.contains(text)).count();
+    assert_eq!(count("lost its job source"), 1, "{lines:#?}");
+    assert_eq!(count("still failing"), 0, "{lines:#?}");
+    assert_eq!(count("job source is back after"), 1, "{lines:#?}");
+    assert!(pool.stats().total.source_errors >= 30);
+    // Suspended before every back-off, and once more before exit.
+    assert!(source.suspends.load(std::sync::atomic::Ordering::SeqCst) >= 30);
+}
+
+/// Issue 15 #10 (monitor side): a backlog that cannot be read is one line when it starts and
+/// one when it is readable again, however many ticks fail in between; every failure is still
+/// an event and a count.
+#[test]
+fn an_unreadable_backlog_logs_one_line_down_and_one_back() {
+    capture_logs();
+    let source = support::Faulty::default();
+    source
+        .backlog_panics
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("bl")
+        .rebalance_interval(Duration::from_millis(1))
+        .event_handler(recorder.clone())
+        .queue(
+            "unreadable",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "30 backlog errors",
+        || pool.stats().total.source_errors >= 30,
+        || pool.stats(),
+    );
+    source
+        .backlog_panics
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    source.push(0..3);
+    wait_until(
+        PATIENCE,
+        "jobs run once the backlog is readable",
+        || source.completed.load(std::sync::atomic::Ordering::SeqCst) == 3,
+        || pool.stats(),
+    );
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    let lines: Vec<_> = LOG
+        .0
+        .lock()
+        .iter()
+        .filter(|(_, m)| m.starts_with("queue unreadable:"))
+        .cloned()
+        .collect();
+    let count = |text: &str| lines.iter().filter(|(_, m)| m.contains(text)).count();
+    assert_eq!(count("cannot read the backlog"), 1, "{lines:#?}");
+    assert_eq!(count("backlog readable again"), 1, "{lines:#?}");
+    let events = recorder.errors.lock().len() as u64;
+    assert!(events >= 30, "{events}");
 }

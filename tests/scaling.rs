@@ -272,8 +272,10 @@ fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
 fn the_hosts_sixty_second_interval_is_expressible() {
     let source: MemorySource<u32> = MemorySource::new();
     source.extend(0..60); // pushed before start: the first check happens at start
+    let recorder = Recorder::default();
     let pool = ThreadPoolManager::builder()
         .rebalance_interval(Duration::from_secs(60))
+        .event_handler(recorder.clone())
         .queue(
             "q",
             source.clone(),
@@ -283,52 +285,202 @@ fn the_hosts_sixty_second_interval_is_expressible() {
         .build()
         .unwrap();
     pool.start().unwrap();
+    // The start-up check plans 2 threads; the monitor spawns them one after the other, and on
+    // a loaded machine the first may run all 60 jobs before the second exists: wait for the
+    // spawn rather than for the jobs.
     wait_until(
         PATIENCE,
-        "first check ran the jobs",
-        || source.unfinished() == 0,
-        || pool.stats(),
+        "the start-up check spawned 2 threads and the jobs ran",
+        || source.unfinished() == 0 && pool.stats().total.spawned == 2,
+        || (pool.stats(), recorder.scales.lock().clone()),
     );
+    let scales = recorder.scales.lock().clone();
     assert_eq!(
-        pool.stats().total.spawned,
-        2,
-        "60 jobs at the start-up check -> 2 threads"
+        scales.len(),
+        1,
+        "one check within the 60 s interval: {scales:?}"
     );
+    assert_eq!((scales[0].1.from, scales[0].1.to), (0, 2), "{scales:?}");
     pool.shutdown();
     pool.wait().unwrap();
 }
 
+/// Issue 14 #5 and #7: every worker thread's kernel name (what `ps -L` and `top -H` show)
+/// is its full pool name, within 15 bytes, with its number; the monitor follows the prefix.
 #[test]
 fn thread_names_say_pool_queue_and_number() {
     let source: MemorySource<u32> = MemorySource::new();
     source.extend(0..3);
-    let names = Arc::new(Mutex::new(HashSet::new()));
-    let n = names.clone();
+    let gate = Gate::default();
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let (g, n) = (gate.clone(), seen.clone());
     let pool = ThreadPoolManager::builder()
         .jobs_per_thread(1)
         .thread_name_prefix("rpa")
         .queue(
-            "pdf",
+            "conferencia",
             source.clone(),
             |_| Ok::<_, Infallible>(()),
             move |_, _| {
                 n.lock()
                     .insert(thread::current().name().unwrap().to_owned());
+                g.pass();
                 Ok(())
             },
         )
         .build()
         .unwrap();
+    let _open = support::OpenOnDrop(gate.clone());
     pool.start().unwrap();
     wait_until(
         PATIENCE,
-        "jobs done",
-        || source.unfinished() == 0,
+        "three jobs held",
+        || gate.waiting() == 3,
         || pool.stats(),
     );
+    let mut kernel = threads_named("rpa-");
+    kernel.sort();
+    let mut names: Vec<String> = seen.lock().iter().cloned().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["rpa-conferenc-0", "rpa-conferenc-1", "rpa-conferenc-2"],
+        "std names"
+    );
+    assert_eq!(
+        kernel,
+        [
+            "rpa-conferenc-0",
+            "rpa-conferenc-1",
+            "rpa-conferenc-2",
+            "rpa-monitor"
+        ],
+        "kernel names"
+    );
+    gate.open();
     pool.shutdown();
     pool.wait().unwrap();
-    for name in names.lock().iter() {
-        assert!(name.starts_with("rpa-pdf-"), "{name}");
+}
+
+/// Issue 14 #4: a worker's counts change in one step before its thread runs, so no
+/// snapshot, even one taken by the worker itself, shows its jobs without its spawn.
+#[test]
+fn every_snapshot_counts_a_worker_before_its_jobs() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let cell: Arc<std::sync::OnceLock<ThreadPoolManager>> = Arc::default();
+    let bad = Arc::new(Mutex::new(Vec::new()));
+    let (c1, c2, b1, b2) = (cell.clone(), cell.clone(), bad.clone(), bad.clone());
+    let check = |cell: &std::sync::OnceLock<ThreadPoolManager>, bad: &Mutex<Vec<String>>| {
+        if let Some(pool) = cell.get() {
+            let t = pool.stats().total;
+            if t.spawned == 0 || t.spawned < t.retired + t.workers as u64 {
+                bad.lock().push(format!("{t:?}"));
+            }
+        }
+    };
+    let pool = ThreadPoolManager::builder()
+        .jobs_per_thread(1)
+        .max_threads_per_type(10)
+        .scale_down_delay(Duration::ZERO)
+        .queue(
+            "q",
+            source.clone(),
+            move |_| {
+                check(&c1, &b1);
+                Ok::<_, Infallible>(())
+            },
+            move |_, _| {
+                check(&c2, &b2);
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    assert!(cell.set(pool).is_ok());
+    let pool = cell.get().unwrap();
+    pool.start().unwrap();
+    for round in 0..20 {
+        source.extend(0..10);
+        wait_until(
+            PATIENCE,
+            "round done and scaled to zero",
+            || source.unfinished() == 0 && pool.stats().total.workers == 0,
+            || (round, pool.stats()),
+        );
     }
+    pool.shutdown();
+    pool.wait().unwrap();
+    let bad = bad.lock();
+    assert!(
+        bad.is_empty(),
+        "{} inconsistent snapshots, first {:?}",
+        bad.len(),
+        bad.first()
+    );
+}
+
+/// Issue 14 #6: a scale-down forced by the total cap says so, in the event and the log.
+#[test]
+fn a_scale_down_for_another_queue_has_its_own_reason() {
+    let (a, b): (MemorySource<u32>, MemorySource<u32>) = (MemorySource::new(), MemorySource::new());
+    let gate = Gate::default();
+    let recorder = Recorder::default();
+    let (ga, gb) = (gate.clone(), gate.clone());
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(10)
+        .max_total_threads(12)
+        .event_handler(recorder.clone())
+        .queue(
+            "a",
+            a.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                ga.pass();
+                Ok(())
+            },
+        )
+        .queue(
+            "b",
+            b.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                gb.pass();
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    let _open = support::OpenOnDrop(gate.clone());
+    a.extend(0..1000);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "a at 10",
+        || gate.waiting() == 10,
+        || pool.stats(),
+    );
+    b.extend(0..200); // demand 4: 10 + 4 > 12, so a gives up 2
+    wait_until(
+        PATIENCE,
+        "a scaled down for b",
+        || {
+            recorder
+                .scales
+                .lock()
+                .iter()
+                .any(|(_, e)| e.queue == "a" && e.to < 10)
+        },
+        || recorder.scales.lock().clone(),
+    );
+    let scales = recorder.scales.lock().clone();
+    let down = scales
+        .iter()
+        .find(|(_, e)| e.queue == "a" && e.to < 10)
+        .unwrap();
+    assert_eq!(
+        (down.1.from, down.1.to, down.1.reason),
+        (10, 8, ScaleReason::Shared)
+    );
+    gate.open();
+    pool.shutdown_timeout(PATIENCE).unwrap();
 }

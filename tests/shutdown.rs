@@ -217,3 +217,141 @@ fn drop_is_a_graceful_shutdown() {
     assert_eq!(states.live(), 0);
     assert_eq!(source.unfinished(), 0, "the three running jobs finished");
 }
+
+/// Issue 14 #2: a `wait_timeout` that times out on a pool still running does not make a later
+/// drop detach: the drop shuts down and joins every thread, the running job's state included.
+#[test]
+fn drop_after_a_timed_out_wait_still_joins_everything() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let states = support::Census::default();
+    let handle: Arc<std::sync::OnceLock<threadtide::ShutdownHandle>> = Arc::default();
+    let (c, h) = (states.clone(), handle.clone());
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("dtw")
+        .queue(
+            "q",
+            source.clone(),
+            move |_| Ok::<_, Infallible>(c.enter()),
+            move |_, _| {
+                // Runs until the pool is asked to stop: only a drop that waits sees it end.
+                while !h.get().is_some_and(|h| h.is_shutdown()) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    handle.set(pool.shutdown_handle()).unwrap();
+    source.push(1);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the job running",
+        || pool.stats().total.busy == 1,
+        || pool.stats(),
+    );
+    assert!(matches!(
+        pool.wait_timeout(Duration::from_millis(10)),
+        Err(WaitError::TimedOut { .. })
+    ));
+    drop(pool);
+    assert_eq!(
+        states.live(),
+        0,
+        "the drop returned before the worker was joined"
+    );
+    assert_eq!(source.unfinished(), 0);
+    wait_threads_gone("dtw-");
+}
+
+/// Issue 14 #3: the acknowledgement retry waits out its back-off on a channel that stop
+/// wakes: a shutdown does not sit through a 10 s back-off.
+#[test]
+fn shutdown_cuts_an_acknowledgement_back_off_short() {
+    let source = support::Faulty::default();
+    source.complete_refusals.store(usize::MAX, SeqCst);
+    let recorder = support::Recorder::default();
+    let pool = ThreadPoolManager::builder()
+        .backoff(Duration::from_secs(20), Duration::from_secs(40))
+        .event_handler(recorder.clone())
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    source.push([1]);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the refused ack reported",
+        || !recorder.errors.lock().is_empty(),
+        || pool.stats(),
+    );
+    let started = std::time::Instant::now();
+    pool.shutdown_timeout(Duration::from_secs(5))
+        .expect("the back-off of 10-20 s was cut short by the shutdown");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Issue 14 #9: `wait_timeout(Duration::MAX)` waits as `wait` does instead of panicking.
+#[test]
+fn wait_timeout_of_duration_max_waits() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let pool = ThreadPoolManager::builder()
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    source.extend(0..5);
+    pool.start().unwrap();
+    let stopper = pool.shutdown_handle();
+    let s = source.clone();
+    let t = std::thread::spawn(move || {
+        while s.unfinished() > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stopper.shutdown();
+    });
+    pool.wait_timeout(Duration::MAX).unwrap();
+    t.join().unwrap();
+    assert_eq!(source.unfinished(), 0);
+}
+
+/// A worker tells its consumer it will not fetch again before it exits
+/// (`Consumer::suspend`), so a job taken ahead is put back.
+#[test]
+fn every_worker_suspends_its_consumer_before_it_exits() {
+    let source = support::Faulty::default();
+    let pool = ThreadPoolManager::builder()
+        .add_queue(
+            threadtide::Queue::new(
+                "q",
+                source.clone(),
+                |_| Ok::<_, Infallible>(()),
+                |_, _| Ok(()),
+            )
+            .min_threads(3),
+        )
+        .max_threads_per_type(3)
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "three consumers",
+        || source.consumers.load(SeqCst) == 3,
+        || pool.stats(),
+    );
+    assert_eq!(source.suspends.load(SeqCst), 0);
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_eq!(source.suspends.load(SeqCst), 3);
+}

@@ -216,10 +216,13 @@ impl PoolInfo {
         &self.thread_name_prefix
     }
 
-    /// The name for a thread the source starts for this queue, in `role` (`keeper`), built
-    /// like the pool's own thread names so that `top -H` and panics say whose it is.
+    /// The name for a thread the source starts for this queue, in `role` (`keeper`):
+    /// `{prefix}-{queue}-{role}`, shortened to Linux's 15 bytes like the pool's own thread
+    /// names (the role is kept whole; see
+    /// [`Builder::thread_name_prefix`](crate::Builder::thread_name_prefix)), so that `top -H`
+    /// and panics say whose it is.
     pub fn thread_name(&self, role: &str) -> String {
-        format!("{}-{}-{role}", self.thread_name_prefix, self.queue)
+        crate::threads::thread_name(&self.thread_name_prefix, Some(&self.queue), role)
     }
 
     /// Reports an error met by one of the source's own threads (named `thread`) to the pool's
@@ -255,7 +258,9 @@ impl WorkerInfo {
         &self.queue
     }
 
-    /// The thread's name, `{prefix}-{queue}-{index}`.
+    /// The worker's name, `{prefix}-{queue}-{index}`, unique in the pool: logs, events and
+    /// stats use it. The OS thread's name is the same shortened to Linux's 15 bytes, number
+    /// kept (see [`Builder::thread_name_prefix`](crate::Builder::thread_name_prefix)).
     pub fn name(&self) -> &str {
         &self.name
     }

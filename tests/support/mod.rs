@@ -160,3 +160,118 @@ impl Drop for Member {
         self.0.dropped.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+/// A job source whose every method can be made to fail or panic, for the pool's fault paths.
+/// Jobs are `u32`s in a queue; a fetch with no job waits up to 5 ms and returns `None`.
+#[derive(Default, Clone)]
+pub struct Faulty {
+    pub jobs: Arc<Mutex<std::collections::VecDeque<u32>>>,
+    pub backlog_panics: Arc<std::sync::atomic::AtomicBool>,
+    pub consumer_panics: Arc<std::sync::atomic::AtomicBool>,
+    pub consumer_fails: Arc<std::sync::atomic::AtomicBool>,
+    pub fetch_panics: Arc<std::sync::atomic::AtomicBool>,
+    pub fetch_fails: Arc<std::sync::atomic::AtomicBool>,
+    /// Completions to refuse before accepting again.
+    pub complete_refusals: Arc<AtomicUsize>,
+    pub consumers: Arc<AtomicUsize>,
+    pub fetches: Arc<AtomicUsize>,
+    pub suspends: Arc<AtomicUsize>,
+    pub completed: Arc<AtomicUsize>,
+}
+
+impl Faulty {
+    pub fn push(&self, jobs: impl IntoIterator<Item = u32>) {
+        self.jobs.lock().extend(jobs);
+    }
+    fn on(flag: &std::sync::atomic::AtomicBool) -> bool {
+        flag.load(Ordering::SeqCst)
+    }
+}
+
+pub struct FaultyConsumer(Faulty);
+
+impl threadtide::JobSource for Faulty {
+    type Job = u32;
+    type Output = ();
+    type Consumer = FaultyConsumer;
+
+    fn backlog(&self) -> Result<usize, threadtide::SourceError> {
+        if Self::on(&self.backlog_panics) {
+            panic!("backlog exploded");
+        }
+        Ok(self.jobs.lock().len())
+    }
+
+    fn consumer(
+        &self,
+        _: &threadtide::WorkerInfo,
+    ) -> Result<FaultyConsumer, threadtide::SourceError> {
+        self.consumers.fetch_add(1, Ordering::SeqCst);
+        if Self::on(&self.consumer_panics) {
+            panic!("consumer exploded");
+        }
+        if Self::on(&self.consumer_fails) {
+            return Err(threadtide::SourceError::new("wrong password"));
+        }
+        Ok(FaultyConsumer(self.clone()))
+    }
+}
+
+impl threadtide::Consumer for FaultyConsumer {
+    type Job = u32;
+    type Output = ();
+
+    fn fetch(
+        &mut self,
+        cx: &threadtide::FetchContext<'_>,
+    ) -> Result<Option<u32>, threadtide::SourceError> {
+        let s = &self.0;
+        s.fetches.fetch_add(1, Ordering::SeqCst);
+        if Faulty::on(&s.fetch_panics) {
+            panic!("fetch exploded");
+        }
+        if Faulty::on(&s.fetch_fails) {
+            return Err(threadtide::SourceError::new("connection reset"));
+        }
+        if let Some(job) = s.jobs.lock().pop_front() {
+            return Ok(Some(job));
+        }
+        std::thread::sleep(cx.remaining().min(Duration::from_millis(5)));
+        Ok(None)
+    }
+
+    fn complete(
+        &mut self,
+        job: u32,
+        outcome: Result<(), threadtide::JobError>,
+    ) -> Result<(), threadtide::Unacked<u32, ()>> {
+        let refusals = &self.0.complete_refusals;
+        if refusals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(threadtide::Unacked::new(
+                threadtide::SourceError::new("ack refused"),
+                job,
+                outcome,
+            ));
+        }
+        self.0.completed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn suspend(&mut self) -> Result<(), threadtide::SourceError> {
+        self.0.suspends.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Opens a [`Gate`] when dropped, so that a failing assertion unwinds through a pool's drop
+/// instead of hanging on held jobs. Declare it after the pool (locals drop in reverse).
+pub struct OpenOnDrop(pub Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
