@@ -545,6 +545,7 @@ fn an_error_reply_keeps_the_connection() {
     let mut results = move || results_len(&mut watch, "fila:wrongtype-results");
     wait_until(PATIENCE, "the first result", || results() == 1, || ());
     let before = info_number(&mut admin, "stats", "total_connections_received");
+    let clients_before: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
 
     // An operator turns the queue into a string: every fetch gets WRONGTYPE.
     let _: () = admin.del(Q).unwrap();
@@ -567,11 +568,14 @@ fn an_error_reply_keeps_the_connection() {
     let _: () = admin.rpush(Q, "second").unwrap();
     wait_until(PATIENCE, "the second result", || results() == 2, || ());
     let after = info_number(&mut admin, "stats", "total_connections_received");
+    let clients_after: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
     assert_eq!(
         after - before,
         0,
-        "new connections after {} error replies",
-        wrongtype()
+        "new connections after {} error replies; clients before:\n{clients_before}\nafter:\n\
+         {clients_after}\nerrors: {:#?}",
+        wrongtype(),
+        events.errors.lock()
     );
     pool.shutdown();
     pool.wait().unwrap();
