@@ -134,23 +134,30 @@ impl<J> State<J> {
         }
     }
 
+    /// One round of the keeper's duties, the heartbeat first. An error reply (a key of the
+    /// wrong type, a refused command) stops only the duty that met it: a queue key an operator
+    /// retyped must not stop the heartbeats, or every process would reap this one's live
+    /// workers. A broken connection ends the round (the next one reconnects, with back-off).
     fn work(&mut self) -> Result<(), SourceError> {
-        self.read_backlog()?;
-        if self
-            .last_promote
-            .is_none_or(|t| t.elapsed() >= PROMOTE_EVERY)
-        {
-            self.promote()?;
-            self.last_promote = Some(Instant::now());
-        }
+        let mut first: Option<SourceError> = None;
+        let mut note = |r: Result<(), SourceError>| -> Result<(), SourceError> {
+            match r {
+                Err(e) if super::conn::breaks(&e) => Err(e),
+                Err(e) => {
+                    first.get_or_insert(e);
+                    Ok(())
+                }
+                Ok(()) => Ok(()),
+            }
+        };
         let beat_due = self
             .last_beat
             .is_none_or(|t| t.elapsed() >= self.shared.heartbeat);
         if beat_due {
-            self.beat()?;
+            note(self.beat())?;
             if self.view_is_fresh() {
-                self.reap()?;
-                self.sweep_orphans()?;
+                note(self.reap())?;
+                note(self.sweep_orphans())?;
             } else {
                 self.shared
                     .counters
@@ -158,7 +165,15 @@ impl<J> State<J> {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(())
+        if self
+            .last_promote
+            .is_none_or(|t| t.elapsed() >= PROMOTE_EVERY)
+        {
+            self.last_promote = Some(Instant::now());
+            note(self.promote())?;
+        }
+        note(self.read_backlog())?;
+        first.map_or(Ok(()), Err)
     }
 
     fn conn(&mut self) -> Result<&mut Connection, SourceError> {
