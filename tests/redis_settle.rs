@@ -253,11 +253,12 @@ fn a_dead_letter_names_the_worker_thread_and_keeps_its_redis_id() {
         .queue(
             "conferencia",
             source.clone(),
-            |_| Ok::<_, Infallible>(()),
-            move |_, _: &String| {
-                *t.lock() = std::thread::current().name().map(str::to_owned);
-                Err::<Vec<u8>, _>(JobError::permanent("refused by the site"))
+            // The name logs and events give the worker (the OS keeps only 15 bytes of it).
+            move |w: &threadtide::WorkerInfo| {
+                *t.lock() = Some(w.name().to_owned());
+                Ok::<_, Infallible>(())
             },
+            move |_, _: &String| Err::<Vec<u8>, _>(JobError::permanent("refused by the site")),
         )
         .build()
         .unwrap();
@@ -265,7 +266,7 @@ fn a_dead_letter_names_the_worker_thread_and_keeps_its_redis_id() {
     let p = wait_settled(&mut c, 1);
     pool.shutdown();
     pool.wait().unwrap();
-    let thread = thread.lock().clone().expect("the worker thread is named");
+    let thread = thread.lock().clone().expect("the worker started");
     let record = &p.dead[0];
     assert_eq!(record["worker"], thread.as_str(), "{record}");
     let wid = record["worker_id"].as_str().unwrap();
