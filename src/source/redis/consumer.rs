@@ -9,7 +9,7 @@ use redis::Connection;
 
 use super::conn::{Role, is_broken}; // named connections; an error reply keeps the connection
 use super::envelope::{self, Reason, Who};
-use super::scripts::settles_key;
+use super::scripts::{self, settles_key};
 use settle::{Call, Settle, script_error};
 
 mod settle;
@@ -154,8 +154,10 @@ impl<J> RedisConsumer<J> {
                 .register
                 .key(&shared.keys.workers)
                 .key(&settles)
+                .key(&shared.keys.retired)
                 .arg(&wid)
                 .arg(shared.max_attempts)
+                .arg(scripts::ttl_ms(&shared))
                 .invoke(conn);
             if let Err(e) = registered {
                 if is_broken(&e) {
