@@ -171,3 +171,36 @@ fn the_retired_sweep_skips_an_id_that_is_registered_again() {
     assert_eq!(src.stats().recovered, 0);
     pool.shutdown();
 }
+
+/// A retired worker's processing key turned into a string (an operator mistake) must not stop
+/// the reaper: the dead worker next to it still gets its job back in the queue.
+#[test]
+fn a_wrong_typed_retired_list_does_not_stop_the_reaper() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = server_ms(&mut c);
+    let retired = "vm:4242:00000000f00d:0:0";
+    let _: () = c.zadd(format!("{Q}:retired"), retired, now).unwrap();
+    let _: () = c
+        .set(format!("{Q}:processing:{retired}"), "not a list")
+        .unwrap();
+    let dead = "vm:4242:00000000dead:0:0";
+    let _: () = c.zadd(format!("{Q}:workers"), dead, 1).unwrap();
+    let _: () = c.rpush(format!("{Q}:processing:{dead}"), "orphan").unwrap();
+    let src = source(&server, 500, 100).build().unwrap();
+    let pool = keeper_only(&src);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the dead worker's job back in the queue",
+        || c.llen::<_, usize>(Q).unwrap() == 1,
+        || src.stats(),
+    );
+    assert_eq!(src.stats().reaped_workers, 1);
+    let kind: String = redis::cmd("TYPE")
+        .arg(format!("{Q}:processing:{retired}"))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(kind, "string", "the mistake is left for the operator");
+    pool.shutdown();
+}

@@ -247,10 +247,14 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0
 local swept = {}
 for _, wid in ipairs(redis.call('ZRANDMEMBER', KEYS[3], limit)) do
   -- An id registered again (a lost reply to its registration) is live: its list is its own.
-  if not redis.call('ZSCORE', KEYS[1], wid) then table.insert(swept, wid) end
+  -- A key of another type holds no job of ours (as in the sweep): skipping it keeps one
+  -- operator mistake from stopping every recovery.
+  if not redis.call('ZSCORE', KEYS[1], wid)
+    and redis.call('TYPE', ARGV[2] .. wid)['ok'] == 'list' then
+    table.insert(swept, wid)
+  end
 end
 for _, wid in ipairs(dead) do check(ARGV[2] .. wid, 'list') end
-for _, wid in ipairs(swept) do check(ARGV[2] .. wid, 'list') end
 local jobs = 0
 for _, wid in ipairs(dead) do
   local state = redis.call('HGET', KEYS[4], wid)
