@@ -149,6 +149,8 @@ fn no_password_in_build_errors_or_debug_output() {
         "redis://:s3cret-Pw@127.0.0.1:6379/abc",
         "redis://user:s3cret-Pw@127.0.0.1:port/0",
         "redis://:s3cret%2DPw@[::1/",
+        "redis://:s3cret?Pw@127.0.0.1:99999/",
+        "redis://user:s3cret?P@w@127.0.0.1:99999/0",
     ] {
         let e = RedisSource::builder(url, "q").build().unwrap_err();
         assert_eq!(e.field(), "url");

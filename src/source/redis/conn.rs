@@ -171,8 +171,7 @@ pub(crate) fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let start = scheme_end + 3;
-        let query = out[start..].find('?').map_or(out.len(), |q| start + q);
-        if let Some(at) = out[start..query].rfind('@') {
+        if let Some(at) = user_info_end(&out[start..]) {
             let at = start + at;
             if let Some(colon) = out[start..at].find(':') {
                 out.replace_range(start + colon + 1..at, "***");
@@ -197,17 +196,24 @@ pub(crate) fn redact_url(url: &str) -> String {
     out
 }
 
+/// Where the user-info of a URL's part after `://` ends: its last `@` before the path (a raw
+/// `?` or `#` in a password must not end it early, or the password would print whole).
+fn user_info_end(rest: &str) -> Option<usize> {
+    let path = rest.find('/').unwrap_or(rest.len());
+    rest[..path].rfind('@')
+}
+
 /// The secrets of a URL (its password, as written and percent-decoded), for [`scrub`].
 pub(crate) fn secrets(url: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Some(scheme_end) = url.find("://") {
         let rest = &url[scheme_end + 3..];
-        let query = rest.find('?').unwrap_or(rest.len());
-        if let Some(at) = rest[..query].rfind('@')
+        if let Some(at) = user_info_end(rest)
             && let Some((_, pass)) = rest[..at].split_once(':')
         {
             found.push(pass.to_owned());
         }
+        let query = rest.find('?').unwrap_or(rest.len());
         for p in rest[query..].trim_start_matches('?').split('&') {
             if let Some((k, v)) = p.split_once('=')
                 && (k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password"))

@@ -9,7 +9,7 @@ use redis::Connection;
 
 use super::conn::{Role, is_broken}; // named connections; an error reply keeps the connection
 use super::envelope::{self, Reason, Who};
-use super::scripts::settles_key;
+use super::scripts::{self, settles_key};
 use settle::{Call, Settle, script_error};
 
 mod settle;
@@ -134,6 +134,18 @@ impl<J> RedisConsumer<J> {
     fn ready(&mut self) -> Result<&mut Connection, SourceError> {
         debug_assert!(self.in_hand.is_none());
         if self.state.is_fenced() {
+            // The old id's list may still hold jobs (a `BLMOVE` that landed after the fencing,
+            // or `Q:workers` deleted, so nothing requeued it): back to the queue before this
+            // worker takes a new id, not left to the retired sweep or the SCAN backstop.
+            let shared = Arc::clone(&self.shared);
+            let old = self.wid.clone();
+            let released = release(&shared, self.connection()?, &old, None);
+            if let Err(e) = released {
+                if super::conn::breaks(&e) {
+                    self.conn = None;
+                }
+                return Err(e);
+            }
             self.generation += 1;
             self.wid = self.shared.new_wid(self.slot, self.generation);
             self.processing = format!("{}{}", self.shared.keys.processing_prefix, self.wid);
@@ -154,8 +166,10 @@ impl<J> RedisConsumer<J> {
                 .register
                 .key(&shared.keys.workers)
                 .key(&settles)
+                .key(&shared.keys.retired)
                 .arg(&wid)
                 .arg(shared.max_attempts)
+                .arg(scripts::ttl_ms(&shared))
                 .invoke(conn);
             if let Err(e) = registered {
                 if is_broken(&e) {
@@ -258,9 +272,13 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
                 return Ok(None);
             }
             let block = remaining.min(self.shared.block);
-            // A job the last acknowledgement took is ours unless the keeper found us reaped
-            // since: the reaper then put it back in the queue.
-            let taken = self.taken_next.take().filter(|_| !self.state.is_fenced());
+            // A job the last acknowledgement took is ours unless the keeper found us fenced
+            // since: then it goes back untouched (the putback is refused, and its refusal
+            // requeues our list with the entry as it was) before we take a new id.
+            if self.state.is_fenced() && self.taken_next.is_some() {
+                self.suspend()?;
+            }
+            let taken = self.taken_next.take();
             let (checked_own, entry) = match taken {
                 Some(entry) => (false, Some(entry)),
                 None => self.take_entry(block)?,
@@ -413,9 +431,8 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
         let Some(entry) = self.taken_next.take() else {
             return Ok(());
         };
-        if self.state.is_fenced() {
-            return Ok(()); // reaped: the reaper already put it back
-        }
+        // Fenced too: a refused putback requeues the list with this entry untouched, where a
+        // reaper or the sweep would charge it a run it never had.
         let seq = self.next_seq();
         let call = Call {
             entry: &entry,
@@ -424,11 +441,28 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             arg: b"",
             extra: b"",
         };
-        let (code, requeued) = self.settle(Settle::Putback, call)?;
-        if code == 1 {
-            log::debug!("{}: put its next job back before pausing", self.thread);
+        let (code, requeued) = match self.settle(Settle::Putback, call) {
+            Ok(settled) => settled,
+            Err(e) => {
+                // Still ours and still unstarted: a later fetch runs it, or the release on
+                // exit spares it.
+                self.taken_next = Some(entry);
+                return Err(e);
+            }
+        };
+        match code {
+            1 => log::debug!("{}: put its next job back before pausing", self.thread),
+            // Fenced: the refusal put the job back untouched (no ack was refused, no run lost).
+            -1 => {
+                self.state.fence(); // not registered: the next fetch takes a new id
+                log::debug!(
+                    "{}: fenced; its next job and {} other(s) went back to the queue",
+                    self.thread,
+                    requeued.saturating_sub(1)
+                );
+            }
+            _ => self.note_settled(code, requeued, "putting the next job back"),
         }
-        self.note_settled(code, requeued, "putting the next job back");
         Ok(())
     }
 }

@@ -4,14 +4,20 @@
 //!
 //! # Never reap on a stale view
 //!
-//! A worker is dead when its heartbeat is older than `worker_ttl` *in the server's view*. That
+//! A worker is dead when its deadline (the score in `Q:workers`: the server's time of its last
+//! heartbeat plus its own process's `worker_ttl`, so processes with different TTLs judge each
+//! other by the owner's TTL) has passed *in the server's view*. That
 //! view is only worth acting on if the server could receive heartbeats during the whole last
 //! TTL: after a server stall (`DEBUG SLEEP`, a long script, a fork) or a stall of this process
 //! (`SIGSTOP`, a paused VM), every process's beats were held up together, and the first keeper
 //! through would reap everyone else's live workers. So the keeper times its own beats: when one
 //! lands more than `worker_ttl / 2` after the previous one, or takes that long to land, the view
 //! is stale, and it reaps again only once its beats have landed steadily for a whole TTL, which
-//! gives every live process the same TTL to beat again. (Half a TTL: a live worker's beat is at
+//! gives every live process the same TTL to beat again. A new keeper waits that TTL too before
+//! its first reap: it has not seen the last TTL (Redis may be just back from an outage that held
+//! up everyone's beats). And the reap script itself checks, by the server's clock, that the
+//! keeper's last beat is at most half a TTL old, so a stall between beat and reap (or a step of
+//! either clock) reaps no one. (Half a TTL: a live worker's beat is at
 //! most one heartbeat, a third of a TTL, plus that gap old, which stays under the TTL.)
 
 use std::sync::Arc;
@@ -73,6 +79,7 @@ impl Keeper {
                 thread: name,
                 link: Link::new(what, backoff),
                 last_beat: None,
+                beat_server_ms: 0,
                 steady_since: None,
                 last_promote: None,
                 stale_noted: false,
@@ -108,6 +115,8 @@ struct State<J> {
     link: Link,
     /// When the last heartbeat landed (its reply came back).
     last_beat: Option<Instant>,
+    /// The server's time of the last heartbeat: the reap script checks it is recent.
+    beat_server_ms: u64,
     /// Since when beats have landed without a stall; reaping waits for a TTL of it.
     steady_since: Option<Instant>,
     last_promote: Option<Instant>,
@@ -214,14 +223,16 @@ impl<J> State<J> {
             .collect();
         let shared = Arc::clone(&self.shared);
         let sent = Instant::now();
-        let fenced: Vec<String> = shared
+        let (server_ms, fenced): (u64, Vec<String>) = shared
             .scripts
             .heartbeat
             .key(&shared.keys.workers)
+            .arg(scripts::ttl_ms(&shared))
             .arg(&wids)
             .invoke(self.conn()?)
             .map_err(|e| redis_error("heartbeat failed", e))?;
         let landed = Instant::now();
+        self.beat_server_ms = server_ms;
         self.note_beat(sent, landed);
         if !fenced.is_empty() {
             let slots = shared.slots.lock();
@@ -252,8 +263,10 @@ impl<J> State<J> {
                 );
             }
         } else if self.steady_since.is_none() {
-            // The first beat of this keeper: no stall seen, trust the view.
-            self.steady_since = Some(landed.checked_sub(self.shared.worker_ttl).unwrap_or(landed));
+            // The first beat of this keeper: it has not seen the last TTL (Redis may just be
+            // back from an outage that held up every process's beats), so it waits a TTL of
+            // steady beats like after a stall.
+            self.steady_since = Some(landed);
         }
         self.last_beat = Some(landed);
     }
@@ -270,7 +283,18 @@ impl<J> State<J> {
 
     fn reap(&mut self) -> Result<(), SourceError> {
         let shared = Arc::clone(&self.shared);
-        let (workers, jobs) = scripts::reap(&shared, self.conn()?, BATCH, RETIRED_GRACE)?;
+        let beat_ms = self.beat_server_ms;
+        let Some((workers, jobs)) =
+            scripts::reap(&shared, self.conn()?, BATCH, RETIRED_GRACE, beat_ms)?
+        else {
+            // This keeper stalled between its beat and the reap (or the server's clock
+            // stepped): its view is stale by the server's clock.
+            shared
+                .counters
+                .reaps_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
         shared.counters.reaps.fetch_add(1, Ordering::Relaxed);
         if workers > 0 || jobs > 0 {
             shared.counters.recovered.fetch_add(jobs, Ordering::Relaxed);

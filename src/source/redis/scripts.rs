@@ -119,10 +119,13 @@ pub(crate) fn settles_key(queue: &str) -> String {
 
 /// The scripts, built once per source (each is loaded by hash, `EVALSHA`, after first use).
 pub(crate) struct Scripts {
-    /// KEYS: workers, settles. ARGV: wid, cap. Registers a worker with the server's time.
+    /// KEYS: workers, settles, retired. ARGV: wid, cap, ttl ms. Registers a worker with its
+    /// deadline (the server's time plus this process's TTL) and removes the id from `retired`
+    /// (an id re-registered after a reap must not be swept as retired while it lives).
     pub(crate) register: Script,
-    /// KEYS: workers. ARGV: wids. Refreshes the live ones; returns those no longer registered
-    /// (reaped: they are fenced).
+    /// KEYS: workers. ARGV: ttl ms, then wids. Moves the live ones' deadline to the server's
+    /// time plus the TTL; returns `{server ms, wids no longer registered}` (those were reaped:
+    /// they are fenced).
     pub(crate) heartbeat: Script,
     /// Settle (see `SETTLE`); target: results (or dead when there is none). Own ARGV: result,
     /// push ("1"/"0"). Once acknowledged, when nothing else is left in the processing list,
@@ -139,10 +142,14 @@ pub(crate) struct Scripts {
     /// KEYS: delayed, queue. ARGV: limit, to head ("1"/"0"). Moves due retries back.
     pub(crate) promote: Script,
     /// KEYS: workers, queue, retired, settles. ARGV: ttl ms, processing key prefix, limit,
-    /// grace ms, cap. Requeues (one more run each) the jobs of workers whose heartbeat is older
-    /// than the TTL (checked inside the script) and moves them to `retired`; then sweeps the
-    /// lists of up to `limit` retired workers picked at random (`ZRANDMEMBER`: a burst of
-    /// retirements with equal scores cannot hide one). Returns {workers reaped, jobs requeued}.
+    /// grace ms, cap, server ms of the keeper's last beat. Skips everything and returns
+    /// `{-1, 0}` when that beat is more than half a TTL old by the server's clock (the keeper
+    /// stalled between its beat and this call, or the clock stepped). Otherwise requeues (one
+    /// more run each) the jobs of workers whose deadline (the score, set by their own process
+    /// from its own TTL) has passed, and moves them to `retired`; then sweeps the lists of up to
+    /// `limit` retired workers picked at random (`ZRANDMEMBER`: a burst of retirements with
+    /// equal scores cannot hide one), skipping ids that are registered again. Returns
+    /// `{workers reaped, jobs requeued}`.
     pub(crate) reap: Script,
     /// KEYS: workers, queue, settles, then processing lists. ARGV: processing key prefix, cap.
     /// Requeues the lists whose worker is not registered. Returns the number of jobs.
@@ -162,9 +169,10 @@ impl Scripts {
         Scripts {
             register: script(
                 r#"
-check(KEYS[1], 'zset') check(KEYS[2], 'hash')
-redis.call('ZADD', KEYS[1], now_ms(), ARGV[1])
+check(KEYS[1], 'zset') check(KEYS[2], 'hash') check(KEYS[3], 'zset')
+redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':0')
+redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 "#,
             ),
@@ -172,15 +180,16 @@ return 1
                 r#"
 check(KEYS[1], 'zset')
 local now = now_ms()
+local deadline = now + tonumber(ARGV[1])
 local fenced = {}
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
+    redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
   else
     table.insert(fenced, ARGV[i])
   end
 end
-return fenced
+return {now, fenced}
 "#,
             ),
             ack: settle_script(
@@ -229,11 +238,23 @@ return #due
                 r#"
 check(KEYS[1], 'zset') check(KEYS[2], 'list') check(KEYS[3], 'zset') check(KEYS[4], 'hash')
 local now = now_ms()
+-- The keeper judged its view fresh by its own beats: act on it only if its last beat is recent
+-- by this clock too.
+if now - tonumber(ARGV[6]) > tonumber(ARGV[1]) / 2 then return {-1, 0} end
 local limit = tonumber(ARGV[3])
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, limit)
-local swept = redis.call('ZRANDMEMBER', KEYS[3], limit)
+-- The score is the worker's deadline, set by its own process from its own TTL.
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, limit)
+local swept = {}
+for _, wid in ipairs(redis.call('ZRANDMEMBER', KEYS[3], limit)) do
+  -- An id registered again (a lost reply to its registration) is live: its list is its own.
+  -- A key of another type holds no job of ours (as in the sweep): skipping it keeps one
+  -- operator mistake from stopping every recovery.
+  if not redis.call('ZSCORE', KEYS[1], wid)
+    and redis.call('TYPE', ARGV[2] .. wid)['ok'] == 'list' then
+    table.insert(swept, wid)
+  end
+end
 for _, wid in ipairs(dead) do check(ARGV[2] .. wid, 'list') end
-for _, wid in ipairs(swept) do check(ARGV[2] .. wid, 'list') end
 local jobs = 0
 for _, wid in ipairs(dead) do
   local state = redis.call('HGET', KEYS[4], wid)
@@ -297,16 +318,23 @@ return {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('L
     }
 }
 
+/// This process's `worker_ttl` in milliseconds, as the scripts take it.
+pub(crate) fn ttl_ms<J>(shared: &Shared<J>) -> u64 {
+    u64::try_from(shared.worker_ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Reaps dead workers and sweeps retired ones (the `reap` script), on the keeper's connection.
-/// Returns (workers reaped, jobs requeued).
+/// `beat_ms` is the server's time of the keeper's last heartbeat. Returns (workers reaped, jobs
+/// requeued), or `None` when the script found that beat stale and did nothing.
 pub(crate) fn reap<J>(
     shared: &Shared<J>,
     conn: &mut Connection,
     batch: usize,
     grace: Duration,
-) -> Result<(u64, u64), SourceError> {
+    beat_ms: u64,
+) -> Result<Option<(u64, u64)>, SourceError> {
     let k = &shared.keys;
-    let ttl_ms = u64::try_from(shared.worker_ttl.as_millis()).unwrap_or(u64::MAX);
+    let ttl_ms = ttl_ms(shared);
     shared
         .scripts
         .reap
@@ -319,7 +347,9 @@ pub(crate) fn reap<J>(
         .arg(batch)
         .arg(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX))
         .arg(shared.max_attempts)
-        .invoke(conn)
+        .arg(beat_ms)
+        .invoke::<(i64, u64)>(conn)
+        .map(|(workers, jobs)| u64::try_from(workers).ok().map(|w| (w, jobs)))
         .map_err(|e| redis_error("reaping failed", e))
 }
 

@@ -85,7 +85,10 @@ impl<J> RedisConsumer<J> {
             // A failure here fails the settle: the worker retries the same call, which the
             // script recognises (code 0), and waits again.
             if let Err(e) = self.wait_for_replicas() {
-                self.conn = None;
+                // An error reply (`WAIT` refused by an ACL, say) leaves the connection in step.
+                if crate::source::redis::conn::breaks(&e) {
+                    self.conn = None;
+                }
                 self.check_own = true;
                 return Err(e);
             }
