@@ -54,7 +54,9 @@ struct Threads {
 ///   signals.
 ///
 /// A [`wait_timeout`](Self::wait_timeout) that timed out on a pool that was still running
-/// changes nothing: a later drop shuts down and joins everything.
+/// changes nothing: a later drop shuts down and joins everything. In every case, a never
+/// started pool included, the drop closes and joins the signal listener of
+/// [`shutdown_on_signals`](Self::shutdown_on_signals), so SIGINT and SIGTERM are released.
 pub struct ThreadPoolManager {
     shared: Arc<PoolShared>,
     runners: Vec<Arc<dyn Runner>>,
@@ -251,15 +253,17 @@ impl ThreadPoolManager {
             };
             return Err(WaitError::TimedOut { running, requeued });
         }
-        let mut threads = self.threads.lock();
-        threads.abandoned = false;
-        if let Some(monitor) = threads.monitor.take() {
+        // Take the handles out and join without the lock: the signal listener takes it (in
+        // `shutdown`) and would never finish while we wait for it holding the lock.
+        let (monitor, signals) = {
+            let mut threads = self.threads.lock();
+            threads.abandoned = false;
+            (threads.monitor.take(), threads.signals.take())
+        };
+        if let Some(monitor) = monitor {
             let _ = monitor.join();
         }
-        if let Some((handle, thread)) = threads.signals.take() {
-            handle.close();
-            let _ = thread.join();
-        }
+        close_signals(signals);
         if self.shared.monitor_died.load(Ordering::Acquire) {
             return Err(WaitError::MonitorPanicked);
         }
@@ -324,10 +328,10 @@ impl ThreadPoolManager {
                 return Err(e);
             }
         };
-        if let Some((old, old_thread)) = self.threads.lock().signals.replace((handle, thread)) {
-            old.close();
-            let _ = old_thread.join();
-        }
+        // Joined after the lock is released: the old listener may be inside `shutdown`,
+        // waiting for that lock.
+        let old = self.threads.lock().signals.replace((handle, thread));
+        close_signals(old);
         Ok(())
     }
 
@@ -345,13 +349,26 @@ impl Drop for ThreadPoolManager {
             let t = self.threads.lock();
             (t.started, t.abandoned)
         };
-        if !started || threads::on_pool_thread(self.shared.id) {
-            return;
-        }
-        if abandoned && !self.shared.is_done() {
+        let on_pool_thread = threads::on_pool_thread(self.shared.id);
+        let abandon = started && !on_pool_thread && abandoned && !self.shared.is_done();
+        if abandon {
             log::warn!("dropping the pool with jobs still running: their workers exit after them");
+        }
+        if !started || on_pool_thread || abandon {
+            // No wait joins the signal listener on these paths: close it here, or SIGINT and
+            // SIGTERM stay captured by a pool that is gone.
+            let signals = self.threads.lock().signals.take();
+            close_signals(signals);
             return;
         }
         let _ = self.wait();
+    }
+}
+
+/// Stops a signal listener and joins its thread (the caller holds no lock the listener takes).
+fn close_signals(signals: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>) {
+    if let Some((handle, thread)) = signals {
+        handle.close();
+        let _ = thread.join();
     }
 }

@@ -6,11 +6,16 @@ mod support;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use support::{Gate, PATIENCE, wait_threads_gone, wait_until};
+use support::{Gate, PATIENCE, threads_named, wait_threads_gone, wait_until};
 use threadtide::{MemorySource, ThreadPoolManager};
+
+/// Every listener in this process sees every raised signal, and a second one while a pool
+/// drains exits the process: the tests of this binary run one at a time.
+static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 #[test]
 fn sigterm_drains_the_pool_gracefully() {
+    let _one = ONE_AT_A_TIME.lock();
     let source: MemorySource<u32> = MemorySource::new();
     let gate = Gate::default();
     let g = gate.clone();
@@ -52,4 +57,29 @@ fn sigterm_drains_the_pool_gracefully() {
     pool.wait().unwrap();
     wait_threads_gone("zsg");
     assert_eq!(pool.stats().total.jobs_ok, 5);
+}
+
+/// A pool dropped before it started still owns its signal listener: the drop joins it.
+#[test]
+fn dropping_a_pool_that_never_started_joins_its_signal_listener() {
+    let _one = ONE_AT_A_TIME.lock();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("zsn")
+        .queue(
+            "q",
+            MemorySource::<u32>::new(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    pool.shutdown_on_signals().unwrap();
+    wait_until(
+        PATIENCE,
+        "the listener thread",
+        || threads_named("zsn-signals") == ["zsn-signals"],
+        || threads_named("zsn"),
+    );
+    drop(pool);
+    wait_threads_gone("zsn");
 }
