@@ -33,12 +33,12 @@ fn each_bad_value_names_its_field_and_value() {
         (
             with_queue().rebalance_interval(Duration::ZERO),
             "rebalance_interval",
-            "0s",
+            "0ns",
         ),
         (
             with_queue().fetch_timeout(Duration::ZERO),
             "fetch_timeout",
-            "0s",
+            "0ns",
         ),
         (
             with_queue().backoff(Duration::ZERO, Duration::from_secs(1)),
@@ -139,6 +139,7 @@ fn every_setting_at_its_extremes_is_refused_or_works() {
     use threadtide::JobError;
     const MAX: Duration = Duration::MAX;
     const NS: Duration = Duration::from_nanos(1);
+    const MS: Duration = Duration::from_millis(1);
     type Pool = fn(Builder) -> Builder;
     type Src = fn(threadtide::MemorySourceBuilder) -> threadtide::MemorySourceBuilder;
     let same: Src = |m| m;
@@ -178,6 +179,12 @@ fn every_setting_at_its_extremes_is_refused_or_works() {
             "rebalance_interval=1ns",
             |b| b.rebalance_interval(NS),
             same,
+            Some("rebalance_interval"),
+        ),
+        (
+            "rebalance_interval=1ms",
+            |b| b.rebalance_interval(MS),
+            same,
             None,
         ),
         (
@@ -198,7 +205,13 @@ fn every_setting_at_its_extremes_is_refused_or_works() {
             same,
             None,
         ),
-        ("fetch_timeout=1ns", |b| b.fetch_timeout(NS), same, None),
+        (
+            "fetch_timeout=1ns",
+            |b| b.fetch_timeout(NS),
+            same,
+            Some("fetch_timeout"),
+        ),
+        ("fetch_timeout=1ms", |b| b.fetch_timeout(MS), same, None),
         (
             "fetch_timeout=MAX",
             |b| b.fetch_timeout(MAX),
