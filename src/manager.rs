@@ -17,7 +17,7 @@ use crate::source::PoolInfo;
 use crate::state::PoolShared;
 use crate::stats::{self, PoolStats};
 use crate::threads;
-use crate::worker::Runner;
+use crate::worker::{Runner, close_source};
 
 static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -133,8 +133,8 @@ impl ThreadPoolManager {
     ///
     /// [`StartError::AlreadyStarted`] on a second call, [`StartError::ShutDown`] after
     /// [`shutdown`](Self::shutdown), [`StartError::Spawn`] if the monitor thread cannot be
-    /// spawned, [`StartError::Source`] if a queue's source refuses to open (see
-    /// [`JobSource::open`](crate::JobSource::open)). When it fails, nothing is left running.
+    /// spawned, [`StartError::Source`] if a queue's source refuses to open or panics in
+    /// [`JobSource::open`](crate::JobSource::open) (the sources already opened are closed). When it fails, nothing is left running.
     pub fn start(&self) -> Result<(), StartError> {
         let mut threads = self.threads.lock();
         if threads.started {
@@ -153,8 +153,8 @@ impl ThreadPoolManager {
             );
             if let Err(error) = self.runners[i].open(&info) {
                 // Nothing may be left running: close the sources already opened.
-                for opened in &self.runners[..i] {
-                    opened.close();
+                for (q, opened) in self.shared.queues.iter().zip(&self.runners[..i]) {
+                    close_source(q, &**opened);
                 }
                 return Err(StartError::Source {
                     queue: q.name().to_owned(),
@@ -167,8 +167,8 @@ impl ThreadPoolManager {
             .name(monitor.thread_name().to_owned())
             .spawn(move || monitor.run())
             .map_err(|e| {
-                for runner in &self.runners {
-                    runner.close();
+                for (q, runner) in self.shared.queues.iter().zip(&self.runners) {
+                    close_source(q, &**runner);
                 }
                 StartError::Spawn(e)
             })?;
@@ -280,7 +280,10 @@ impl ThreadPoolManager {
         for (q, runner) in self.shared.queues.iter().zip(&self.runners) {
             match runner.requeue_running() {
                 Ok(n) => total += n,
-                Err(e) => log::error!("queue {}: cannot put back running jobs: {e}", q.name()),
+                Err(e) => {
+                    q.source_errors.fetch_add(1, Ordering::Relaxed);
+                    log::error!("queue {}: cannot put back running jobs: {e}", q.name());
+                }
             }
         }
         if total > 0 {

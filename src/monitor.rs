@@ -22,7 +22,7 @@ use crate::scaling::{self, Limits, QueueInput, Stabilizer};
 use crate::source::WorkerInfo;
 use crate::state::PoolShared;
 use crate::threads::{self, drop_payload, panic_message};
-use crate::worker::{self, Runner};
+use crate::worker::{self, Runner, close_source};
 
 pub(crate) struct Monitor {
     pool: Arc<PoolShared>,
@@ -93,14 +93,7 @@ impl Monitor {
             }
         }
         for (q, runner) in self.pool.queues.iter().zip(&self.runners) {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| runner.close())) {
-                log::error!(
-                    "queue {}: the source's close panicked: {}",
-                    q.name(),
-                    panic_message(&*p)
-                );
-                drop_payload(p);
-            }
+            close_source(q, &**runner);
         }
         log::info!("shut down: every worker joined");
         self.drained = true;

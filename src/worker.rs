@@ -21,33 +21,64 @@ use crate::threads::{self, drop_payload, panic_message};
 /// A queue with its types erased, so that the pool holds queues of different types: the
 /// manager opens and closes its source, the monitor reads its backlog, a worker runs its loop.
 pub(crate) trait Runner: Send + Sync {
+    /// Opens the source; a panic in it is caught and returned as an error.
     fn open(&self, pool: &PoolInfo) -> Result<(), SourceError>;
     fn backlog(&self) -> Result<usize, SourceError>;
-    fn close(&self);
+    /// Closes the source; a panic in it is caught, and its message returned.
+    fn close(&self) -> Result<(), String>;
+    /// Puts running jobs back; a panic in it is caught and returned as an error.
     fn requeue_running(&self) -> Result<usize, SourceError>;
     fn run(&self, worker: &Worker<'_>) -> ExitReason;
 }
 
 impl<H: Handlers> Runner for H {
     fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
-        self.source().open(pool)
+        guard_source("open", || self.source().open(pool))
     }
 
     fn backlog(&self) -> Result<usize, SourceError> {
         self.source().backlog()
     }
 
-    fn close(&self) {
-        self.source().close();
+    fn close(&self) -> Result<(), String> {
+        catch_unwind(AssertUnwindSafe(|| self.source().close())).map_err(|p| {
+            let m = panic_message(&*p);
+            drop_payload(p);
+            m
+        })
     }
 
     fn requeue_running(&self) -> Result<usize, SourceError> {
-        self.source().requeue_running()
+        guard_source("requeue_running", || self.source().requeue_running())
     }
 
     fn run(&self, worker: &Worker<'_>) -> ExitReason {
         run(self, worker)
     }
+}
+
+/// Closes a queue's source; a panic in its `close` is logged and counted as a source error
+/// (nothing retries a close).
+pub(crate) fn close_source(q: &QueueState, runner: &dyn Runner) {
+    if let Err(message) = runner.close() {
+        q.source_errors.fetch_add(1, Ordering::Relaxed);
+        log::error!("queue {}: the source's close panicked: {message}", q.name());
+    }
+}
+
+/// Runs a source callback called on the host's thread, a panic in it becoming a
+/// [`SourceError`] that names the callback.
+fn guard_source<T>(
+    callback: &str,
+    f: impl FnOnce() -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let m = panic_message(&*p);
+        drop_payload(p);
+        Err(SourceError::new(format!(
+            "the source's {callback} panicked: {m}"
+        )))
+    })
 }
 
 /// What a worker thread knows about itself and its pool.
