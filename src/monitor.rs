@@ -271,8 +271,6 @@ impl Monitor {
         let os_name = threads::thread_name(prefix, Some(q.name()), &index.to_string());
         let info = WorkerInfo::new(Arc::clone(&q.config.name), name.clone(), index);
         let counters = Arc::new(Counters::default());
-        // Counted before the thread exists, so no snapshot sees its jobs before its spawn.
-        q.enlist(pool, Arc::from(name.as_str()), Arc::clone(&counters));
         let mut builder = thread::Builder::new().name(os_name);
         if let Some(size) = pool.config.stack_size {
             builder = builder.stack_size(size);
@@ -280,16 +278,13 @@ impl Monitor {
         let shared = Arc::clone(pool);
         let runner = Arc::clone(&self.runners[qi]);
         let theirs = Arc::clone(&counters);
-        match builder.spawn(move || worker::main(shared, runner, qi, info, theirs)) {
-            Ok(handle) => {
-                self.workers.push(handle);
-                Ok(())
-            }
-            Err(e) => {
-                q.leave(pool, &counters, false, false);
-                Err(e)
-            }
-        }
+        // Counted as the thread starts, under the roster's lock, so no snapshot sees its jobs
+        // before its spawn, nor a refused spawn as started.
+        let handle = q.spawn_counted(pool, Arc::from(name.as_str()), counters, move || {
+            builder.spawn(move || worker::main(shared, runner, qi, info, theirs))
+        })?;
+        self.workers.push(handle);
+        Ok(())
     }
 
     fn spawned(&mut self, qi: usize) {
@@ -307,7 +302,6 @@ impl Monitor {
     /// next try for this queue.
     fn spawn_failed(&mut self, qi: usize, error: &io::Error) {
         let q = &self.pool.queues[qi];
-        q.spawn_failures.fetch_add(1, Ordering::Relaxed);
         let (outage, retry_at) = &mut self.spawn_outage[qi];
         let now = Instant::now();
         let line = outage.failed(now);

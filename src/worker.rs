@@ -2,6 +2,7 @@
 //! retries them with back-off, [`serve`] is the hot loop (fetch, run under `catch_unwind`,
 //! acknowledge), and a worker retires only between jobs.
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -87,6 +88,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) queue: &'a QueueState,
     pub(crate) info: WorkerInfo,
     pub(crate) counters: Arc<Counters>,
+    /// Set when this worker took itself out of `alive` ([`try_retire`](Self::try_retire)).
+    retired: Cell<bool>,
 }
 
 /// The body of a worker thread. The monitor has already counted it (`QueueState::enlist`).
@@ -105,6 +108,7 @@ pub(crate) fn main(
         queue,
         info,
         counters,
+        retired: Cell::new(false),
     };
     // Whatever happens below, even a panic outside the guarded calls, the counts are put right.
     let mut guard = ExitGuard {
@@ -381,12 +385,23 @@ fn panicked_source(payload: Box<dyn std::any::Any + Send>, method: &str) -> Stri
 }
 
 impl Worker<'_> {
+    /// Commits this worker to retiring if its queue has a worker too many, and remembers it,
+    /// so that its exit does not take it out of `alive` a second time.
+    #[inline(always)]
+    fn try_retire(&self) -> bool {
+        let retired = self.queue.try_retire();
+        if retired {
+            self.retired.set(true);
+        }
+        retired
+    }
+
     /// Leaves the loop if the pool is stopping or the queue has a worker too many.
     #[inline(always)]
     fn should_exit(&self) -> Option<ExitReason> {
         if self.pool.is_stopping() {
             Some(ExitReason::Shutdown)
-        } else if self.queue.try_retire() {
+        } else if self.try_retire() {
             Some(ExitReason::Retired)
         } else {
             None
@@ -406,7 +421,7 @@ impl Worker<'_> {
             select! {
                 recv(self.pool.stop_rx) -> _ => return Some(ExitReason::Shutdown),
                 recv(self.queue.wake_rx) -> _ => {
-                    if self.queue.try_retire() {
+                    if self.try_retire() {
                         return Some(ExitReason::Retired);
                     }
                 }
@@ -514,13 +529,9 @@ impl Drop for ExitGuard<'_, '_> {
         if self.reason.is_none() {
             log::error!("{}: worker thread panicked outside a job", w.info.name());
         }
-        // A retiring worker already took itself out of `alive` in `try_retire`.
-        w.queue.leave(
-            w.pool,
-            &w.counters,
-            self.reason == Some(ExitReason::Retired),
-            true,
-        );
+        // A retiring worker already took itself out of `alive` in `try_retire`: the flag, not
+        // the exit reason, says so, since a panic may come after the retirement was taken.
+        w.queue.leave(w.pool, &w.counters, w.retired.get());
         log::debug!("{}: exited ({reason:?})", w.info.name());
         w.pool.events.on_worker_exit(&WorkerEvent {
             queue: w.queue.name().to_owned(),
