@@ -147,7 +147,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
                     continue;
                 }
                 Ok(Err(e)) => e.to_string(),
-                Err(p) => panicked_source(p, "consumer"),
+                Err(p) => panicked_source(w, p, "consumer"),
             };
             let delay = backoff.delay(outage.errors().saturating_add(1));
             w.source_failed(&mut outage, message, delay);
@@ -202,7 +202,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
             }
             Err(p) => {
                 w.counters.busy.store(false, Ordering::Release);
-                let message = panicked_source(p, "fetch or complete");
+                let message = panicked_source(w, p, "fetch or complete");
                 drop_guarded(consumer.take(), w);
                 let delay = backoff.delay(outage.errors().saturating_add(1));
                 w.source_failed(&mut outage, message, delay);
@@ -373,15 +373,18 @@ fn job_panicked(w: &Worker<'_>, payload: Box<dyn std::any::Any + Send>) -> JobEr
     JobError::panicked(message)
 }
 
-/// The message for a panic of a source's method.
+/// The message for a panic of a source's method: it says what panicked; the panic's own text,
+/// which may quote the job (a `complete` panic often does), is logged at trace only, as a
+/// job's panic message is.
 #[cold]
-fn panicked_source(payload: Box<dyn std::any::Any + Send>, method: &str) -> String {
-    let message = format!(
-        "the source's {method} panicked: {}",
+fn panicked_source(w: &Worker<'_>, payload: Box<dyn std::any::Any + Send>, method: &str) -> String {
+    log::trace!(
+        "{}: the source's {method} panic message: {}",
+        w.info.name(),
         panic_message(&*payload)
     );
     drop_payload(payload);
-    message
+    format!("the source's {method} panicked (the panic message is logged at trace)")
 }
 
 impl Worker<'_> {
@@ -436,7 +439,7 @@ impl Worker<'_> {
         let message = match catch_unwind(AssertUnwindSafe(|| consumer.suspend())) {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),
-            Err(p) => panicked_source(p, "suspend"),
+            Err(p) => panicked_source(self, p, "suspend"),
         };
         self.source_failed(outage, message, Duration::ZERO);
     }
@@ -512,7 +515,17 @@ fn drop_guarded<T>(value: Option<T>, w: &Worker<'_>) {
     if let Some(v) = value
         && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v)))
     {
-        log::error!("{}: a drop panicked: {}", w.info.name(), panic_message(&*p));
+        // The panic's text may quote a job: at trace only.
+        log::error!(
+            "{}: a drop panicked (a worker's state or consumer; the panic message is logged \
+             at trace)",
+            w.info.name()
+        );
+        log::trace!(
+            "{}: drop panic message: {}",
+            w.info.name(),
+            panic_message(&*p)
+        );
         drop_payload(p);
     }
 }
