@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::config::{Config, MAX_THREADS, MAX_WAIT, QueueConfig, defaults};
+use crate::config::{Config, MAX_THREADS, MAX_WAIT, MIN_WAIT, QueueConfig, defaults};
 use crate::error::{BuildError, JobError};
 use crate::event::{EventHandler, Guarded, NoEvents};
 use crate::manager::ThreadPoolManager;
@@ -197,7 +197,8 @@ impl Builder {
     /// queue waiting for room under the total cap gets it as soon as another's worker is
     /// gone), and once at [`start`](ThreadPoolManager::start). Defaults to 50 ms, so a burst
     /// into an idle pool starts within ~50 ms plus the worker's `init`; the host's original
-    /// 60 s is `Duration::from_secs(60)`. Zero is refused, so is more than one day.
+    /// 60 s is `Duration::from_secs(60)`. Less than 1 ms is refused (the monitor would spin on
+    /// a core), so is more than one day.
     pub fn rebalance_interval(mut self, interval: Duration) -> Self {
         self.config.rebalance_interval = interval;
         self
@@ -214,7 +215,8 @@ impl Builder {
 
     /// The longest a worker blocks in one fetch before looking around again; sources that
     /// cannot be woken (Redis) use it as their blocking timeout, which bounds how long an idle
-    /// worker takes to retire. Defaults to 1 s. Zero is refused, so is more than one day.
+    /// worker takes to retire. Defaults to 1 s. Less than 1 ms is refused (idle workers would
+    /// spin), so is more than one day.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.config.fetch_timeout = timeout;
         self
@@ -287,7 +289,7 @@ impl Builder {
     /// # Errors
     ///
     /// A [`BuildError`] naming the first bad field and its value: a zero count or interval
-    /// where one is refused, no queue, an empty, duplicate or NUL-containing queue name, a
+    /// where one is refused, a `rebalance_interval` or `fetch_timeout` under 1 ms, no queue, an empty, duplicate or NUL-containing queue name, a
     /// queue `weight` of 0, `recycle_after` of 0, `min_threads` above `max_threads_per_type`,
     /// minimums that add up past `max_total_threads`, a thread cap above 2^20, a wait
     /// (`rebalance_interval`, `fetch_timeout`, `backoff.max`) above one day, or a
@@ -313,15 +315,26 @@ impl Builder {
                 ));
             }
         }
-        let nonzero = [
+        let floored = [
             ("rebalance_interval", c.rebalance_interval),
             ("fetch_timeout", c.fetch_timeout),
-            ("backoff.initial", c.backoff.initial),
         ];
-        for (field, value) in nonzero {
-            if value.is_zero() {
-                return Err(BuildError::new(field, "0s", "must be longer than zero"));
+        for (field, value) in floored {
+            // Shorter waits make the monitor or every idle worker spin on a core.
+            if value < MIN_WAIT {
+                return Err(BuildError::new(
+                    field,
+                    format!("{value:?}"),
+                    format!("must be at least {MIN_WAIT:?}"),
+                ));
             }
+        }
+        if c.backoff.initial.is_zero() {
+            return Err(BuildError::new(
+                "backoff.initial",
+                "0s",
+                "must be longer than zero",
+            ));
         }
         let bounded = [
             ("rebalance_interval", c.rebalance_interval),

@@ -28,6 +28,9 @@ pub(crate) mod defaults {
 /// `fetch_timeout`, `backoff`): one day. A wait is a deadline `now + d`, and an `Instant` that
 /// far out is representable on every platform.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The shortest `rebalance_interval` and `fetch_timeout`: below it the monitor, or every idle
+/// worker, loops without sleeping and burns a core doing nothing.
+pub(crate) const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// The largest `max_threads_per_type` and `max_total_threads`: far more threads than any
 /// machine runs, small enough that counts never overflow.

@@ -14,8 +14,11 @@ use std::time::Duration;
 pub enum ScaleReason {
     /// More threads: the backlog grew (applied at once).
     Up,
-    /// Fewer threads: the queue's own demand stayed lower for the stabilisation window
-    /// ([`scale_down_delay`](crate::Builder::scale_down_delay)).
+    /// Fewer threads, for the queue's own reasons: its demand is lower and either stayed
+    /// lower for the stabilisation window
+    /// ([`scale_down_delay`](crate::Builder::scale_down_delay)), or the queue now has fewer
+    /// threads than the window would hold (a hold keeps only threads that exist, so after a
+    /// worker exits, retired or dead, the target falls to what is left or to the demand).
     Down,
     /// Fewer threads although this queue would keep more on its own: the total cap
     /// ([`max_total_threads`](crate::Builder::max_total_threads)) binds and another queue's
@@ -28,7 +31,9 @@ impl ScaleReason {
     pub(crate) fn describe(self) -> &'static str {
         match self {
             ScaleReason::Up => "backlog grew",
-            ScaleReason::Down => "demand stayed lower for the stabilisation window",
+            ScaleReason::Down => {
+                "demand stayed lower for the stabilisation window, or held threads are gone"
+            }
             ScaleReason::Shared => "total cap reached: threads go to another queue",
         }
     }

@@ -101,11 +101,13 @@
 //!     worker or the monitor thread itself), an acknowledgement given up while stopping, a
 //!     source that cannot put running jobs back;
 //!   * `debug`: a steady queue when its backlog changed, worker starts and exits;
-//!   * `trace`: a job's panic message, which may quote the job.
+//!   * `trace`: the message of a panic in a job, a source callback or a `Drop`, which may
+//!     quote the job.
 //!
 //!   Job payloads never appear above `trace`.
-//! * Threads are named `{prefix}-{queue}-{n}`, `{prefix}-monitor` and `{prefix}-signals`,
-//!   shortened to Linux's 15 bytes with the number kept (see
+//! * Threads are named `{prefix}-{queue}-{n}`, `{prefix}-monitor`, `{prefix}-signals` and,
+//!   for the Redis source, `{prefix}-{queue}-keeper`, shortened to Linux's 15 bytes with the
+//!   number or role kept (see
 //!   [`thread_name_prefix`](Builder::thread_name_prefix)); logs and events give a worker's
 //!   full name.
 //!

@@ -17,7 +17,7 @@ use crate::source::PoolInfo;
 use crate::state::PoolShared;
 use crate::stats::{self, PoolStats};
 use crate::threads;
-use crate::worker::Runner;
+use crate::worker::{Runner, close_source};
 
 static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -54,7 +54,9 @@ struct Threads {
 ///   signals.
 ///
 /// A [`wait_timeout`](Self::wait_timeout) that timed out on a pool that was still running
-/// changes nothing: a later drop shuts down and joins everything.
+/// changes nothing: a later drop shuts down and joins everything. In every case, a never
+/// started pool included, the drop closes and joins the signal listener of
+/// [`shutdown_on_signals`](Self::shutdown_on_signals), so SIGINT and SIGTERM are released.
 pub struct ThreadPoolManager {
     shared: Arc<PoolShared>,
     runners: Vec<Arc<dyn Runner>>,
@@ -131,8 +133,8 @@ impl ThreadPoolManager {
     ///
     /// [`StartError::AlreadyStarted`] on a second call, [`StartError::ShutDown`] after
     /// [`shutdown`](Self::shutdown), [`StartError::Spawn`] if the monitor thread cannot be
-    /// spawned, [`StartError::Source`] if a queue's source refuses to open (see
-    /// [`JobSource::open`](crate::JobSource::open)). When it fails, nothing is left running.
+    /// spawned, [`StartError::Source`] if a queue's source refuses to open or panics in
+    /// [`JobSource::open`](crate::JobSource::open) (the sources already opened are closed). When it fails, nothing is left running.
     pub fn start(&self) -> Result<(), StartError> {
         let mut threads = self.threads.lock();
         if threads.started {
@@ -151,8 +153,8 @@ impl ThreadPoolManager {
             );
             if let Err(error) = self.runners[i].open(&info) {
                 // Nothing may be left running: close the sources already opened.
-                for opened in &self.runners[..i] {
-                    opened.close();
+                for (q, opened) in self.shared.queues.iter().zip(&self.runners[..i]) {
+                    close_source(q, &**opened);
                 }
                 return Err(StartError::Source {
                     queue: q.name().to_owned(),
@@ -165,8 +167,8 @@ impl ThreadPoolManager {
             .name(monitor.thread_name().to_owned())
             .spawn(move || monitor.run())
             .map_err(|e| {
-                for runner in &self.runners {
-                    runner.close();
+                for (q, runner) in self.shared.queues.iter().zip(&self.runners) {
+                    close_source(q, &**runner);
                 }
                 StartError::Spawn(e)
             })?;
@@ -251,15 +253,17 @@ impl ThreadPoolManager {
             };
             return Err(WaitError::TimedOut { running, requeued });
         }
-        let mut threads = self.threads.lock();
-        threads.abandoned = false;
-        if let Some(monitor) = threads.monitor.take() {
+        // Take the handles out and join without the lock: the signal listener takes it (in
+        // `shutdown`) and would never finish while we wait for it holding the lock.
+        let (monitor, signals) = {
+            let mut threads = self.threads.lock();
+            threads.abandoned = false;
+            (threads.monitor.take(), threads.signals.take())
+        };
+        if let Some(monitor) = monitor {
             let _ = monitor.join();
         }
-        if let Some((handle, thread)) = threads.signals.take() {
-            handle.close();
-            let _ = thread.join();
-        }
+        close_signals(signals);
         if self.shared.monitor_died.load(Ordering::Acquire) {
             return Err(WaitError::MonitorPanicked);
         }
@@ -276,7 +280,10 @@ impl ThreadPoolManager {
         for (q, runner) in self.shared.queues.iter().zip(&self.runners) {
             match runner.requeue_running() {
                 Ok(n) => total += n,
-                Err(e) => log::error!("queue {}: cannot put back running jobs: {e}", q.name()),
+                Err(e) => {
+                    q.source_errors.fetch_add(1, Ordering::Relaxed);
+                    log::error!("queue {}: cannot put back running jobs: {e}", q.name());
+                }
             }
         }
         if total > 0 {
@@ -324,10 +331,10 @@ impl ThreadPoolManager {
                 return Err(e);
             }
         };
-        if let Some((old, old_thread)) = self.threads.lock().signals.replace((handle, thread)) {
-            old.close();
-            let _ = old_thread.join();
-        }
+        // Joined after the lock is released: the old listener may be inside `shutdown`,
+        // waiting for that lock.
+        let old = self.threads.lock().signals.replace((handle, thread));
+        close_signals(old);
         Ok(())
     }
 
@@ -345,13 +352,26 @@ impl Drop for ThreadPoolManager {
             let t = self.threads.lock();
             (t.started, t.abandoned)
         };
-        if !started || threads::on_pool_thread(self.shared.id) {
-            return;
-        }
-        if abandoned && !self.shared.is_done() {
+        let on_pool_thread = threads::on_pool_thread(self.shared.id);
+        let abandon = started && !on_pool_thread && abandoned && !self.shared.is_done();
+        if abandon {
             log::warn!("dropping the pool with jobs still running: their workers exit after them");
+        }
+        if !started || on_pool_thread || abandon {
+            // No wait joins the signal listener on these paths: close it here, or SIGINT and
+            // SIGTERM stay captured by a pool that is gone.
+            let signals = self.threads.lock().signals.take();
+            close_signals(signals);
             return;
         }
         let _ = self.wait();
+    }
+}
+
+/// Stops a signal listener and joins its thread (the caller holds no lock the listener takes).
+fn close_signals(signals: Option<(signal_hook::iterator::Handle, JoinHandle<()>)>) {
+    if let Some((handle, thread)) = signals {
+        handle.close();
+        let _ = thread.join();
     }
 }

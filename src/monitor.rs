@@ -22,7 +22,7 @@ use crate::scaling::{self, Limits, QueueInput, Stabilizer};
 use crate::source::WorkerInfo;
 use crate::state::PoolShared;
 use crate::threads::{self, drop_payload, panic_message};
-use crate::worker::{self, Runner};
+use crate::worker::{self, Runner, close_source};
 
 pub(crate) struct Monitor {
     pool: Arc<PoolShared>,
@@ -93,14 +93,7 @@ impl Monitor {
             }
         }
         for (q, runner) in self.pool.queues.iter().zip(&self.runners) {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| runner.close())) {
-                log::error!(
-                    "queue {}: the source's close panicked: {}",
-                    q.name(),
-                    panic_message(&*p)
-                );
-                drop_payload(p);
-            }
+            close_source(q, &**runner);
         }
         log::info!("shut down: every worker joined");
         self.drained = true;
@@ -278,8 +271,6 @@ impl Monitor {
         let os_name = threads::thread_name(prefix, Some(q.name()), &index.to_string());
         let info = WorkerInfo::new(Arc::clone(&q.config.name), name.clone(), index);
         let counters = Arc::new(Counters::default());
-        // Counted before the thread exists, so no snapshot sees its jobs before its spawn.
-        q.enlist(pool, Arc::from(name.as_str()), Arc::clone(&counters));
         let mut builder = thread::Builder::new().name(os_name);
         if let Some(size) = pool.config.stack_size {
             builder = builder.stack_size(size);
@@ -287,16 +278,13 @@ impl Monitor {
         let shared = Arc::clone(pool);
         let runner = Arc::clone(&self.runners[qi]);
         let theirs = Arc::clone(&counters);
-        match builder.spawn(move || worker::main(shared, runner, qi, info, theirs)) {
-            Ok(handle) => {
-                self.workers.push(handle);
-                Ok(())
-            }
-            Err(e) => {
-                q.leave(pool, &counters, false, false);
-                Err(e)
-            }
-        }
+        // Counted as the thread starts, under the roster's lock, so no snapshot sees its jobs
+        // before its spawn, nor a refused spawn as started.
+        let handle = q.spawn_counted(pool, Arc::from(name.as_str()), counters, move || {
+            builder.spawn(move || worker::main(shared, runner, qi, info, theirs))
+        })?;
+        self.workers.push(handle);
+        Ok(())
     }
 
     fn spawned(&mut self, qi: usize) {
@@ -314,7 +302,6 @@ impl Monitor {
     /// next try for this queue.
     fn spawn_failed(&mut self, qi: usize, error: &io::Error) {
         let q = &self.pool.queues[qi];
-        q.spawn_failures.fetch_add(1, Ordering::Relaxed);
         let (outage, retry_at) = &mut self.spawn_outage[qi];
         let now = Instant::now();
         let line = outage.failed(now);

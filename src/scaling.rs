@@ -367,14 +367,35 @@ mod tests {
                 }
             }
 
-            /// No queue gets more than its demand by a thread it does not have yet: a thread
-            /// whose queue still wants it is never torn down to give another queue more than
-            /// its demand.
+            /// No queue gets more than its demand by a thread it does not have yet.
             #[test]
             fn a_hold_only_keeps_threads_that_exist((l, qs) in case()) {
                 for (q, t) in qs.iter().zip(plan(&qs, &l)) {
                     let d = demand(q.backlog, q.min, &l);
                     prop_assert!(t <= d.max(q.current.min(q.hold)), "{q:?} -> {t} (demand {d})");
+                }
+            }
+
+            /// Issue 14 #6: a thread whose queue still demands it is never torn down to give
+            /// another queue more than its demand. If a queue is planned fewer threads than it
+            /// both has and demands, every other queue is planned at most its demand.
+            #[test]
+            fn a_demanded_thread_is_never_torn_down_for_another_queues_surplus((l, qs) in case()) {
+                let planned = plan(&qs, &l);
+                for (i, q) in qs.iter().enumerate() {
+                    let di = demand(q.backlog, q.min, &l);
+                    if planned[i] >= q.current.min(di) {
+                        continue;
+                    }
+                    for (j, r) in qs.iter().enumerate() {
+                        let dj = demand(r.backlog, r.min, &l);
+                        prop_assert!(
+                            j == i || planned[j] <= dj,
+                            "{qs:?} -> {planned:?}: queue {i} loses a demanded thread while \
+                             queue {j} gets {} over its demand {dj}",
+                            planned[j]
+                        );
+                    }
                 }
             }
 

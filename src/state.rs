@@ -33,8 +33,11 @@ pub(crate) struct Roster {
     pub(crate) exited: Counters,
     /// Worker threads not yet finished (retiring ones included).
     pub(crate) live: usize,
+    /// Worker threads started; never decremented.
     pub(crate) spawned: u64,
     pub(crate) retired: u64,
+    /// Spawns the operating system refused (no thread ran; not in `spawned`).
+    pub(crate) refused: u64,
 }
 
 pub(crate) struct QueueState {
@@ -44,7 +47,6 @@ pub(crate) struct QueueState {
     pub(crate) backlog: AtomicUsize,
     pub(crate) init_failures: AtomicU64,
     pub(crate) source_errors: AtomicU64,
-    pub(crate) spawn_failures: AtomicU64,
     pub(crate) next_index: AtomicU64,
     /// One token asks one idle worker to look at `alive > target` again.
     pub(crate) wake_tx: Sender<()>,
@@ -62,7 +64,6 @@ impl QueueState {
             backlog: AtomicUsize::new(0),
             init_failures: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
-            spawn_failures: AtomicU64::new(0),
             next_index: AtomicU64::new(0),
             wake_tx,
             wake_rx,
@@ -99,27 +100,42 @@ impl QueueState {
         self.roster.lock().live
     }
 
-    /// Counts a worker about to be spawned, in one step: alive, live, spawned, and its
-    /// counters listed. Undo with [`leave`](Self::leave) if the spawn fails.
-    pub(crate) fn enlist(&self, pool: &PoolShared, name: Arc<str>, counters: Arc<Counters>) {
+    /// Spawns a worker with `spawn` and counts it, in one step under the roster's lock: on
+    /// success alive, live, spawned and its counters listed; on a refusal only `refused`. A
+    /// snapshot (which takes the same lock) sees either outcome whole, so `spawned` never goes
+    /// down between two snapshots. `alive` is raised before the thread exists (its first
+    /// `try_retire` reads it), and put back if the spawn is refused. Holding the lock across
+    /// the spawn costs the other holders (snapshots, exiting workers) one `clone(2)`; the
+    /// thread started does not need the lock until it exits.
+    pub(crate) fn spawn_counted<T>(
+        &self,
+        pool: &PoolShared,
+        name: Arc<str>,
+        counters: Arc<Counters>,
+        spawn: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
         let mut r = self.roster.lock();
         self.alive.fetch_add(1, Ordering::AcqRel);
         pool.total_live.fetch_add(1, Ordering::AcqRel);
-        r.live += 1;
-        r.spawned += 1;
-        r.workers.push((name, counters));
+        match spawn() {
+            Ok(handle) => {
+                r.live += 1;
+                r.spawned += 1;
+                r.workers.push((name, counters));
+                Ok(handle)
+            }
+            Err(e) => {
+                self.alive.fetch_sub(1, Ordering::AcqRel);
+                pool.total_live.fetch_sub(1, Ordering::AcqRel);
+                r.refused += 1;
+                Err(e)
+            }
+        }
     }
 
     /// Takes a worker out, in one step: its counters folded into the queue's totals, out of
     /// live (and of alive unless it retired, which took itself out of alive already).
-    /// `spawned` says whether its thread ever ran: a failed spawn is undone, not retired.
-    pub(crate) fn leave(
-        &self,
-        pool: &PoolShared,
-        counters: &Arc<Counters>,
-        retired: bool,
-        spawned: bool,
-    ) {
+    pub(crate) fn leave(&self, pool: &PoolShared, counters: &Arc<Counters>, retired: bool) {
         let mut r = self.roster.lock();
         r.workers.retain(|(_, c)| !Arc::ptr_eq(c, counters));
         r.exited.absorb(counters);
@@ -128,11 +144,7 @@ impl QueueState {
         }
         pool.total_live.fetch_sub(1, Ordering::AcqRel);
         r.live -= 1;
-        if spawned {
-            r.retired += 1;
-        } else {
-            r.spawned -= 1;
-        }
+        r.retired += 1;
     }
 
     /// The roster, locked, for a snapshot.

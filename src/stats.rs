@@ -15,7 +15,7 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
     for q in &pool.queues {
         let mut acc = Accumulator::default();
         let mut busy = 0;
-        let (spawned, retired, workers) = {
+        let (spawned, retired, spawn_failures, workers) = {
             let roster = q.roster();
             roster.exited.add_to(&mut acc);
             for (_, c) in &roster.workers {
@@ -25,6 +25,7 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
             (
                 roster.spawned,
                 roster.retired,
+                roster.refused,
                 q.alive.load(Ordering::Acquire),
             )
         };
@@ -41,7 +42,7 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
             retired,
             init_failures: q.init_failures.load(Ordering::Relaxed),
             source_errors: q.source_errors.load(Ordering::Relaxed),
-            spawn_failures: q.spawn_failures.load(Ordering::Relaxed),
+            spawn_failures,
             mean_job_time: acc.mean(),
             p99_job_time: acc.quantile(0.99),
         });
@@ -96,7 +97,9 @@ pub struct QueueStats {
     /// Jobs whose executor panicked.
     pub jobs_panicked: u64,
     /// Worker threads started over the pool's life. Counted when the thread is started, with
-    /// `workers`, so `spawned - retired` is always the number of threads not yet finished.
+    /// `workers`, so `spawned - retired` is always the number of threads not yet finished. A
+    /// spawn the operating system refuses is not counted here (see `spawn_failures`): this
+    /// count never goes down.
     pub spawned: u64,
     /// Worker threads that have exited.
     pub retired: u64,

@@ -2,6 +2,7 @@
 //! retries them with back-off, [`serve`] is the hot loop (fetch, run under `catch_unwind`,
 //! acknowledge), and a worker retires only between jobs.
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,33 +22,64 @@ use crate::threads::{self, drop_payload, panic_message};
 /// A queue with its types erased, so that the pool holds queues of different types: the
 /// manager opens and closes its source, the monitor reads its backlog, a worker runs its loop.
 pub(crate) trait Runner: Send + Sync {
+    /// Opens the source; a panic in it is caught and returned as an error.
     fn open(&self, pool: &PoolInfo) -> Result<(), SourceError>;
     fn backlog(&self) -> Result<usize, SourceError>;
-    fn close(&self);
+    /// Closes the source; a panic in it is caught, and its message returned.
+    fn close(&self) -> Result<(), String>;
+    /// Puts running jobs back; a panic in it is caught and returned as an error.
     fn requeue_running(&self) -> Result<usize, SourceError>;
     fn run(&self, worker: &Worker<'_>) -> ExitReason;
 }
 
 impl<H: Handlers> Runner for H {
     fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
-        self.source().open(pool)
+        guard_source("open", || self.source().open(pool))
     }
 
     fn backlog(&self) -> Result<usize, SourceError> {
         self.source().backlog()
     }
 
-    fn close(&self) {
-        self.source().close();
+    fn close(&self) -> Result<(), String> {
+        catch_unwind(AssertUnwindSafe(|| self.source().close())).map_err(|p| {
+            let m = panic_message(&*p);
+            drop_payload(p);
+            m
+        })
     }
 
     fn requeue_running(&self) -> Result<usize, SourceError> {
-        self.source().requeue_running()
+        guard_source("requeue_running", || self.source().requeue_running())
     }
 
     fn run(&self, worker: &Worker<'_>) -> ExitReason {
         run(self, worker)
     }
+}
+
+/// Closes a queue's source; a panic in its `close` is logged and counted as a source error
+/// (nothing retries a close).
+pub(crate) fn close_source(q: &QueueState, runner: &dyn Runner) {
+    if let Err(message) = runner.close() {
+        q.source_errors.fetch_add(1, Ordering::Relaxed);
+        log::error!("queue {}: the source's close panicked: {message}", q.name());
+    }
+}
+
+/// Runs a source callback called on the host's thread, a panic in it becoming a
+/// [`SourceError`] that names the callback.
+fn guard_source<T>(
+    callback: &str,
+    f: impl FnOnce() -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let m = panic_message(&*p);
+        drop_payload(p);
+        Err(SourceError::new(format!(
+            "the source's {callback} panicked: {m}"
+        )))
+    })
 }
 
 /// What a worker thread knows about itself and its pool.
@@ -56,6 +88,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) queue: &'a QueueState,
     pub(crate) info: WorkerInfo,
     pub(crate) counters: Arc<Counters>,
+    /// Set when this worker took itself out of `alive` ([`try_retire`](Self::try_retire)).
+    retired: Cell<bool>,
 }
 
 /// The body of a worker thread. The monitor has already counted it (`QueueState::enlist`).
@@ -74,6 +108,7 @@ pub(crate) fn main(
         queue,
         info,
         counters,
+        retired: Cell::new(false),
     };
     // Whatever happens below, even a panic outside the guarded calls, the counts are put right.
     let mut guard = ExitGuard {
@@ -112,7 +147,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
                     continue;
                 }
                 Ok(Err(e)) => e.to_string(),
-                Err(p) => panicked_source(p, "consumer"),
+                Err(p) => panicked_source(w, p, "consumer"),
             };
             let delay = backoff.delay(outage.errors().saturating_add(1));
             w.source_failed(&mut outage, message, delay);
@@ -167,7 +202,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
             }
             Err(p) => {
                 w.counters.busy.store(false, Ordering::Release);
-                let message = panicked_source(p, "fetch or complete");
+                let message = panicked_source(w, p, "fetch or complete");
                 drop_guarded(consumer.take(), w);
                 let delay = backoff.delay(outage.errors().saturating_add(1));
                 w.source_failed(&mut outage, message, delay);
@@ -338,24 +373,38 @@ fn job_panicked(w: &Worker<'_>, payload: Box<dyn std::any::Any + Send>) -> JobEr
     JobError::panicked(message)
 }
 
-/// The message for a panic of a source's method.
+/// The message for a panic of a source's method: it says what panicked; the panic's own text,
+/// which may quote the job (a `complete` panic often does), is logged at trace only, as a
+/// job's panic message is.
 #[cold]
-fn panicked_source(payload: Box<dyn std::any::Any + Send>, method: &str) -> String {
-    let message = format!(
-        "the source's {method} panicked: {}",
+fn panicked_source(w: &Worker<'_>, payload: Box<dyn std::any::Any + Send>, method: &str) -> String {
+    log::trace!(
+        "{}: the source's {method} panic message: {}",
+        w.info.name(),
         panic_message(&*payload)
     );
     drop_payload(payload);
-    message
+    format!("the source's {method} panicked (the panic message is logged at trace)")
 }
 
 impl Worker<'_> {
+    /// Commits this worker to retiring if its queue has a worker too many, and remembers it,
+    /// so that its exit does not take it out of `alive` a second time.
+    #[inline(always)]
+    fn try_retire(&self) -> bool {
+        let retired = self.queue.try_retire();
+        if retired {
+            self.retired.set(true);
+        }
+        retired
+    }
+
     /// Leaves the loop if the pool is stopping or the queue has a worker too many.
     #[inline(always)]
     fn should_exit(&self) -> Option<ExitReason> {
         if self.pool.is_stopping() {
             Some(ExitReason::Shutdown)
-        } else if self.queue.try_retire() {
+        } else if self.try_retire() {
             Some(ExitReason::Retired)
         } else {
             None
@@ -375,7 +424,7 @@ impl Worker<'_> {
             select! {
                 recv(self.pool.stop_rx) -> _ => return Some(ExitReason::Shutdown),
                 recv(self.queue.wake_rx) -> _ => {
-                    if self.queue.try_retire() {
+                    if self.try_retire() {
                         return Some(ExitReason::Retired);
                     }
                 }
@@ -390,7 +439,7 @@ impl Worker<'_> {
         let message = match catch_unwind(AssertUnwindSafe(|| consumer.suspend())) {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),
-            Err(p) => panicked_source(p, "suspend"),
+            Err(p) => panicked_source(self, p, "suspend"),
         };
         self.source_failed(outage, message, Duration::ZERO);
     }
@@ -466,7 +515,17 @@ fn drop_guarded<T>(value: Option<T>, w: &Worker<'_>) {
     if let Some(v) = value
         && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v)))
     {
-        log::error!("{}: a drop panicked: {}", w.info.name(), panic_message(&*p));
+        // The panic's text may quote a job: at trace only.
+        log::error!(
+            "{}: a drop panicked (a worker's state or consumer; the panic message is logged \
+             at trace)",
+            w.info.name()
+        );
+        log::trace!(
+            "{}: drop panic message: {}",
+            w.info.name(),
+            panic_message(&*p)
+        );
         drop_payload(p);
     }
 }
@@ -483,13 +542,9 @@ impl Drop for ExitGuard<'_, '_> {
         if self.reason.is_none() {
             log::error!("{}: worker thread panicked outside a job", w.info.name());
         }
-        // A retiring worker already took itself out of `alive` in `try_retire`.
-        w.queue.leave(
-            w.pool,
-            &w.counters,
-            self.reason == Some(ExitReason::Retired),
-            true,
-        );
+        // A retiring worker already took itself out of `alive` in `try_retire`: the flag, not
+        // the exit reason, says so, since a panic may come after the retirement was taken.
+        w.queue.leave(w.pool, &w.counters, w.retired.get());
         log::debug!("{}: exited ({reason:?})", w.info.name());
         w.pool.events.on_worker_exit(&WorkerEvent {
             queue: w.queue.name().to_owned(),

@@ -33,12 +33,12 @@ fn each_bad_value_names_its_field_and_value() {
         (
             with_queue().rebalance_interval(Duration::ZERO),
             "rebalance_interval",
-            "0s",
+            "0ns",
         ),
         (
             with_queue().fetch_timeout(Duration::ZERO),
             "fetch_timeout",
-            "0s",
+            "0ns",
         ),
         (
             with_queue().backoff(Duration::ZERO, Duration::from_secs(1)),
@@ -139,6 +139,7 @@ fn every_setting_at_its_extremes_is_refused_or_works() {
     use threadtide::JobError;
     const MAX: Duration = Duration::MAX;
     const NS: Duration = Duration::from_nanos(1);
+    const MS: Duration = Duration::from_millis(1);
     type Pool = fn(Builder) -> Builder;
     type Src = fn(threadtide::MemorySourceBuilder) -> threadtide::MemorySourceBuilder;
     let same: Src = |m| m;
@@ -178,6 +179,12 @@ fn every_setting_at_its_extremes_is_refused_or_works() {
             "rebalance_interval=1ns",
             |b| b.rebalance_interval(NS),
             same,
+            Some("rebalance_interval"),
+        ),
+        (
+            "rebalance_interval=1ms",
+            |b| b.rebalance_interval(MS),
+            same,
             None,
         ),
         (
@@ -198,7 +205,13 @@ fn every_setting_at_its_extremes_is_refused_or_works() {
             same,
             None,
         ),
-        ("fetch_timeout=1ns", |b| b.fetch_timeout(NS), same, None),
+        (
+            "fetch_timeout=1ns",
+            |b| b.fetch_timeout(NS),
+            same,
+            Some("fetch_timeout"),
+        ),
+        ("fetch_timeout=1ms", |b| b.fetch_timeout(MS), same, None),
         (
             "fetch_timeout=MAX",
             |b| b.fetch_timeout(MAX),
@@ -393,7 +406,7 @@ fn a_refused_spawn_is_an_event_and_a_count() {
     let source: MemorySource<u32> = MemorySource::new();
     let pool = ThreadPoolManager::builder()
         .stack_size(1 << 30)
-        .backoff(Duration::from_millis(5), Duration::from_millis(10))
+        .backoff(Duration::from_millis(5), Duration::from_millis(5))
         .event_handler(errors.clone())
         .queue(
             "q",
@@ -406,12 +419,19 @@ fn a_refused_spawn_is_an_event_and_a_count() {
     source.extend(0..3);
     pool.start().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while errors.0.lock().len() < 3 {
+    // Snapshots taken without pause while spawns are refused: none may count a refused spawn
+    // as started, not even for a moment (`spawned` never goes down).
+    let mut most_spawned = 0;
+    while errors.0.lock().len() < 40 {
         assert!(std::time::Instant::now() < deadline, "{:?}", pool.stats());
-        std::thread::sleep(Duration::from_millis(2));
+        most_spawned = most_spawned.max(pool.stats().total.spawned);
     }
     let stats = pool.stats();
-    assert!(stats.total.spawn_failures >= 3, "{stats:?}");
+    assert!(stats.total.spawn_failures >= 40, "{stats:?}");
+    assert_eq!(
+        most_spawned, 0,
+        "a snapshot counted a refused spawn: {stats:?}"
+    );
     assert_eq!(stats.total.spawned, 0, "{stats:?}");
     for e in errors.0.lock().iter() {
         assert_eq!(e.kind, threadtide::ErrorKind::Spawn, "{e:?}");

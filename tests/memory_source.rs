@@ -4,6 +4,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -238,4 +239,58 @@ fn a_due_retry_runs_before_newer_jobs() {
         || (pool.stats(), source.delayed(), runs.lock().clone()),
     );
     assert_eq!(*runs.lock(), vec![0, 0, 1, 2, 3, 4]);
+}
+
+/// A queue scaled to zero has no consumer left to promote a retry whose back-off passes: the
+/// backlog the monitor reads must see it, or the job waits forever with no worker.
+#[test]
+fn a_retry_falling_due_after_its_queue_scaled_to_zero_gets_a_worker() {
+    const BACKOFF: Duration = Duration::from_millis(600);
+    let source: MemorySource<u32> = MemorySource::builder()
+        .max_attempts(2)
+        .retry_backoff(BACKOFF, BACKOFF)
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let pool = ThreadPoolManager::builder()
+        .rebalance_interval(Duration::from_millis(5))
+        .scale_down_delay(Duration::ZERO)
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _: &u32| {
+                if r.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(JobError::retryable("once"))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    source.push(7);
+    pool.start().unwrap();
+    let state = || {
+        let q = pool.stats().queue("q").cloned().expect("queue q");
+        (q.workers, q.retired, source.delayed(), source.unfinished())
+    };
+    // The stranded state of the defect: the only worker retired while the retry waits.
+    wait_until(
+        PATIENCE,
+        "the worker to retire while the retry is delayed",
+        || {
+            let (workers, retired, delayed, _) = state();
+            workers == 0 && retired >= 1 && delayed == 1
+        },
+        state,
+    );
+    wait_until(
+        PATIENCE,
+        "the retry to run once its back-off passed",
+        || source.unfinished() == 0,
+        state,
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }

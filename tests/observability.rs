@@ -296,3 +296,92 @@ fn an_unreadable_backlog_logs_one_line_down_and_one_back() {
     let events = recorder.errors.lock().len() as u64;
     assert!(events >= 30, "{events}");
 }
+
+/// A panic in the source's `complete` (whose message quotes the job) and in a state's `Drop`:
+/// the warn and error lines say what panicked, the message itself is logged at trace only.
+#[test]
+fn source_and_drop_panic_messages_are_logged_at_trace_only() {
+    use threadtide::{Consumer, FetchContext, JobSource, MemoryConsumer, SourceError, Unacked};
+    const SECRET: &str = "cpf=123.456.789-09";
+    #[derive(Clone)]
+    struct Src(MemorySource<u32>);
+    struct Con(MemoryConsumer<u32, ()>);
+    impl JobSource for Src {
+        type Job = u32;
+        type Output = ();
+        type Consumer = Con;
+        fn backlog(&self) -> Result<usize, SourceError> {
+            self.0.backlog()
+        }
+        fn consumer(&self, w: &threadtide::WorkerInfo) -> Result<Con, SourceError> {
+            self.0.consumer(w).map(Con)
+        }
+    }
+    impl Consumer for Con {
+        type Job = u32;
+        type Output = ();
+        fn fetch(&mut self, cx: &FetchContext<'_>) -> Result<Option<u32>, SourceError> {
+            self.0.fetch(cx)
+        }
+        fn complete(
+            &mut self,
+            job: u32,
+            outcome: Result<(), JobError>,
+        ) -> Result<(), Unacked<u32, ()>> {
+            if job == 1 {
+                panic!("cannot acknowledge job {job} ({SECRET} zsrc)");
+            }
+            self.0.complete(job, outcome)
+        }
+    }
+    struct Browser;
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("browser for {SECRET} zdrop would not close");
+            }
+        }
+    }
+    capture_logs();
+    let source = Src(MemorySource::new());
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("zsp")
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(Browser),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    source.0.push(1);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the complete panic",
+        || pool.stats().total.source_errors >= 1,
+        || pool.stats(),
+    );
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    let logs = LOG.0.lock().clone();
+    let mine = |tag: &str| -> Vec<(log::Level, String)> {
+        logs.iter()
+            .filter(|(_, m)| m.contains(tag))
+            .cloned()
+            .collect()
+    };
+    for tag in ["zsrc", "zdrop"] {
+        let lines = mine(tag);
+        assert!(!lines.is_empty(), "no {tag} line at all: {logs:?}");
+        assert!(
+            lines.iter().all(|(level, _)| *level == log::Level::Trace),
+            "{tag} message above trace: {lines:?}"
+        );
+    }
+    assert!(
+        logs.iter()
+            .any(|(l, m)| *l == log::Level::Error && m.contains("a drop panicked")),
+        "{logs:?}"
+    );
+}

@@ -1,5 +1,5 @@
 //! The Redis source against real `redis-server` processes, pool in this process: the fault and
-//! bad-input cases of `shared/design/REDIS.md` that need no process kill (those are in
+//! bad-input cases of the Redis reliable-delivery design needing no process kill (those are in
 //! `redis_faults.rs`). Every case checks: lost = 0, duplicate results = 0, and counts
 //! duplicate executions.
 #![cfg(feature = "redis")]

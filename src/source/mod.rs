@@ -54,6 +54,11 @@ pub trait JobSource: Send + Sync + 'static {
     /// permission); it fails `start()` with [`StartError::Source`](crate::StartError::Source)
     /// and nothing is left running. A transient failure (the server is not up yet) is not an
     /// error here: the source waits for it in the background, as its other methods do.
+    ///
+    /// # Panics
+    ///
+    /// A panic here is caught: `start()` fails with `StartError::Source` and the sources
+    /// already opened are closed.
     fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
         let _ = pool;
         Ok(())
@@ -77,6 +82,10 @@ pub trait JobSource: Send + Sync + 'static {
     /// Called once, on the monitor thread, after every worker of the pool has exited and been
     /// joined: stop background threads (the Redis source's heartbeat) here. Defaults to
     /// nothing.
+    ///
+    /// Also called on the host's thread when `start()` fails after this source opened. A
+    /// panic here is caught, logged at `error` and counted in
+    /// [`QueueStats::source_errors`](crate::QueueStats::source_errors); it is not retried.
     fn close(&self) {}
 
     /// Called once when a bounded shutdown ([`shutdown_timeout`]) gives up while jobs of this
@@ -89,6 +98,8 @@ pub trait JobSource: Send + Sync + 'static {
     /// # Errors
     ///
     /// When the jobs could not be put back; they stay recoverable by the source's own means.
+    /// The error (or a panic, which is caught) is logged at `error` and counted in
+    /// [`QueueStats::source_errors`](crate::QueueStats::source_errors).
     ///
     /// [`shutdown_timeout`]: crate::ThreadPoolManager::shutdown_timeout
     fn requeue_running(&self) -> Result<usize, SourceError> {

@@ -50,11 +50,8 @@ impl<T: Send + 'static, O: Send + 'static> MemoryConsumer<T, O> {
     #[cold]
     #[inline(never)]
     fn take_retry(&mut self) -> Option<T> {
-        let shared = &*self.shared;
-        for _ in 0..shared.retries.promote_due() {
-            shared.sleep.notify_one();
-        }
-        let envelope = shared.retries.try_take()?;
+        self.shared.promote_due();
+        let envelope = self.shared.retries.try_take()?;
         Some(self.retry(envelope))
     }
 

@@ -106,6 +106,16 @@ impl<T, O> Shared<T, O> {
     fn ready(&self) -> usize {
         self.rx.len() + self.retries.ready()
     }
+
+    /// Moves the retries whose back-off has passed to the ready retries, waking a sleeping
+    /// consumer for each. One atomic load while none is due. Consumers do it when they fetch;
+    /// `backlog` does it too, because a queue scaled to zero has no consumer left to do it,
+    /// and a due retry no one promotes is never counted, so no worker is ever spawned for it.
+    fn promote_due(&self) {
+        for _ in 0..self.retries.promote_due() {
+            self.sleep.notify_one();
+        }
+    }
 }
 
 /// An in-memory FIFO job queue: the host pushes jobs of any `Send` type, the pool runs them.
@@ -204,11 +214,13 @@ impl<T: Send + 'static, O: Send + 'static> MemorySource<T, O> {
     /// Jobs ready to be fetched, new ones and retries whose back-off has passed (the backlog
     /// the pool scales on).
     pub fn len(&self) -> usize {
+        self.shared.promote_due();
         self.shared.ready()
     }
 
     /// Whether no job is ready to be fetched.
     pub fn is_empty(&self) -> bool {
+        self.shared.promote_due();
         self.shared.rx.is_empty() && self.shared.retries.none_ready()
     }
 
@@ -329,8 +341,11 @@ impl<T: Send + 'static, O: Send + 'static> JobSource for MemorySource<T, O> {
     type Output = O;
     type Consumer = MemoryConsumer<T, O>;
 
-    /// The ready jobs ([`len`](MemorySource::len)): a few atomic reads, never fails.
+    /// The ready jobs ([`len`](MemorySource::len)), after moving the retries whose back-off
+    /// has passed to the ready ones (so a retry falling due while the queue has no worker is
+    /// seen and gets one): a few atomic reads, a short lock while a retry is due, never fails.
     fn backlog(&self) -> Result<usize, SourceError> {
+        self.shared.promote_due();
         Ok(self.shared.ready())
     }
 
