@@ -47,6 +47,9 @@ fn check(runs: &[u8], cap: &[u8], nonce: &[u8]) -> [u8; 16] {
 
 /// Reads a stored entry. Anything that is not an intact envelope is a raw payload that has
 /// never run, whatever its bytes.
+/// The longest run count or cap an envelope carries, in digits (scripts.rs checks the same).
+const MAX_DIGITS: usize = 9;
+
 pub(crate) fn decode(entry: &[u8]) -> Stored<'_> {
     let raw = Stored {
         runs: 0,
@@ -66,8 +69,11 @@ pub(crate) fn decode(entry: &[u8]) -> Stored<'_> {
     ) else {
         return raw;
     };
-    // The same shape the Lua side matches: `(%d+):(%d+):(%x+):(%x+):`.
-    let digits = |f: &[u8]| !f.is_empty() && f.iter().all(u8::is_ascii_digit);
+    // The same shape the Lua side matches: `(%d+):(%d+):(%x+):(%x+):`, with at most 9 digits
+    // per number on both sides (so every number fits a u32 here and stays exact in Lua, which
+    // would write a larger one back as `1e+17`).
+    let digits =
+        |f: &[u8]| !f.is_empty() && f.len() <= MAX_DIGITS && f.iter().all(u8::is_ascii_digit);
     let hex = |f: &[u8]| !f.is_empty() && f.iter().all(u8::is_ascii_hexdigit);
     if !(digits(runs) && digits(cap) && hex(nonce) && chk == check(runs, cap, nonce)) {
         return raw;
@@ -88,8 +94,11 @@ pub(crate) fn decode(entry: &[u8]) -> Stored<'_> {
 }
 
 /// Wraps `payload` after `runs` runs, carrying `cap`.
+/// Counts above 999,999,999 (nine digits) are written as that: a cap that high never binds.
 pub(crate) fn encode(runs: u32, cap: u32, nonce: u64, payload: &[u8]) -> Vec<u8> {
-    let (runs, cap, nonce) = (runs.to_string(), cap.to_string(), format!("{nonce:x}"));
+    const MAX: u32 = 999_999_999;
+    let (runs, cap) = (runs.min(MAX).to_string(), cap.min(MAX).to_string());
+    let nonce = format!("{nonce:x}");
     let chk = check(runs.as_bytes(), cap.as_bytes(), nonce.as_bytes());
     let mut out = Vec::with_capacity(PREFIX.len() + 64 + payload.len());
     out.extend_from_slice(PREFIX);
@@ -199,6 +208,28 @@ mod tests {
         thread: "rpa-fila-1",
         wid: "h:1:ab:0:0",
     };
+
+    #[test]
+    fn numbers_longer_than_nine_digits_are_raw_and_large_caps_are_written_as_nine() {
+        // A producer's payload shaped like an envelope, with a valid check but a 10-digit run
+        // count: the Lua side would read it and write `1e+10` back, so both sides treat it as
+        // raw bytes.
+        let (runs, cap, nonce) = (&b"1234567890"[..], &b"5"[..], &b"ab"[..]);
+        let mut forged = PREFIX.to_vec();
+        for field in [runs, cap, nonce, &check(runs, cap, nonce)[..]] {
+            forged.extend_from_slice(field);
+            forged.push(b':');
+        }
+        forged.extend_from_slice(b"p");
+        assert_eq!(decode(&forged).runs, 0);
+        assert_eq!(decode(&forged).payload, &forged[..]);
+        let big = encode(3, u32::MAX, 0xab, b"p");
+        let read = decode(&big);
+        assert_eq!(
+            (read.runs, read.cap, read.payload),
+            (3, Some(999_999_999), &b"p"[..])
+        );
+    }
 
     #[test]
     fn raw_payloads_have_no_runs() {

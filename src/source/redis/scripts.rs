@@ -50,7 +50,9 @@ local function header(runs, cap, nonce)
 end
 local function open(v)
   local s, e, runs, cap, nonce, chk = string.find(v, '^\31tt2:(%d+):(%d+):(%x+):(%x+):')
-  if s and chk == string.sub(redis.sha1hex('tt2:' .. runs .. ':' .. cap .. ':' .. nonce), 1, 16) then
+  -- At most 9 digits, as envelope.rs reads them: a longer number is a producer's raw payload.
+  if s and #runs <= 9 and #cap <= 9
+    and chk == string.sub(redis.sha1hex('tt2:' .. runs .. ':' .. cap .. ':' .. nonce), 1, 16) then
     return runs, cap, nonce, string.sub(v, e + 1)
   end
 end
