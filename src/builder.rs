@@ -223,8 +223,8 @@ impl Builder {
     }
 
     /// Back-off after a failed `init` or a source error: `initial * 2^(n-1)` capped at `max`,
-    /// jittered to 50-100%. Defaults to 500 ms and 30 s. A zero `initial` is refused (it would
-    /// be a tight loop), so are `max < initial` and a `max` of more than one day. A pause is
+    /// jittered to 50-100%. Defaults to 500 ms and 30 s. An `initial` under 1 ms is refused (it
+    /// would be a tight loop), so are `max < initial` and a `max` of more than one day. A pause is
     /// cut short only by shutdown or by the worker's own retirement.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.config.backoff = Backoff { initial, max };
@@ -289,7 +289,7 @@ impl Builder {
     /// # Errors
     ///
     /// A [`BuildError`] naming the first bad field and its value: a zero count or interval
-    /// where one is refused, a `rebalance_interval` or `fetch_timeout` under 1 ms, no queue, an empty, duplicate or NUL-containing queue name, a
+    /// where one is refused, a `rebalance_interval`, `fetch_timeout` or `backoff.initial` under 1 ms, no queue, an empty, duplicate or NUL-containing queue name, a
     /// queue `weight` of 0, `recycle_after` of 0, `min_threads` above `max_threads_per_type`,
     /// minimums that add up past `max_total_threads`, a thread cap above 2^20, a wait
     /// (`rebalance_interval`, `fetch_timeout`, `backoff.max`) above one day, or a
@@ -350,6 +350,14 @@ impl Builder {
                     "must be at most one day (86400s)",
                 ));
             }
+        }
+        // A failing `init` or source would be retried in a tight loop.
+        if c.backoff.initial < MIN_WAIT {
+            return Err(BuildError::new(
+                "backoff.initial",
+                format!("{:?}", c.backoff.initial),
+                format!("must be at least {MIN_WAIT:?}"),
+            ));
         }
         if let Some(size) = c.stack_size
             && size > MAX_STACK

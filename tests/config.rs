@@ -218,7 +218,13 @@ fn every_setting_at_its_extremes_is_refused_or_works() {
             same,
             Some("fetch_timeout"),
         ),
-        ("backoff=1ns..1ns", |b| b.backoff(NS, NS), same, None),
+        (
+            "backoff=1ns..1ns",
+            |b| b.backoff(NS, NS),
+            same,
+            Some("backoff.initial"),
+        ),
+        ("backoff=1ms..1ms", |b| b.backoff(MS, MS), same, None),
         (
             "backoff=1ns..MAX",
             |b| b.backoff(NS, MAX),

@@ -326,3 +326,50 @@ fn a_job_keeps_the_cap_of_the_process_that_first_ran_it() {
     assert_eq!(p.dead[0]["attempts"], 4, "{p:?}");
     assert_eq!(p.dead[0]["reason"], "attempts_exhausted", "{p:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 10: a result dropped because an operator deleted the processing list is counted.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_outcome_dropped_because_its_processing_list_was_deleted_is_counted() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let source = source(&server).build().unwrap();
+    source.push(&["held order"]).unwrap();
+    let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let pool = ThreadPoolManager::builder()
+        .queue(
+            "conferencia",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, order: &String| {
+                let _ = started_tx.send(());
+                go_rx.recv().expect("the test lets the job finish");
+                Ok(order.clone().into_bytes())
+            },
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    started_rx.recv_timeout(PATIENCE).expect("the job started");
+    // The operator's mistake: the worker's processing list goes while its job runs.
+    let lists: Vec<String> = c.keys(format!("{Q}:processing:*")).unwrap();
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    let _: () = c.del(&lists[0]).unwrap();
+    go_tx.send(()).unwrap();
+    wait_until(
+        PATIENCE,
+        "the dropped outcome counted",
+        || source.stats().outcomes_dropped == 1,
+        || source.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    let results: Vec<String> = c.lrange(RESULTS, 0, -1).unwrap();
+    assert!(
+        results.is_empty(),
+        "nothing written for a job that was removed: {results:?}"
+    );
+}

@@ -116,6 +116,7 @@ pub(crate) struct Counters {
     pub(crate) dead_permanent: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) outcomes_dropped: AtomicU64,
 }
 
 /// The queue's length as the keeper last read it, and when (ms since the source's epoch,
@@ -467,6 +468,7 @@ impl<J: Send + 'static> RedisSource<J> {
             reaped_workers: get(&c.reaped_workers),
             reaps: get(&c.reaps),
             reaps_skipped: get(&c.reaps_skipped),
+            outcomes_dropped: get(&c.outcomes_dropped),
             backlog_age: self
                 .shared
                 .backlog

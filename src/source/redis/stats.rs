@@ -53,6 +53,10 @@ pub struct RedisStats {
     /// late (Redis or this process stalled), so other processes' beats may not have landed
     /// either. Reaping resumes after one `worker_ttl` of steady beats.
     pub reaps_skipped: u64,
+    /// Outcomes (a result, a retry, a dead letter) not written because the job had been removed
+    /// from its worker's processing list from outside (an operator's `DEL`, say): each is also a
+    /// warning in the log, with this count.
+    pub outcomes_dropped: u64,
     /// Age of the backlog count that [`JobSource::backlog`](crate::JobSource::backlog) returns (the keeper refreshes it
     /// every 50 ms while Redis answers); `None` before the first read.
     pub backlog_age: Option<Duration>,

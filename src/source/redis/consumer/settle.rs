@@ -158,11 +158,20 @@ impl<J> RedisConsumer<J> {
                     self.thread
                 );
             }
-            -2 => log::warn!(
-                "{}: {what}: the job was no longer in the worker's processing list (removed \
-                 from outside); nothing was written for it",
-                self.thread
-            ),
+            -2 => {
+                let n = self
+                    .shared
+                    .counters
+                    .outcomes_dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                log::warn!(
+                    "{}: {what}: the job was no longer in the worker's processing list (removed \
+                     from outside); nothing was written for it ({n} outcome(s) dropped so far \
+                     on this source)",
+                    self.thread
+                );
+            }
             0 => log::debug!("{}: {what}: already applied by a retried call", self.thread),
             _ => {}
         }
