@@ -19,34 +19,6 @@ const Q: &str = "fila:conferencia";
 const Q2: &str = "fila:emissao";
 const RESULTS: &str = "fila:resultados";
 
-/// The example binary, built (once per test run, through the same cargo) next to this test's
-/// own binary: `cargo test --test redis_faults` alone does not build examples, and a stale
-/// binary would test old code.
-fn rpa_worker() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let deps = std::env::current_exe()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .to_path_buf();
-            let profile_dir = deps.parent().unwrap().to_path_buf();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "--example", "rpa_worker"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo");
-            assert!(status.success(), "building the rpa_worker example failed");
-            let bin = profile_dir.join("examples").join("rpa_worker");
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
-        })
-        .clone()
-}
-
 struct Scratch(PathBuf);
 
 impl Scratch {
@@ -89,7 +61,7 @@ impl Worker {
     fn start(server: &RedisServer, scratch: &Scratch, n: usize, extra: &[&str]) -> Worker {
         let log = std::fs::File::create(scratch.path(&format!("worker{n}.log"))).unwrap();
         let exec_log = scratch.path("executions.log");
-        let child = Command::new(rpa_worker())
+        let child = Command::new(support::redis::rpa_worker())
             .args(["--redis", &server.url(), "--results", RESULTS])
             .args([
                 "--queue",

@@ -7,7 +7,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,28 +218,6 @@ fn the_reaper_writes_nothing_into_a_queue_of_the_wrong_type() {
 // A process frozen past the retired grace (a laptop lid, a paused VM).
 // ---------------------------------------------------------------------------------------
 
-/// The example binary, built next to this test's binary (see redis_faults.rs).
-fn rpa_worker() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let deps = std::env::current_exe().unwrap();
-            let profile_dir = deps.parent().unwrap().parent().unwrap().to_path_buf();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "--example", "rpa_worker"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().unwrap().success(),
-                "building rpa_worker failed"
-            );
-            profile_dir.join("examples").join("rpa_worker")
-        })
-        .clone()
-}
-
 struct Child9(Child);
 
 impl Child9 {
@@ -278,7 +255,7 @@ fn a_process_frozen_past_the_retired_grace_strands_no_job() {
     let exec_log = dir.join("executions.log");
     let a_log = dir.join("a.log");
     let a = Child9(
-        Command::new(rpa_worker())
+        Command::new(support::redis::rpa_worker())
             .args(["--redis", &server.url(), "--results", RESULTS])
             .args(["--queue", &format!("conferencia={Q}")])
             .args(["--exec-log", exec_log.to_str().unwrap()])

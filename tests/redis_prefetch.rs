@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -124,28 +123,6 @@ fn a_job_taken_ahead_goes_back_while_init_fails_and_is_never_charged_a_run() {
     assert_eq!(*runs.lock(), ["a", "b", "c"]);
 }
 
-/// The example binary, built next to this test's binary (see redis_faults.rs).
-fn rpa_worker() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let deps = std::env::current_exe().unwrap();
-            let profile_dir = deps.parent().unwrap().parent().unwrap().to_path_buf();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "--example", "rpa_worker"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().unwrap().success(),
-                "building rpa_worker failed"
-            );
-            profile_dir.join("examples").join("rpa_worker")
-        })
-        .clone()
-}
-
 struct Worker(Child);
 
 impl Worker {
@@ -157,7 +134,7 @@ impl Worker {
             .open(dir.join("workers.log"))
             .unwrap();
         Worker(
-            Command::new(rpa_worker())
+            Command::new(support::redis::rpa_worker())
                 .args(["--redis", &server.url(), "--results", RESULTS])
                 .args(["--queue", &format!("conferencia={Q}")])
                 .args(["--exec-log", exec_log.to_str().unwrap()])
