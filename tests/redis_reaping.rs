@@ -190,10 +190,12 @@ fn a_wrong_typed_retired_list_does_not_stop_the_reaper() {
     let src = source(&server, 500, 100).build().unwrap();
     let pool = keeper_only(&src);
     pool.start().unwrap();
+    // The keeper counts a reap after the script's reply: wait for the count too, not only for
+    // the job the server already moved.
     wait_until(
         PATIENCE,
-        "the dead worker's job back in the queue",
-        || c.llen::<_, usize>(Q).unwrap() == 1,
+        "the dead worker's job back in the queue, and the reap counted",
+        || c.llen::<_, usize>(Q).unwrap() == 1 && src.stats().reaped_workers >= 1,
         || src.stats(),
     );
     assert_eq!(src.stats().reaped_workers, 1);
