@@ -1,0 +1,86 @@
+//! `threadtide --redis URL COMMAND`: see `threadtide --help`.
+//!
+//! Exit codes: 0 success; 1 the command ran and found a problem it reports (for example a key
+//! that is not a queue); 2 bad usage (clap's own code); 3 Redis unreachable; 4 Redis refused the
+//! credentials or a permission.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+mod common;
+
+use common::{CliError, Global};
+
+/// Operate a fleet of threadtide processes that share Redis queues.
+#[derive(Parser, Debug)]
+#[command(name = "threadtide", version, about)]
+struct Cli {
+    /// The Redis server the fleet uses (`redis://[user:password@]host:port[/db]`). The password
+    /// is never printed.
+    #[arg(long, global = true, env = "THREADTIDE_REDIS")]
+    redis: Option<String>,
+    /// Machine-readable output: one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check that Redis answers: its version and one round trip's time.
+    Ping,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let global = Global {
+        redis: cli.redis,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Ping => ping(&global),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("threadtide: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn ping(global: &Global) -> Result<(), CliError> {
+    let mut conn = global.connect()?;
+    let started = Instant::now();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut conn)
+        .map_err(|e| global.redis_error(e))?;
+    let rtt = started.elapsed();
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    if global.json {
+        let doc = serde_json::json!({
+            "redis": global.redacted_url(),
+            "version": version,
+            "rtt_us": rtt.as_micros() as u64,
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "{}: Redis {version}, {} us",
+            global.redacted_url(),
+            rtt.as_micros()
+        );
+    }
+    Ok(())
+}
