@@ -161,9 +161,13 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod admin;
 mod backoff;
 mod builder;
 mod config;
+mod coordination;
 mod counters;
 mod error;
 mod event;
@@ -171,6 +175,7 @@ mod manager;
 mod monitor;
 mod outage;
 mod queue;
+mod reason;
 mod scaling;
 mod source;
 mod state;
@@ -179,6 +184,7 @@ mod threads;
 mod worker;
 
 pub use builder::{Builder, Queue};
+pub use coordination::{FleetShare, QueueView};
 pub use error::{
     BuildError, FailureKind, JobError, RunningJob, SourceError, StartError, WaitError,
 };
@@ -186,6 +192,7 @@ pub use event::{
     ErrorEvent, ErrorKind, EventHandler, ExitReason, ScaleEvent, ScaleReason, WorkerEvent,
 };
 pub use manager::{ShutdownHandle, ThreadPoolManager};
+pub use reason::SizeReason;
 pub use source::memory::{
     Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,
 };

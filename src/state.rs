@@ -48,6 +48,8 @@ pub(crate) struct QueueState {
     pub(crate) init_failures: AtomicU64,
     pub(crate) source_errors: AtomicU64,
     pub(crate) next_index: AtomicU64,
+    /// Why the queue has its size: an index into `SizeReason::ALL`, set by the monitor.
+    pub(crate) size_reason: std::sync::atomic::AtomicU8,
     /// One token asks one idle worker to look at `alive > target` again.
     pub(crate) wake_tx: Sender<()>,
     pub(crate) wake_rx: Receiver<()>,
@@ -65,6 +67,7 @@ impl QueueState {
             init_failures: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
             next_index: AtomicU64::new(0),
+            size_reason: std::sync::atomic::AtomicU8::new(0),
             wake_tx,
             wake_rx,
             roster: Mutex::new(Roster::default()),
