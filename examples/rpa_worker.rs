@@ -22,6 +22,14 @@
 //! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
 //! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
+//!
+//! Fleet (several copies on the same queues; see `docs/FLEET.md`): coordination is on by
+//! default, so all copies together follow one `--jobs-per-thread` rule; `--no-fleet` turns it
+//! off (each copy scales on the whole backlog); `--fleet-max-threads-per-type N` caps each
+//! queue's threads over every copy, `--fleet-max-total-threads N` all queues' threads over
+//! every copy (`--max-threads-per-type` / `--max-total-threads` stay per copy: one host's
+//! memory); `--fleet NAME` (default `threadtide`). `--exit-when-idle` exits when every queue
+//! is empty fleet-wide (no job waiting, delayed or in any copy's processing list).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -54,6 +62,10 @@ struct Args {
     tls_ca: Option<String>,
     block_ms: Option<u64>,
     recycle_after: Option<u64>,
+    no_fleet: bool,
+    fleet: Option<String>,
+    fleet_max_threads_per_type: Option<usize>,
+    fleet_max_total_threads: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,6 +78,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "--exit-when-idle" {
             args.exit_when_idle = true;
+            continue;
+        }
+        if flag == "--no-fleet" {
+            args.no_fleet = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -98,6 +114,13 @@ fn parse_args() -> Result<Args, String> {
             "--tls-ca" => args.tls_ca = Some(value),
             "--block-ms" => args.block_ms = Some(num(&value)?),
             "--recycle-after" => args.recycle_after = Some(num(&value)?),
+            "--fleet" => args.fleet = Some(value),
+            "--fleet-max-threads-per-type" => {
+                args.fleet_max_threads_per_type = Some(num(&value)? as usize)
+            }
+            "--fleet-max-total-threads" => {
+                args.fleet_max_total_threads = Some(num(&value)? as usize)
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -227,6 +250,16 @@ fn run() -> Result<(), Box<dyn Error>> {
         }
         if let Some(ms) = args.block_ms {
             source = source.block_timeout(Duration::from_millis(ms));
+        }
+        source = source.coordinate(!args.no_fleet);
+        if let Some(name) = &args.fleet {
+            source = source.fleet(name.as_str());
+        }
+        if let Some(n) = args.fleet_max_threads_per_type {
+            source = source.fleet_max_threads(n);
+        }
+        if let Some(n) = args.fleet_max_total_threads {
+            source = source.fleet_max_total_threads(n);
         }
         let source = source.build()?;
         sources.push(source.clone());
