@@ -149,7 +149,7 @@ fn a_rolling_restart_under_load_keeps_the_fleet_cap_and_loses_nothing() {
         .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
         .collect();
     let mut restarted = 0;
-    for i in 0..3 {
+    for (i, p) in procs.iter_mut().enumerate() {
         let goal = 150 * (i + 1);
         wait_until(
             PATIENCE,
@@ -157,9 +157,9 @@ fn a_rolling_restart_under_load_keeps_the_fleet_cap_and_loses_nothing() {
             || result_count(&mut conn) >= goal,
             || (),
         );
-        procs[i].signal("TERM");
-        assert!(procs[i].wait_exit(PATIENCE).success());
-        procs[i] = Proc::start(&server, &scratch, &format!("p{i}-again"), &extra);
+        p.signal("TERM");
+        assert!(p.wait_exit(PATIENCE).success());
+        *p = Proc::start(&server, &scratch, &format!("p{i}-again"), &extra);
         restarted += 1;
     }
     wait_until(
