@@ -80,6 +80,10 @@ pub struct FleetShare {
     /// Set when the fleet, not this process, decided the size (`FleetCap`, `FleetTotalCap`,
     /// `Paused`).
     pub reason: Option<SizeReason>,
+    /// Whether this process's own stabilisation may keep more threads than `hold` (as it
+    /// would for its own demand): `false` while it holds more of the fleet's room than its
+    /// share, so that the room goes where the fleet's rule puts it. Defaults to `true`.
+    pub local_hold: bool,
 }
 
 impl FleetShare {
@@ -89,7 +93,14 @@ impl FleetShare {
             demand,
             hold: hold.max(demand),
             reason: None,
+            local_hold: true,
         }
+    }
+
+    /// The same share, saying whether the local stabilisation may keep more than `hold`.
+    pub fn with_local_hold(mut self, allowed: bool) -> FleetShare {
+        self.local_hold = allowed;
+        self
     }
 
     /// The same share, with the fleet's reason for it.
