@@ -254,3 +254,68 @@ fn a_fleet_total_cap_in_redis_holds_over_two_queues() {
     assert_eq!(top, 3);
     assert!(a >= 1 && b >= 1);
 }
+
+/// A queue's fleet cap set at runtime in Redis: lowered while three processes run, it is
+/// reached as workers finish their job, and nothing that starts afterwards passes it.
+#[test]
+fn a_fleet_cap_lowered_at_runtime_holds_for_every_job_started_after() {
+    const JOBS: usize = 600;
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-runtime-cap");
+    let admin = Admin::connect(&server.url()).unwrap();
+    push(&mut conn, Q, "k", JOBS, 10);
+    let extra = ["--jobs-per-thread", "10", "--scale-down-delay-ms", "300"];
+    let procs: Vec<Proc> = (0..3)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    wait_until(
+        PATIENCE,
+        "100 results",
+        || result_count(&mut conn) >= 100,
+        || (),
+    );
+    admin.set_fleet_max_threads(Q, Some(2)).unwrap();
+    wait_until(
+        PATIENCE,
+        "the fleet down to 2 slots",
+        || held(&admin).0 <= 2 && admin.queue_counts(Q).unwrap().slots <= 2,
+        || held(&admin),
+    );
+    let capped_from = unix_ms();
+    wait_until(
+        PATIENCE * 2,
+        "every job has a result",
+        || result_count(&mut conn) >= JOBS,
+        || admin_counts(&server),
+    );
+    for p in &procs {
+        p.signal("TERM");
+    }
+    let done = results(&mut conn);
+    let (lost, dups) = lost_and_duplicates(&done, "k", JOBS);
+    assert!(
+        lost.is_empty() && dups.is_empty(),
+        "lost {lost:?} dup {dups:?}"
+    );
+    let before = peak(&done, "conferencia");
+    let after: Vec<Done> = done
+        .iter()
+        .filter(|d| d.started_ms >= capped_from)
+        .cloned()
+        .collect();
+    let top = peak(&after, "conferencia");
+    println!(
+        "runtime fleet cap 2: peak {before} before, {top} for the {} jobs started after",
+        after.len()
+    );
+    assert!(before > 2, "the cap should have lowered something");
+    assert!(top <= 2, "peak {top} over the runtime fleet cap of 2");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
