@@ -241,3 +241,54 @@ fn measure_throughput_against_no_fleet() {
         println!("{mode:>8}: {rates:.0?} jobs/s");
     }
 }
+
+/// Two processes join one that runs the fleet's 7 threads alone: the shares become 3, 2, 2
+/// (spread within one) and the first process gives up exactly the 4 threads the newcomers
+/// take, within about a heartbeat or two, not after its `scale_down_delay` (5 s here).
+#[test]
+fn processes_joining_a_busy_fleet_take_their_share_and_move_only_that() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-join");
+    let admin = Admin::connect(&server.url()).unwrap();
+    push(&mut conn, Q, "c", 700, 200);
+    let extra = ["--jobs-per-thread", "100", "--scale-down-delay-ms", "5000"];
+    let alive = || -> Vec<usize> {
+        admin
+            .processes()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.queues.iter().filter(|q| q.key == Q).map(|q| q.alive))
+            .collect()
+    };
+    let first = Proc::start(&server, &scratch, "p0", &extra);
+    wait_until(
+        PATIENCE,
+        "7 threads in the first process",
+        || alive() == vec![7],
+        alive,
+    );
+    let joined_at = Instant::now();
+    let others: Vec<Proc> = (1..3)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    let spread = || {
+        let mut a = alive();
+        a.sort_unstable();
+        a == vec![2, 2, 3]
+    };
+    // Well under the 5 s hold: the first process must not keep its threads for that long.
+    wait_until(
+        std::time::Duration::from_secs(4),
+        "threads spread 3, 2, 2",
+        spread,
+        alive,
+    );
+    let took = joined_at.elapsed();
+    let total: usize = alive().iter().sum();
+    println!("two processes joined: 7 -> 3 + 2 + 2 after {took:?} ({total} in all, 4 moved)");
+    assert_eq!(total, 7);
+    for p in others.iter().chain([&first]) {
+        p.signal("TERM");
+    }
+}
