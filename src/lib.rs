@@ -166,6 +166,7 @@ mod builder;
 mod config;
 mod counters;
 mod error;
+mod estimate;
 mod event;
 mod manager;
 mod monitor;

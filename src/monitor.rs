@@ -16,18 +16,25 @@ use std::time::Instant;
 use crossbeam_channel::{select, tick};
 
 use crate::counters::Counters;
+use crate::estimate::Meter;
 use crate::event::{ErrorEvent, ErrorKind, EventHandler, ScaleEvent};
 use crate::outage::{Line, Outage};
-use crate::scaling::{self, Limits, QueueInput, Stabilizer};
+use crate::scaling::{self, Limits, QueueInput, Stabilizer, WaitInput};
 use crate::source::WorkerInfo;
 use crate::state::PoolShared;
 use crate::threads::{self, drop_payload, panic_message};
 use crate::worker::{self, Runner, close_source};
 
+/// Smoothing horizon of the measurements of a queue on the divisor rule (stats only).
+const DIVISOR_HORIZON: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) struct Monitor {
     pool: Arc<PoolShared>,
     runners: Vec<Arc<dyn Runner>>,
     stabilizer: Stabilizer,
+    /// Each queue's measurements (duration, rates) for the wait-target rule and the stats.
+    meters: Vec<Meter>,
+    started: Instant,
     workers: Vec<JoinHandle<()>>,
     /// Last backlog logged per queue, to log "steady" at debug only when something moved.
     logged_backlog: Vec<Option<usize>>,
@@ -44,6 +51,12 @@ impl Monitor {
         let n = pool.queues.len();
         Monitor {
             stabilizer: Stabilizer::new(pool.config.scale_down_delay),
+            meters: pool
+                .queues
+                .iter()
+                .map(|q| Meter::new(q.config.target_wait.unwrap_or(DIVISOR_HORIZON)))
+                .collect(),
+            started: Instant::now(),
             name: threads::thread_name(&pool.config.thread_name_prefix, None, "monitor"),
             pool,
             runners,
@@ -175,36 +188,45 @@ impl Monitor {
             max_total: c.max_total_threads,
         };
         let queues = &self.pool.queues;
-        let holds = self.stabilizer.holds(now, queues.len());
-        let inputs: Vec<QueueInput> = queues
+        let elapsed = now.saturating_duration_since(self.started);
+        let mut inputs: Vec<QueueInput> = queues
             .iter()
-            .zip(holds)
-            .map(|(q, hold)| QueueInput {
-                backlog: q.backlog.load(Ordering::Relaxed),
-                min: q.config.min_threads,
-                weight: q.config.weight,
-                hold,
-                current: q.alive.load(Ordering::Acquire),
+            .zip(&mut self.meters)
+            .map(|(q, meter)| {
+                let backlog = q.backlog.load(Ordering::Relaxed);
+                meter.read(q, elapsed, backlog);
+                QueueInput {
+                    backlog,
+                    min: q.config.min_threads,
+                    weight: q.config.weight,
+                    hold: 0,
+                    current: q.alive.load(Ordering::Acquire),
+                    wait: q.config.target_wait.map(|t| WaitInput {
+                        target_s: t.as_secs_f64(),
+                        duration_s: meter.estimator.duration_s(),
+                        arrival_per_s: meter.estimator.arrival_per_s(),
+                    }),
+                }
             })
             .collect();
-        let plan = scaling::plan(&inputs, &limits);
-        self.stabilizer.record(
-            now,
-            inputs
-                .iter()
-                .map(|i| scaling::demand(i.backlog, i.min, &limits))
-                .collect(),
-        );
+        let plan = scaling::decide(&mut self.stabilizer, now, &mut inputs, &limits).plan;
+        for ((q, meter), input) in queues.iter().zip(&self.meters).zip(&inputs) {
+            *q.estimate.lock() =
+                meter
+                    .estimator
+                    .view(input.backlog, input.current, q.config.target_wait);
+        }
         for (i, (q, &to)) in queues.iter().zip(&plan).enumerate() {
             let from = q.target.swap(to, Ordering::AcqRel);
             let backlog = inputs[i].backlog;
             if from != to {
                 let reason = scaling::reason(&inputs[i], &limits, from, to);
                 log::info!(
-                    "queue {}: {backlog} jobs -> scaling {} {from} -> {to} threads ({})",
+                    "queue {}: {backlog} jobs -> scaling {} {from} -> {to} threads ({}{})",
                     q.name(),
                     if to > from { "up" } else { "down" },
                     reason.describe(),
+                    wait_note(&q.estimate.lock(), q.config.target_wait),
                 );
                 self.pool.events.on_scale(&ScaleEvent {
                     queue: q.name().to_owned(),
@@ -322,6 +344,30 @@ impl Monitor {
             message,
             retry_in: delay,
         });
+    }
+}
+
+/// The wait-target part of a decision's log line: estimated wait, target, learned divisor.
+fn wait_note(view: &crate::estimate::View, target: Option<std::time::Duration>) -> String {
+    let Some(target) = target else {
+        return String::new();
+    };
+    match (
+        view.estimated_wait,
+        view.learned_jobs_per_thread,
+        view.duration,
+    ) {
+        (Some(wait), Some(div), Some(d)) => format!(
+            "; estimated wait {:.1}s for a {:.1}s target, jobs of {:.2}s, \
+             learned {div:.1} jobs per thread",
+            wait.as_secs_f64(),
+            target.as_secs_f64(),
+            d.as_secs_f64(),
+        ),
+        _ => format!(
+            "; {:.1}s wait target, no job timed yet: jobs_per_thread decides",
+            target.as_secs_f64()
+        ),
     }
 }
 
