@@ -19,6 +19,7 @@
 //!   jobs) and persisted as numbers: the fleet part needs nothing more. A P² sketch holds
 //!   five markers that cannot be merged.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::counters::{Accumulator, BUCKETS, bucket_mid, bucket_of};
@@ -39,6 +40,7 @@ pub(crate) struct Estimator {
     window_opened: Option<Duration>,
     duration_s: Option<f64>,
     arrival: WindowedRate,
+    ages: Ages,
     completion: Option<f64>,
     /// The previous observation: time, backlog, jobs started (finished + running).
     last: Option<(Duration, usize, u64)>,
@@ -67,6 +69,7 @@ impl Estimator {
             window_opened: None,
             duration_s: None,
             arrival: WindowedRate::new(horizon.max(Duration::from_millis(1)) / 4),
+            ages: Ages::default(),
             completion: None,
             last: None,
             last_done: 0,
@@ -75,7 +78,7 @@ impl Estimator {
 
     /// Adds `count` finished jobs that lasted about `ns` nanoseconds each, at `now` (the
     /// simulator's side; the monitor adds histogram deltas).
-    #[cfg_attr(not(test), allow(dead_code))] // until the simulator uses it
+    #[cfg_attr(not(any(test, feature = "simulate")), allow(dead_code))]
     pub(crate) fn add_duration(&mut self, now: Duration, ns: u64, count: u64) {
         if count == 0 {
             return;
@@ -145,10 +148,12 @@ impl Estimator {
                 let old = self.completion.unwrap_or(finished / dt);
                 self.completion = Some(old + alpha * (finished / dt - old));
                 self.arrival.add(t, now, arrived);
+                self.ages.taken(took as u64);
             } else {
                 return;
             }
         }
+        self.ages.sync(now, backlog);
         self.last = Some((now, backlog, started));
         self.last_done = done;
     }
@@ -158,6 +163,11 @@ impl Estimator {
         self.duration_s
     }
 
+    /// How long the oldest job of the backlog has waited, in seconds (0 when none waits).
+    pub(crate) fn oldest_age_s(&self, now: Duration) -> f64 {
+        self.ages.oldest(now).as_secs_f64()
+    }
+
     /// Arrivals per second: the median over the last windows (0 before the first closes).
     pub(crate) fn arrival_per_s(&self) -> f64 {
         self.arrival.median().unwrap_or(0.0)
@@ -165,14 +175,21 @@ impl Estimator {
 
     /// What the estimator knows, with the wait estimated for `backlog` jobs on `threads`
     /// workers, and the divisor learned for a wait `target`.
-    pub(crate) fn view(&self, backlog: usize, threads: usize, target: Option<Duration>) -> View {
+    pub(crate) fn view(
+        &self,
+        now: Duration,
+        backlog: usize,
+        threads: usize,
+        target: Option<Duration>,
+    ) -> View {
+        let age = self.oldest_age_s(now);
         let d = self.duration_s;
         View {
             duration: d.map(Duration::from_secs_f64),
             arrival_per_s: self.arrival.median(),
             completion_per_s: self.completion,
             estimated_wait: d.map(|d| {
-                Duration::from_secs_f64(estimated_wait_s(backlog, threads.max(1), d).min(1e9))
+                Duration::from_secs_f64(estimated_wait_s(backlog, threads.max(1), d, age).min(1e9))
             }),
             learned_jobs_per_thread: d
                 .zip(target)
@@ -195,7 +212,7 @@ struct WindowedRate {
     length: Duration,
     opened: Option<Duration>,
     count: f64,
-    closed: std::collections::VecDeque<f64>,
+    closed: VecDeque<f64>,
 }
 
 impl WindowedRate {
@@ -204,7 +221,7 @@ impl WindowedRate {
             length,
             opened: None,
             count: 0.0,
-            closed: std::collections::VecDeque::with_capacity(RATE_WINDOWS + 1),
+            closed: VecDeque::with_capacity(RATE_WINDOWS + 1),
         }
     }
 
@@ -298,15 +315,69 @@ impl Meter {
     }
 }
 
-/// How long the last of `backlog` jobs waits on `threads` workers when jobs last `d` seconds:
-/// `backlog * d / threads`; infinite when jobs wait and no worker runs.
-pub(crate) fn estimated_wait_s(backlog: usize, threads: usize, d: f64) -> f64 {
+/// How long the last of `backlog` jobs waits on `threads` workers when jobs last `d` seconds
+/// and the oldest has waited `age` already: `age + backlog * d / threads` (the last job is
+/// taken as old as the oldest: an upper bound, exact for a burst); infinite when jobs wait
+/// and no worker runs.
+pub(crate) fn estimated_wait_s(backlog: usize, threads: usize, d: f64, age: f64) -> f64 {
     if backlog == 0 {
         0.0
     } else if threads == 0 {
         f64::INFINITY
     } else {
-        backlog as f64 * d / threads as f64
+        age + backlog as f64 * d / threads as f64
+    }
+}
+
+/// Batches of waiting jobs with the time they were first seen, oldest first, kept equal to
+/// the backlog: sources are FIFO, so jobs taken leave the front and new ones join the back.
+/// Gives the age of the oldest waiting job, which a backlog count alone does not tell.
+#[derive(Debug, Clone, Default)]
+struct Ages {
+    batches: VecDeque<(Duration, u64)>,
+    total: u64,
+}
+
+/// More batches than this are merged (the two oldest, keeping the older time).
+const MAX_BATCHES: usize = 4096;
+
+impl Ages {
+    /// `n` jobs left the front.
+    fn taken(&mut self, mut n: u64) {
+        while n > 0 {
+            let Some(front) = self.batches.front_mut() else {
+                break;
+            };
+            let k = front.1.min(n);
+            front.1 -= k;
+            self.total -= k;
+            n -= k;
+            if front.1 == 0 {
+                self.batches.pop_front();
+            }
+        }
+    }
+
+    /// Makes the batches add up to `backlog`: new jobs join at `now`, or the oldest leave.
+    fn sync(&mut self, now: Duration, backlog: usize) {
+        let backlog = backlog as u64;
+        if backlog > self.total {
+            self.batches.push_back((now, backlog - self.total));
+            self.total = backlog;
+            if self.batches.len() > MAX_BATCHES
+                && let Some((_, n)) = self.batches.remove(1)
+            {
+                self.batches[0].1 += n;
+            }
+        } else {
+            self.taken(self.total - backlog);
+        }
+    }
+
+    fn oldest(&self, now: Duration) -> Duration {
+        self.batches
+            .front()
+            .map_or(Duration::ZERO, |(t, _)| now.saturating_sub(*t))
     }
 }
 
@@ -363,7 +434,12 @@ mod tests {
             "{}",
             e.arrival_per_s()
         );
-        let v = e.view(10, 2, Some(Duration::from_secs(20)));
+        let v = e.view(
+            Duration::from_secs(200),
+            10,
+            2,
+            Some(Duration::from_secs(20)),
+        );
         assert!((v.completion_per_s.unwrap() - 1.0).abs() < 0.01);
         assert_eq!(v.duration, None, "no job timed yet");
         assert_eq!(v.learned_jobs_per_thread, None);

@@ -173,6 +173,10 @@ mod monitor;
 mod outage;
 mod queue;
 mod scaling;
+// A namespace of its own: a tool (the simulator) rather than part of the pool's API.
+#[cfg(feature = "simulate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "simulate")))]
+pub mod sim;
 mod source;
 mod state;
 mod stats;

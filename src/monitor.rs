@@ -50,7 +50,14 @@ impl Monitor {
     pub(crate) fn new(pool: Arc<PoolShared>, runners: Vec<Arc<dyn Runner>>) -> Self {
         let n = pool.queues.len();
         Monitor {
-            stabilizer: Stabilizer::new(pool.config.scale_down_delay),
+            stabilizer: scaling::stabilizer(
+                pool.config.scale_down_delay,
+                &pool
+                    .queues
+                    .iter()
+                    .map(|q| q.config.target_wait)
+                    .collect::<Vec<_>>(),
+            ),
             meters: pool
                 .queues
                 .iter()
@@ -205,6 +212,7 @@ impl Monitor {
                         target_s: t.as_secs_f64(),
                         duration_s: meter.estimator.duration_s(),
                         arrival_per_s: meter.estimator.arrival_per_s(),
+                        oldest_age_s: meter.estimator.oldest_age_s(elapsed),
                     }),
                 }
             })
@@ -214,7 +222,7 @@ impl Monitor {
             *q.estimate.lock() =
                 meter
                     .estimator
-                    .view(input.backlog, input.current, q.config.target_wait);
+                    .view(elapsed, input.backlog, input.current, q.config.target_wait);
         }
         for (i, (q, &to)) in queues.iter().zip(&plan).enumerate() {
             let from = q.target.swap(to, Ordering::AcqRel);

@@ -11,7 +11,7 @@ use crate::event::ScaleReason;
 
 mod wait;
 
-pub(crate) use wait::{WaitInput, decide, queue_demand};
+pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer};
 
 /// The pool-wide limits the plan must respect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +149,8 @@ fn fill(queues: &[QueueInput], mut alloc: Vec<usize>, want: &[usize], cap: usize
 #[derive(Debug)]
 pub(crate) struct Stabilizer {
     window: Duration,
+    /// Per-queue windows, each at most `window` (empty: every queue uses `window`).
+    windows: Vec<Duration>,
     history: VecDeque<(Instant, Vec<usize>)>,
 }
 
@@ -156,6 +158,16 @@ impl Stabilizer {
     pub(crate) fn new(window: Duration) -> Self {
         Stabilizer {
             window,
+            windows: Vec::new(),
+            history: VecDeque::new(),
+        }
+    }
+
+    /// A stabiliser with a window per queue (the wait-target rule's queues hold longer).
+    pub(crate) fn per_queue(windows: Vec<Duration>) -> Self {
+        Stabilizer {
+            window: windows.iter().copied().max().unwrap_or(Duration::ZERO),
+            windows,
             history: VecDeque::new(),
         }
     }
@@ -170,9 +182,12 @@ impl Stabilizer {
             }
         }
         let mut holds = vec![0; queues];
-        for (_, plan) in &self.history {
-            for (h, p) in holds.iter_mut().zip(plan) {
-                *h = (*h).max(*p);
+        for (at, plan) in &self.history {
+            let age = now.saturating_duration_since(*at);
+            for (i, (h, p)) in holds.iter_mut().zip(plan).enumerate() {
+                if self.windows.get(i).is_none_or(|w| age <= *w) {
+                    *h = (*h).max(*p);
+                }
             }
         }
         holds

@@ -12,14 +12,14 @@
 //! login for nothing). Scale-down is the stabiliser's, as for the divisor rule. Until the first
 //! job has been timed there is no `D`, and the divisor rule decides.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Limits, QueueInput, Stabilizer, demand, plan};
 use crate::estimate::estimated_wait_s;
 
 /// The utilisation `u` the rule plans for: 80% keeps a margin for bursts shorter than the
 /// smoothing of the arrival rate, without paying for a fifth idle thread in four.
-pub(crate) const UTILISATION: f64 = 0.8;
+pub(crate) const UTILISATION: f64 = 0.9;
 
 /// The wait-target rule's inputs for one queue.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,8 +28,10 @@ pub(crate) struct WaitInput {
     pub(crate) target_s: f64,
     /// The job-duration estimate `D`, in seconds (`None` before the first timed job).
     pub(crate) duration_s: Option<f64>,
-    /// The smoothed arrival rate `λ`, jobs per second.
+    /// The arrival rate `λ`, jobs per second.
     pub(crate) arrival_per_s: f64,
+    /// How long the oldest waiting job has waited `a`, in seconds.
+    pub(crate) oldest_age_s: f64,
 }
 
 /// Threads a queue asks for on its own, by its rule.
@@ -41,19 +43,54 @@ pub(crate) fn queue_demand(q: &QueueInput, limits: &Limits) -> usize {
         return demand(q.backlog, q.min, limits);
     };
     let hi = limits.max_per_queue.max(q.min);
-    let lambda = if w.arrival_per_s.is_finite() {
-        w.arrival_per_s.max(0.0)
-    } else {
-        0.0
-    };
-    let raw = lambda * d / UTILISATION + q.backlog as f64 * d / w.target_s;
+    let finite = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+    let (lambda, age, t) = (finite(w.arrival_per_s), finite(w.oldest_age_s), w.target_s);
+    let backlog = q.backlog as f64;
+    // The backlog must start within what is left of the target for its oldest job, at
+    // least an eighth of the target (a job already late asks for threads, not for the cap).
+    let budget = (t - age).max(t / 8.0);
+    let raw = lambda * d / UTILISATION + backlog * d / budget;
     // `as` saturates: an absurd estimate becomes the cap, never a wrap.
     let raw = (raw.ceil() as usize).clamp(q.min, hi);
-    if estimated_wait_s(q.backlog, q.current, d) > w.target_s / 2.0 {
-        raw
+    // Threads that keep the estimated wait under a quarter of the target: a scale-down never
+    // goes below them, so shrinking cannot push the wait back past the half that scales up.
+    let quarter = t / 4.0 - age;
+    let keep = if q.backlog == 0 {
+        0
+    } else if quarter > 0.0 {
+        ((backlog * d / quarter).ceil() as usize).min(hi)
     } else {
-        raw.min(q.current.max(q.min))
+        q.current
+    };
+    let base = raw.max(keep.min(q.current)).clamp(q.min, hi);
+    if estimated_wait_s(q.backlog, q.current, d, age) > t / 2.0 {
+        base
+    } else {
+        base.min(q.current.max(q.min))
     }
+}
+
+/// A worker count that rises within this long after it fell is a flap (the goal: at
+/// most one an hour per queue).
+pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(120);
+
+/// The scale-down window of each queue: `scale_down_delay`, and for a queue on the wait rule
+/// at least half its target, so that a scale-down follows a lower demand that lasted longer
+/// than the wait it could cause (fewer down-then-up flaps; see `docs/SCALING.md`).
+pub(crate) fn stabilizer(scale_down_delay: Duration, targets: &[Option<Duration>]) -> Stabilizer {
+    if scale_down_delay.is_zero() {
+        return Stabilizer::new(Duration::ZERO);
+    }
+    Stabilizer::per_queue(
+        targets
+            .iter()
+            .map(|t| {
+                t.map_or(scale_down_delay, |t| {
+                    scale_down_delay.max((t / 2).min(FLAP_WINDOW))
+                })
+            })
+            .collect(),
+    )
 }
 
 /// One decision: the plan, and each queue's own demand (for the log and the stabiliser).
@@ -83,8 +120,6 @@ pub(crate) fn decide(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use proptest::prelude::*;
 
@@ -105,6 +140,7 @@ mod tests {
                 target_s: t,
                 duration_s: Some(d),
                 arrival_per_s: lambda,
+                oldest_age_s: 0.0,
             }),
         }
     }
@@ -156,11 +192,13 @@ mod tests {
                 0.01f64..600.0,
                 prop::option::weighted(0.9, 0.0f64..3.0),
                 0.0f64..5.0,
+                0.0f64..1.5,
             )
-                .prop_map(|(t, d, l)| WaitInput {
+                .prop_map(|(t, d, l, a)| WaitInput {
                     target_s: t,
                     duration_s: d.map(|x| t * 10f64.powf(-x)),
                     arrival_per_s: l,
+                    oldest_age_s: a * t,
                 }),
         )
     }
@@ -219,6 +257,16 @@ mod tests {
             never_fewer(&l, qs, i, |q| {
                 if let Some(w) = &mut q.wait {
                     w.duration_s = w.duration_s.map(|d| d * k);
+                }
+            })?;
+        }
+
+        #[test]
+        fn older_jobs_never_fewer((l, qs) in case(), pick: prop::sample::Index, more in 0.0f64..1000.0) {
+            let i = pick.index(qs.len());
+            never_fewer(&l, qs, i, |q| {
+                if let Some(w) = &mut q.wait {
+                    w.oldest_age_s += more;
                 }
             })?;
         }
