@@ -106,11 +106,51 @@ struct QueueSim {
 }
 
 /// Runs `profile` under `policy`. Deterministic: the same profile and seed give the same run,
-/// and every policy sees the same jobs (arrival times, base durations, failures).
+/// and every policy sees the same jobs (those of [`Profile::jobs`]).
 pub fn simulate(profile: &Profile, policy: Policy) -> Run {
-    let mut sim = Sim::new(profile, policy);
+    let jobs: Vec<Vec<JobSpec>> = (0..profile.queues.len()).map(|q| profile.jobs(q)).collect();
+    simulate_jobs(profile, policy, &jobs)
+}
+
+/// Runs `profile`'s settings under `policy` with the given jobs instead of drawn ones (one list
+/// per queue, in profile order; sorted by arrival here): to replay a recorded workload, or to
+/// compare with a real pool that ran those jobs. A queue without a list gets no jobs.
+/// Slowdowns of the profile still apply to the durations given.
+pub fn simulate_jobs(profile: &Profile, policy: Policy, jobs: &[Vec<JobSpec>]) -> Run {
+    let mut sim = Sim::new(profile, policy, jobs);
     sim.run();
     sim.report()
+}
+
+/// One job of a workload: when it arrives, how long it runs (before slowdowns), whether it
+/// fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobSpec {
+    /// Arrival, from the start of the run.
+    pub arrival: Duration,
+    /// Run time (the executor's; `init` is the queue's).
+    pub duration: Duration,
+    /// Whether the job fails (it still takes its time).
+    pub fails: bool,
+}
+
+impl Profile {
+    /// The jobs of queue `queue` (index in [`Profile::queues`]) as the simulator draws them
+    /// from the profile's arrivals, durations and seed: the same every time. Empty for an
+    /// index out of range.
+    pub fn jobs(&self, queue: usize) -> Vec<JobSpec> {
+        if queue >= self.queues.len() {
+            return Vec::new();
+        }
+        jobs_of(self, queue)
+            .into_iter()
+            .map(|j| JobSpec {
+                arrival: Duration::from_nanos(j.arrived),
+                duration: Duration::from_nanos(j.base_ns),
+                fails: j.fails,
+            })
+            .collect()
+    }
 }
 
 struct Sim<'a> {
@@ -195,10 +235,25 @@ fn jobs_of(profile: &Profile, qi: usize) -> Vec<Job> {
 }
 
 impl<'a> Sim<'a> {
-    fn new(p: &'a Profile, policy: Policy) -> Self {
+    fn new(p: &'a Profile, policy: Policy, jobs: &[Vec<JobSpec>]) -> Self {
         let qs = (0..p.queues.len())
             .map(|i| QueueSim {
-                arrivals: jobs_of(p, i),
+                arrivals: {
+                    let mut v: Vec<Job> = jobs
+                        .get(i)
+                        .map(|js| {
+                            js.iter()
+                                .map(|j| Job {
+                                    arrived: ns(j.arrival),
+                                    base_ns: ns(j.duration).max(1),
+                                    fails: j.fails,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    v.sort_by_key(|j| j.arrived);
+                    v
+                },
                 next: 0,
                 waiting: VecDeque::new(),
                 idle: Vec::new(),

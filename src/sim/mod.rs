@@ -37,6 +37,6 @@ mod engine;
 mod profile;
 mod report;
 
-pub use engine::{Policy, simulate};
+pub use engine::{JobSpec, Policy, simulate, simulate_jobs};
 pub use profile::{Arrival, Profile, ProfileError, QueueProfile, Slowdown};
 pub use report::{Run, Sample, Summary};
