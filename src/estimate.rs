@@ -168,6 +168,11 @@ impl Estimator {
         self.ages.oldest(now).as_secs_f64()
     }
 
+    /// How long the newest job of the backlog has waited, in seconds (0 when none waits).
+    pub(crate) fn newest_age_s(&self, now: Duration) -> f64 {
+        self.ages.newest(now).as_secs_f64()
+    }
+
     /// Arrivals per second: the median over the last windows (0 before the first closes).
     pub(crate) fn arrival_per_s(&self) -> f64 {
         self.arrival.median().unwrap_or(0.0)
@@ -182,14 +187,16 @@ impl Estimator {
         threads: usize,
         target: Option<Duration>,
     ) -> View {
-        let age = self.oldest_age_s(now);
+        let (head, back) = (self.oldest_age_s(now), self.newest_age_s(now));
         let d = self.duration_s;
         View {
             duration: d.map(Duration::from_secs_f64),
             arrival_per_s: self.arrival.median(),
             completion_per_s: self.completion,
             estimated_wait: d.map(|d| {
-                Duration::from_secs_f64(estimated_wait_s(backlog, threads.max(1), d, age).min(1e9))
+                Duration::from_secs_f64(
+                    estimated_wait_s(backlog, threads.max(1), d, head, back).min(1e9),
+                )
             }),
             learned_jobs_per_thread: d
                 .zip(target)
@@ -315,17 +322,26 @@ impl Meter {
     }
 }
 
-/// How long the last of `backlog` jobs waits on `threads` workers when jobs last `d` seconds
-/// and the oldest has waited `age` already: `age + backlog * d / threads` (the last job is
-/// taken as old as the oldest: an upper bound, exact for a burst); infinite when jobs wait
-/// and no worker runs.
-pub(crate) fn estimated_wait_s(backlog: usize, threads: usize, d: f64, age: f64) -> f64 {
+/// The longest wait among `backlog` jobs on `threads` workers when jobs last `d` seconds,
+/// the first in line has waited `head` seconds and the last `back`: the first starts within
+/// `d / threads`, the last after the `backlog * d / threads` ahead of it, and with ages
+/// between taken as linear the longest is at one end:
+/// `max(head + d / threads, back + backlog * d / threads)`. Infinite when jobs wait and no
+/// worker runs; 0 without a backlog.
+pub(crate) fn estimated_wait_s(
+    backlog: usize,
+    threads: usize,
+    d: f64,
+    head: f64,
+    back: f64,
+) -> f64 {
     if backlog == 0 {
         0.0
     } else if threads == 0 {
         f64::INFINITY
     } else {
-        age + backlog as f64 * d / threads as f64
+        let c = threads as f64;
+        (head + d / c).max(back + backlog as f64 * d / c)
     }
 }
 
@@ -377,6 +393,12 @@ impl Ages {
     fn oldest(&self, now: Duration) -> Duration {
         self.batches
             .front()
+            .map_or(Duration::ZERO, |(t, _)| now.saturating_sub(*t))
+    }
+
+    fn newest(&self, now: Duration) -> Duration {
+        self.batches
+            .back()
             .map_or(Duration::ZERO, |(t, _)| now.saturating_sub(*t))
     }
 }

@@ -213,6 +213,7 @@ impl Monitor {
                         duration_s: meter.estimator.duration_s(),
                         arrival_per_s: meter.estimator.arrival_per_s(),
                         oldest_age_s: meter.estimator.oldest_age_s(elapsed),
+                        newest_age_s: meter.estimator.newest_age_s(elapsed),
                     }),
                 }
             })

@@ -38,8 +38,10 @@ fn show(p: &Profile, runs: &[Run]) {
     }
 }
 
+/// One run of every shipped profile under every policy (a few seconds each in a debug
+/// build), checked for what every run must show and for the goals the wait target meets.
 #[test]
-fn every_shipped_profile_runs_the_same_jobs_under_every_policy() {
+fn shipped_profiles() {
     for name in ["host", "working-day", "slow-site", "flood"] {
         let p = shipped(name);
         let r = runs(&p);
@@ -55,38 +57,28 @@ fn every_shipped_profile_runs_the_same_jobs_under_every_policy() {
             );
             assert!(run.all().worker_seconds >= run.all().busy_seconds, "{name}");
         }
-        assert_eq!(
-            simulate(&p, Policy::WaitTarget),
-            r[2],
-            "{name}: deterministic"
-        );
-    }
-}
-
-#[test]
-fn the_wait_target_beats_the_divisor_and_meets_its_target_where_the_load_fits() {
-    for name in ["host", "working-day", "slow-site", "flood"] {
-        let p = shipped(name);
-        let divisor = simulate(&p, Policy::Divisor);
-        let wait = simulate(&p, Policy::WaitTarget);
+        let (divisor, wait) = (r[1].all(), r[2].all());
         assert!(
-            wait.all().p95_wait < divisor.all().p95_wait,
-            "{name}: {:?} vs {:?}",
-            wait.all(),
-            divisor.all()
+            wait.p95_wait < divisor.p95_wait,
+            "{name}: the wait target waits less: {wait:?} vs {divisor:?}"
         );
+        if name == "slow-site" {
+            // 400 jobs an hour of 30 s, 60 s for an hour: 3.3 then 6.7 busy threads, under
+            // the cap of 10. The wait stays under the 5-minute target, without flapping, at
+            // most 1.2x the lower bound of worker-seconds.
+            assert_eq!(
+                simulate(&p, Policy::WaitTarget),
+                r[2],
+                "{name}: deterministic"
+            );
+            assert!(wait.p95_wait <= Duration::from_secs(300), "{wait:?}");
+            assert!(wait.max_flaps_per_hour <= 1, "{wait:?}");
+            assert!(
+                wait.worker_seconds <= 1.2 * wait.lower_bound_seconds,
+                "{wait:?}"
+            );
+        }
     }
-    // Slow site: 400 jobs an hour of 30 s, 60 s for an hour: 3.3 then 6.7 busy threads, under
-    // the cap of 10. The wait stays under the 5-minute target, without flapping.
-    let p = shipped("slow-site");
-    let run = simulate(&p, Policy::WaitTarget);
-    let all = run.all();
-    assert!(all.p95_wait <= Duration::from_secs(300), "{all:?}");
-    assert!(all.max_flaps_per_hour <= 1, "{all:?}");
-    assert!(
-        all.worker_seconds <= 1.2 * all.lower_bound_seconds,
-        "{all:?}"
-    );
 }
 
 #[test]

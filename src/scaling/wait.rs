@@ -30,8 +30,11 @@ pub(crate) struct WaitInput {
     pub(crate) duration_s: Option<f64>,
     /// The arrival rate `λ`, jobs per second.
     pub(crate) arrival_per_s: f64,
-    /// How long the oldest waiting job has waited `a`, in seconds.
+    /// How long the oldest waiting job (first in line) has waited, in seconds.
     pub(crate) oldest_age_s: f64,
+    /// How long the newest waiting job (last in line) has waited, in seconds (at most
+    /// `oldest_age_s`; a larger value is taken as `oldest_age_s`).
+    pub(crate) newest_age_s: f64,
 }
 
 /// Threads a queue asks for on its own, by its rule.
@@ -44,26 +47,35 @@ pub(crate) fn queue_demand(q: &QueueInput, limits: &Limits) -> usize {
     };
     let hi = limits.max_per_queue.max(q.min);
     let finite = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
-    let (lambda, age, t) = (finite(w.arrival_per_s), finite(w.oldest_age_s), w.target_s);
+    let (lambda, t) = (finite(w.arrival_per_s), w.target_s);
+    let head = finite(w.oldest_age_s);
+    let back = finite(w.newest_age_s).min(head);
     let backlog = q.backlog as f64;
-    // The backlog must start within what is left of the target for its oldest job, at
-    // least an eighth of the target (a job already late asks for threads, not for the cap).
-    let budget = (t - age).max(t / 8.0);
-    let raw = lambda * d / UTILISATION + backlog * d / budget;
+    // Every waiting job must start within what is left of the target for it: the oldest
+    // (first in line) and the newest (last in line, behind `backlog` jobs), the ages between
+    // taken as linear, so these two ends bound the rest. At least an eighth of the target is
+    // left to each: a job already late asks for threads, not for the cap.
+    let left = |age: f64| (t - age).max(t / 8.0);
+    let drain = if q.backlog == 0 {
+        0.0
+    } else {
+        (d / left(head)).max(backlog * d / left(back))
+    };
     // `as` saturates: an absurd estimate becomes the cap, never a wrap.
-    let raw = (raw.ceil() as usize).clamp(q.min, hi);
+    let raw = ((lambda * d / UTILISATION + drain).ceil() as usize).clamp(q.min, hi);
     // Threads that keep the estimated wait under a quarter of the target: a scale-down never
     // goes below them, so shrinking cannot push the wait back past the half that scales up.
-    let quarter = t / 4.0 - age;
+    let quarter = |age: f64| t / 4.0 - age;
     let keep = if q.backlog == 0 {
         0
-    } else if quarter > 0.0 {
-        ((backlog * d / quarter).ceil() as usize).min(hi)
+    } else if quarter(head) > 0.0 && quarter(back) > 0.0 {
+        let c = (d / quarter(head)).max(backlog * d / quarter(back));
+        (c.ceil() as usize).min(hi)
     } else {
         q.current
     };
     let base = raw.max(keep.min(q.current)).clamp(q.min, hi);
-    if estimated_wait_s(q.backlog, q.current, d, age) > t / 2.0 {
+    if estimated_wait_s(q.backlog, q.current, d, head, back) > t / 2.0 {
         base
     } else {
         base.min(q.current.max(q.min))
@@ -141,6 +153,7 @@ mod tests {
                 duration_s: Some(d),
                 arrival_per_s: lambda,
                 oldest_age_s: 0.0,
+                newest_age_s: 0.0,
             }),
         }
     }
@@ -193,12 +206,14 @@ mod tests {
                 prop::option::weighted(0.9, 0.0f64..3.0),
                 0.0f64..5.0,
                 0.0f64..1.5,
+                0.0f64..=1.0,
             )
-                .prop_map(|(t, d, l, a)| WaitInput {
+                .prop_map(|(t, d, l, a, b)| WaitInput {
                     target_s: t,
                     duration_s: d.map(|x| t * 10f64.powf(-x)),
                     arrival_per_s: l,
                     oldest_age_s: a * t,
+                    newest_age_s: a * t * b,
                 }),
         )
     }
@@ -267,6 +282,22 @@ mod tests {
             never_fewer(&l, qs, i, |q| {
                 if let Some(w) = &mut q.wait {
                     w.oldest_age_s += more;
+                }
+            })?;
+        }
+
+        #[test]
+        fn a_newer_last_job_never_fewer((l, qs) in case(), pick: prop::sample::Index, k in 0.0f64..=1.0) {
+            // The same oldest job, the newest one older (up to as old as the oldest).
+            let i = pick.index(qs.len());
+            let mut younger = qs.clone();
+            if let Some(w) = &mut younger[i].wait {
+                w.newest_age_s *= k;
+            }
+            never_fewer(&l, younger, i, |q| {
+                if let Some(w) = &mut q.wait {
+                    w.newest_age_s /= k.max(1e-9);
+                    w.newest_age_s = w.newest_age_s.min(w.oldest_age_s);
                 }
             })?;
         }

@@ -536,6 +536,7 @@ impl<'a> Sim<'a> {
                         duration_s: q.estimator.duration_s(),
                         arrival_per_s: q.estimator.arrival_per_s(),
                         oldest_age_s: q.estimator.oldest_age_s(now),
+                        newest_age_s: q.estimator.newest_age_s(now),
                     }),
                 }
             })
