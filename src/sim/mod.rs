@@ -34,9 +34,11 @@
 //! ```
 
 mod engine;
+mod jobs;
 mod profile;
 mod report;
 
-pub use engine::{JobSpec, Policy, simulate, simulate_jobs};
+pub use engine::{Policy, simulate, simulate_jobs};
+pub use jobs::JobSpec;
 pub use profile::{Arrival, Profile, ProfileError, QueueProfile, Slowdown};
 pub use report::{Run, Sample, Summary};
