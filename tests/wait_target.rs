@@ -7,14 +7,33 @@ use std::convert::Infallible;
 use std::thread;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use support::{PATIENCE, wait_until};
 use threadtide::{MemorySource, Queue, ThreadPoolManager};
+
+struct Capture(Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target().starts_with("threadtide") && record.level() == log::Level::Info {
+            self.0.lock().push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOG: Capture = Capture(Mutex::new(Vec::new()));
 
 const JOB: Duration = Duration::from_millis(20);
 const TARGET: Duration = Duration::from_millis(500);
 
 #[test]
 fn a_wait_target_sizes_the_queue_by_its_measured_duration() {
+    log::set_logger(&LOG).unwrap();
+    log::set_max_level(log::LevelFilter::Info);
     let source: MemorySource<u32> = MemorySource::new();
     let queue = Queue::new(
         "conf",
@@ -66,6 +85,16 @@ fn a_wait_target_sizes_the_queue_by_its_measured_duration() {
     );
     let stats = pool.stats();
     assert!(stats.queues[0].estimated_wait.is_some(), "{stats:?}");
+    // The decision's log line says what the rule saw and learned.
+    let lines = LOG.0.lock().clone();
+    assert!(
+        lines.iter().any(|l| l.starts_with("queue conf: ")
+            && l.contains("scaling up")
+            && l.contains("s target, jobs of 0.0")
+            && l.contains("jobs per thread")
+            && l.contains("estimated wait")),
+        "{lines:#?}"
+    );
     wait_until(
         PATIENCE,
         "the backlog to drain",
