@@ -196,17 +196,19 @@ impl Monitor {
         };
         let queues = &self.pool.queues;
         let elapsed = now.saturating_duration_since(self.started);
-        let mut inputs: Vec<QueueInput> = queues
+        let holds = self.stabilizer.holds(now, queues.len());
+        let inputs: Vec<QueueInput> = queues
             .iter()
+            .zip(holds)
             .zip(&mut self.meters)
-            .map(|(q, meter)| {
+            .map(|((q, hold), meter)| {
                 let backlog = q.backlog.load(Ordering::Relaxed);
                 meter.read(q, elapsed, backlog);
                 QueueInput {
                     backlog,
                     min: q.config.min_threads,
                     weight: q.config.weight,
-                    hold: 0,
+                    hold,
                     current: q.alive.load(Ordering::Acquire),
                     wait: q.config.target_wait.map(|t| WaitInput {
                         target_s: t.as_secs_f64(),
@@ -218,7 +220,7 @@ impl Monitor {
                 }
             })
             .collect();
-        let plan = scaling::decide(&mut self.stabilizer, now, &mut inputs, &limits).plan;
+        let plan = scaling::decide(&mut self.stabilizer, now, &inputs, &limits).plan;
         for ((q, meter), input) in queues.iter().zip(&self.meters).zip(&inputs) {
             *q.estimate.lock() =
                 meter

@@ -112,18 +112,15 @@ pub(crate) struct Decision {
     pub(crate) demands: Vec<usize>,
 }
 
-/// The monitor's decision step at `now`: sets each input's `hold` from the stabiliser, plans,
-/// and records the demands. `inputs[i].hold` is overwritten.
+/// The monitor's decision step at `now`, after the caller has set each input's `hold` (from
+/// [`Stabilizer::holds`], or from elsewhere, such as a fleet's window): plans, and records
+/// each queue's own demand in the stabiliser.
 pub(crate) fn decide(
     stabilizer: &mut Stabilizer,
     now: Instant,
-    inputs: &mut [QueueInput],
+    inputs: &[QueueInput],
     limits: &Limits,
 ) -> Decision {
-    let holds = stabilizer.holds(now, inputs.len());
-    for (q, h) in inputs.iter_mut().zip(holds) {
-        q.hold = h;
-    }
     let plan = plan(inputs, limits);
     let demands: Vec<usize> = inputs.iter().map(|q| queue_demand(q, limits)).collect();
     stabilizer.record(now, demands.clone());
@@ -354,7 +351,11 @@ mod tests {
             let mut inputs = qs.clone();
             let mut history: Vec<Vec<usize>> = Vec::new();
             for step in 0..120u64 {
-                let d = decide(&mut s, t0 + Duration::from_millis(step * 50), &mut inputs, &l);
+                let now = t0 + Duration::from_millis(step * 50);
+                for (q, h) in inputs.iter_mut().zip(s.holds(now, qs.len())) {
+                    q.hold = h;
+                }
+                let d = decide(&mut s, now, &inputs, &l);
                 for (q, &p) in inputs.iter_mut().zip(&d.plan) {
                     q.current = p;
                 }

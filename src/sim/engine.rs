@@ -1,9 +1,9 @@
 //! The discrete-event engine: arrivals, workers and the monitor in virtual time.
 //!
 //! The threadtide policies run the pool's own code: the measurements of `estimate.rs`, the
-//! decision step [`scaling::decide`] (stabiliser, plan), and the monitor's way of applying a
-//! plan (spawn within the per-queue and total room, retire idle workers at once and busy ones
-//! after their job, rebalance again when a worker exits). What is modelled rather than run: a
+//! stabiliser's holds and the decision step [`scaling::decide`] (plan, record), and the
+//! monitor's way of applying a plan (spawn within the per-queue and total room, retire idle
+//! workers at once and busy ones after their job, rebalance again when a worker exits). What is modelled rather than run: a
 //! worker's `init` and a job take their drawn time; a retiring worker's browser closes
 //! instantly; an idle worker takes an arriving job at once (the memory source wakes it).
 
@@ -416,17 +416,19 @@ impl<'a> Sim<'a> {
             max_total: self.p.max_total_threads,
         };
         let wait_rule = self.policy == Policy::WaitTarget;
-        let mut inputs: Vec<QueueInput> = self
+        let holds = self.stabilizer.holds(self.t0 + now, self.qs.len());
+        let inputs: Vec<QueueInput> = self
             .qs
             .iter_mut()
             .zip(&self.p.queues)
-            .map(|(q, qp)| {
+            .zip(holds)
+            .map(|((q, qp), hold)| {
                 q.estimator.observe(now, q.waiting.len(), q.done, q.running);
                 QueueInput {
                     backlog: q.waiting.len(),
                     min: qp.min_threads,
                     weight: qp.weight,
-                    hold: 0,
+                    hold,
                     current: q.alive,
                     wait: qp.target_wait.filter(|_| wait_rule).map(|t| WaitInput {
                         target_s: t.as_secs_f64(),
@@ -438,7 +440,7 @@ impl<'a> Sim<'a> {
                 }
             })
             .collect();
-        let plan = scaling::decide(&mut self.stabilizer, self.t0 + now, &mut inputs, &limits).plan;
+        let plan = scaling::decide(&mut self.stabilizer, self.t0 + now, &inputs, &limits).plan;
         for (qi, &target) in plan.iter().enumerate() {
             self.qs[qi].target = target;
             let alive = self.qs[qi].alive;

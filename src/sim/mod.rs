@@ -3,7 +3,7 @@
 //! a day of load runs in a second, and compares [`Policy`]s side by side.
 //!
 //! The threadtide policies call the same code the monitor calls each tick: the measurements
-//! (job duration, arrival rate), `scaling::decide` (stabiliser and plan) and the same way of
+//! (job duration, arrival rate), the stabiliser and `scaling::decide` (plan) and the same way of
 //! applying a plan (spawn within the caps, retire idle workers at once and busy ones between
 //! jobs, rebalance when a worker exits). The host's original manager is modelled as it was
 //! written (see [`Policy::Host`]). `docs/SCALING.md` has the figures of the shipped profiles
