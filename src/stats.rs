@@ -143,14 +143,17 @@ pub struct QueueStats {
     /// (`init` excluded; see `docs/SCALING.md`). `None` before the first timed job, and in
     /// [`PoolStats::total`]. Measured for every queue, whatever its rule.
     pub job_duration_estimate: Option<Duration>,
-    /// Jobs arriving per second, smoothed over the wait target (a minute for a queue on the
-    /// divisor rule), inferred from the backlog and the jobs taken. `None` before the
-    /// monitor's second reading; the sum over queues in [`PoolStats::total`].
+    /// Jobs arriving per second, inferred from the backlog and the jobs taken: the median of
+    /// the rates of the last 8 windows of a quarter of the wait target each (of 15 s for a
+    /// queue on the divisor rule), so a one-off burst does not move it. `None` before the
+    /// first window closes; the sum over queues in [`PoolStats::total`].
     pub arrival_rate: Option<f64>,
-    /// Jobs finished per second, smoothed as [`arrival_rate`](Self::arrival_rate).
+    /// Jobs finished per second, an exponential average over the wait target (a minute for a
+    /// queue on the divisor rule). `None` before the monitor's second reading.
     pub completion_rate: Option<f64>,
-    /// How long the last job of the backlog waits at the current speed:
-    /// `backlog x job_duration_estimate / workers` (one worker assumed when there is none).
+    /// The longest wait among the jobs waiting now, at the current speed: the larger of the
+    /// first in line's (its age plus one job) and the last's (its age plus
+    /// `backlog x job_duration_estimate / workers`); one worker assumed when there is none.
     /// `None` without a duration estimate, and in [`PoolStats::total`].
     pub estimated_wait: Option<Duration>,
     /// The divisor the wait-target rule has learned: `target_wait / job_duration_estimate`,
