@@ -132,7 +132,7 @@ impl Queue {
     /// is left of its target), within `min_threads` and the caps. It scales up at once when
     /// the estimated wait (about `age + backlog D / workers`) passes `target / 2`, and scales
     /// down after [`Builder::scale_down_delay`], or `min(target / 2, 2 min)` if that is
-    /// longer, never below the threads that keep the estimated wait under `target / 4`.
+    /// longer (a delay of zero still scales down at once), never below the threads that keep the estimated wait under `target / 4`.
     /// Until the first job is timed, `jobs_per_thread` decides. The learned divisor (`target / D`) and
     /// the estimated wait are in [`QueueStats`](crate::QueueStats) and in the log line of
     /// every decision. The reasoning is in `docs/SCALING.md`.
