@@ -61,6 +61,7 @@ pub struct Queue {
     min_threads: usize,
     weight: u32,
     recycle_after: Option<u64>,
+    target_wait: Option<Duration>,
     runner: Arc<dyn Runner>,
 }
 
@@ -71,6 +72,7 @@ impl fmt::Debug for Queue {
             .field("min_threads", &self.min_threads)
             .field("weight", &self.weight)
             .field("recycle_after", &self.recycle_after)
+            .field("target_wait", &self.target_wait)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +92,7 @@ impl Queue {
             min_threads: 0,
             weight: defaults::WEIGHT,
             recycle_after: None,
+            target_wait: None,
             runner: Arc::new(QueueDef::new(source, init, exec)),
         }
     }
@@ -114,6 +117,42 @@ impl Queue {
     /// memory). Defaults to never. 0 is refused.
     pub fn recycle_after(mut self, jobs: u64) -> Self {
         self.recycle_after = Some(jobs);
+        self
+    }
+
+    // --- wait-target scaling (issue 12) ---
+
+    /// Sizes the queue so that a job waits about `target` before a worker takes it, instead
+    /// of by [`Builder::jobs_per_thread`]. Defaults to unset (the divisor rule).
+    ///
+    /// The pool measures the queue's job duration `D` (a median over windows of 16 jobs,
+    /// smoothed; `init` is not part of it), its arrival rate `λ` and how long its waiting jobs
+    /// have waited, and asks for about `ceil(λ D / 0.9 + backlog D / (target - age))`
+    /// threads (Little's law at 90% utilisation, plus starting every waiting job within what
+    /// is left of its target), within `min_threads` and the caps. It scales up at once when
+    /// the estimated wait (about `age + backlog D / workers`) passes `target / 2`, and scales
+    /// down after [`Builder::scale_down_delay`], or `min(target / 2, 2 min)` if that is
+    /// longer (a delay of zero still scales down at once), never below the threads that keep the estimated wait under `target / 4`.
+    /// Until the first job is timed, `jobs_per_thread` decides. The learned divisor (`target / D`) and
+    /// the estimated wait are in [`QueueStats`](crate::QueueStats) and in the log line of
+    /// every decision. The reasoning is in `docs/SCALING.md`.
+    ///
+    /// Less than 1 ms or more than one day is refused by `build()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    /// use threadtide::{MemorySource, Queue};
+    ///
+    /// let orders: MemorySource<u64> = MemorySource::new();
+    /// let queue = Queue::new("conferencia", orders, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .target_wait(Duration::from_secs(5 * 60));
+    /// # let _ = queue;
+    /// ```
+    pub fn target_wait(mut self, target: Duration) -> Self {
+        self.target_wait = Some(target);
         self
     }
 }
@@ -293,7 +332,7 @@ impl Builder {
     ///
     /// A [`BuildError`] naming the first bad field and its value: a zero count or interval
     /// where one is refused, a `rebalance_interval`, `fetch_timeout` or `backoff.initial` under 1 ms, no queue, an empty, duplicate or NUL-containing queue name, a
-    /// queue `weight` of 0, `recycle_after` of 0, `min_threads` above `max_threads_per_type`,
+    /// queue `weight` of 0, `recycle_after` of 0, a `target_wait` under 1 ms or over one day, `min_threads` above `max_threads_per_type`,
     /// minimums that add up past `max_total_threads`, a thread cap above 2^20, a wait
     /// (`rebalance_interval`, `fetch_timeout`, `backoff.max`) above one day, or a
     /// `stack_size` above 1 GiB.
@@ -406,6 +445,15 @@ impl Builder {
                     "must be at least 1 (leave unset to never recycle)",
                 ));
             }
+            if let Some(t) = q.target_wait
+                && !(MIN_WAIT..=MAX_WAIT).contains(&t)
+            {
+                return Err(BuildError::new(
+                    field("target_wait"),
+                    format!("{t:?}"),
+                    format!("must be between {MIN_WAIT:?} and one day (86400s)"),
+                ));
+            }
             if q.min_threads > c.max_threads_per_type {
                 return Err(BuildError::new(
                     field("min_threads"),
@@ -431,6 +479,7 @@ impl Builder {
                     min_threads: q.min_threads,
                     weight: q.weight,
                     recycle_after: q.recycle_after,
+                    target_wait: q.target_wait,
                 };
                 (config, q.runner)
             })

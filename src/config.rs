@@ -77,4 +77,6 @@ pub(crate) struct QueueConfig {
     pub(crate) weight: u32,
     /// Rebuild a worker's state after this many jobs (`None`: never).
     pub(crate) recycle_after: Option<u64>,
+    /// The wait target of the wait-target rule (`None`: the divisor rule).
+    pub(crate) target_wait: Option<std::time::Duration>,
 }

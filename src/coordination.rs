@@ -183,6 +183,7 @@ pub(crate) fn share_total(queues: &[FleetQueue], cap: usize) -> Vec<(usize, usiz
         weight: q.weight.max(1),
         hold,
         current: q.slots,
+        wait: None,
     };
     let demands = scaling::plan(
         &queues.iter().map(|q| input(q, 0)).collect::<Vec<_>>(),
@@ -360,6 +361,7 @@ mod tests {
             weight: 1,
             hold: 0,
             current: 0,
+            wait: None,
         };
         assert_eq!(
             size_reason(&q(0), &limits, 0, None, false),

@@ -13,9 +13,9 @@ const SUB_BITS: u32 = 4;
 const SUB: usize = 1 << SUB_BITS;
 /// Values from 2^MAX_EXP ns (~73 minutes) up share the top bucket.
 const MAX_EXP: u32 = 42;
-const BUCKETS: usize = SUB + (MAX_EXP - SUB_BITS + 1) as usize * SUB;
+pub(crate) const BUCKETS: usize = SUB + (MAX_EXP - SUB_BITS + 1) as usize * SUB;
 
-fn bucket_of(ns: u64) -> usize {
+pub(crate) fn bucket_of(ns: u64) -> usize {
     if ns < SUB as u64 {
         return ns as usize;
     }
@@ -29,7 +29,7 @@ fn bucket_of(ns: u64) -> usize {
 }
 
 /// The middle of a bucket, in nanoseconds.
-fn bucket_mid(index: usize) -> u64 {
+pub(crate) fn bucket_mid(index: usize) -> u64 {
     if index < SUB {
         return index as u64;
     }
@@ -156,6 +156,12 @@ impl Accumulator {
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a += b;
         }
+    }
+
+    /// Timed jobs per duration bucket (empty before any counters were added), for the
+    /// duration estimate of `estimate.rs`.
+    pub(crate) fn buckets(&self) -> &[u64] {
+        &self.buckets
     }
 
     /// Mean over the timed jobs.

@@ -170,6 +170,7 @@ mod config;
 mod coordination;
 mod counters;
 mod error;
+mod estimate;
 mod event;
 mod manager;
 mod monitor;
@@ -177,6 +178,10 @@ mod outage;
 mod queue;
 mod reason;
 mod scaling;
+// A namespace of its own: a tool (the simulator) rather than part of the pool's API.
+#[cfg(feature = "simulate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "simulate")))]
+pub mod sim;
 mod source;
 mod state;
 mod stats;

@@ -17,19 +17,28 @@ use crossbeam_channel::{select, tick};
 
 use crate::coordination::{self, Coordinator};
 use crate::counters::Counters;
+use crate::estimate::Meter;
 use crate::event::{ErrorEvent, ErrorKind, EventHandler, ScaleEvent};
 use crate::outage::{Line, Outage};
-use crate::scaling::{self, Limits, QueueInput, Stabilizer};
+use crate::scaling::{self, Limits, QueueInput, Stabilizer, WaitInput};
 use crate::source::WorkerInfo;
 use crate::state::PoolShared;
 use crate::threads::{self, drop_payload, panic_message};
 use crate::worker::{self, Runner, close_source};
+
+/// Smoothing horizon of the measurements of a queue on the divisor rule (stats only).
+const DIVISOR_HORIZON: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) struct Monitor {
     pool: Arc<PoolShared>,
     runners: Vec<Arc<dyn Runner>>,
     stabilizer: Stabilizer,
     coordinator: Coordinator,
+    /// Each queue's measurements (duration, rates) for the wait-target rule and the stats.
+    meters: Vec<Meter>,
+    started: Instant,
+    /// Per queue: the warning that a coordinated queue's wait target is unused was logged.
+    wait_unused_logged: Vec<bool>,
     workers: Vec<JoinHandle<()>>,
     /// Last backlog logged per queue, to log "steady" at debug only when something moved.
     logged_backlog: Vec<Option<usize>>,
@@ -45,8 +54,22 @@ impl Monitor {
     pub(crate) fn new(pool: Arc<PoolShared>, runners: Vec<Arc<dyn Runner>>) -> Self {
         let n = pool.queues.len();
         Monitor {
-            stabilizer: Stabilizer::new(pool.config.scale_down_delay),
+            stabilizer: scaling::stabilizer(
+                pool.config.scale_down_delay,
+                &pool
+                    .queues
+                    .iter()
+                    .map(|q| q.config.target_wait)
+                    .collect::<Vec<_>>(),
+            ),
             coordinator: Coordinator::new(n),
+            meters: pool
+                .queues
+                .iter()
+                .map(|q| Meter::new(q.config.target_wait.unwrap_or(DIVISOR_HORIZON)))
+                .collect(),
+            started: Instant::now(),
+            wait_unused_logged: vec![false; n],
             name: threads::thread_name(&pool.config.thread_name_prefix, None, "monitor"),
             pool,
             runners,
@@ -178,6 +201,7 @@ impl Monitor {
             max_total: c.max_total_threads,
         };
         let queues = &self.pool.queues;
+        let elapsed = now.saturating_duration_since(self.started);
         let holds = self.stabilizer.holds(now, queues.len());
         // A coordinated queue plans with this process's share of the fleet's demand, and
         // holds its share of the fleet's stabilised target (the fleet's window, in Redis).
@@ -186,33 +210,62 @@ impl Monitor {
             .iter()
             .zip(holds)
             .zip(&shares)
-            .map(|((q, hold), share)| QueueInput {
-                backlog: match share {
-                    Some(s) => s.demand.saturating_mul(c.jobs_per_thread),
-                    None => q.backlog.load(Ordering::Relaxed),
-                },
-                min: q.config.min_threads,
-                weight: q.config.weight,
-                // The local hold too: a process rides out a dip of its own share as it would
-                // of its own demand (docs/FLEET.md, "Holds").
-                hold: share.map_or(hold, |s| {
-                    if s.local_hold {
-                        s.hold.max(hold)
-                    } else {
-                        s.hold
-                    }
-                }),
-                current: q.alive.load(Ordering::Acquire),
+            .zip(&mut self.meters)
+            .map(|(((q, hold), share), meter)| {
+                let backlog = q.backlog.load(Ordering::Relaxed);
+                meter.read(q, elapsed, backlog);
+                match share {
+                    // A coordinated queue follows the fleet's share (the divisor rule applied
+                    // to the fleet); its wait target is not used (docs/FLEET.md, "Limits").
+                    Some(s) => QueueInput {
+                        backlog: s.demand.saturating_mul(c.jobs_per_thread),
+                        min: q.config.min_threads,
+                        weight: q.config.weight,
+                        // The local hold too: a process rides out a dip of its own share as it
+                        // would of its own demand (docs/FLEET.md, "Holds").
+                        hold: if s.local_hold {
+                            s.hold.max(hold)
+                        } else {
+                            s.hold
+                        },
+                        current: q.alive.load(Ordering::Acquire),
+                        wait: None,
+                    },
+                    None => QueueInput {
+                        backlog,
+                        min: q.config.min_threads,
+                        weight: q.config.weight,
+                        hold,
+                        current: q.alive.load(Ordering::Acquire),
+                        wait: q.config.target_wait.map(|t| WaitInput {
+                            target_s: t.as_secs_f64(),
+                            duration_s: meter.estimator.duration_s(),
+                            arrival_per_s: meter.estimator.arrival_per_s(),
+                            oldest_age_s: meter.estimator.oldest_age_s(elapsed),
+                            newest_age_s: meter.estimator.newest_age_s(elapsed),
+                        }),
+                    },
+                }
             })
             .collect();
-        let plan = scaling::plan(&inputs, &limits);
-        self.stabilizer.record(
-            now,
-            inputs
-                .iter()
-                .map(|i| scaling::demand(i.backlog, i.min, &limits))
-                .collect(),
-        );
+        for (i, q) in queues.iter().enumerate() {
+            if shares[i].is_some() && q.config.target_wait.is_some() && !self.wait_unused_logged[i]
+            {
+                self.wait_unused_logged[i] = true;
+                log::warn!(
+                    "queue {}: its source coordinates with a fleet, which sizes it by \
+                     jobs_per_thread: its target_wait is not used (docs/FLEET.md)",
+                    q.name()
+                );
+            }
+        }
+        let plan = scaling::decide(&mut self.stabilizer, now, &inputs, &limits).plan;
+        for ((q, meter), input) in queues.iter().zip(&self.meters).zip(&inputs) {
+            *q.estimate.lock() =
+                meter
+                    .estimator
+                    .view(elapsed, input.backlog, input.current, q.config.target_wait);
+        }
         for (i, (q, &to)) in queues.iter().zip(&plan).enumerate() {
             let from = q.target.swap(to, Ordering::AcqRel);
             let unreachable = self.backlog_outage[i].is_down()
@@ -224,10 +277,11 @@ impl Monitor {
             if from != to {
                 let reason = scaling::reason(&inputs[i], &limits, from, to);
                 log::info!(
-                    "queue {}: {backlog} jobs -> scaling {} {from} -> {to} threads ({})",
+                    "queue {}: {backlog} jobs -> scaling {} {from} -> {to} threads ({}{})",
                     q.name(),
                     if to > from { "up" } else { "down" },
                     reason.describe(),
+                    wait_note(&q.estimate.lock(), q.config.target_wait),
                 );
                 let event = ScaleEvent {
                     queue: q.name().to_owned(),
@@ -347,6 +401,30 @@ impl Monitor {
             message,
             retry_in: delay,
         });
+    }
+}
+
+/// The wait-target part of a decision's log line: estimated wait, target, learned divisor.
+fn wait_note(view: &crate::estimate::View, target: Option<std::time::Duration>) -> String {
+    let Some(target) = target else {
+        return String::new();
+    };
+    match (
+        view.estimated_wait,
+        view.learned_jobs_per_thread,
+        view.duration,
+    ) {
+        (Some(wait), Some(div), Some(d)) => format!(
+            "; estimated wait {:.1}s for a {:.1}s target, jobs of {:.2}s, \
+             learned {div:.1} jobs per thread",
+            wait.as_secs_f64(),
+            target.as_secs_f64(),
+            d.as_secs_f64(),
+        ),
+        _ => format!(
+            "; {:.1}s wait target, no job timed yet: jobs_per_thread decides",
+            target.as_secs_f64()
+        ),
     }
 }
 

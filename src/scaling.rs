@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::event::ScaleReason;
 
+mod wait;
+
+pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer};
+
 /// The pool-wide limits the plan must respect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -21,7 +25,7 @@ pub(crate) struct Limits {
 }
 
 /// One queue's input to the plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct QueueInput {
     /// Jobs waiting in the queue.
     pub(crate) backlog: usize,
@@ -34,12 +38,14 @@ pub(crate) struct QueueInput {
     pub(crate) hold: usize,
     /// Threads the queue has now (`alive`): a hold keeps threads, it never starts one.
     pub(crate) current: usize,
+    /// The wait-target rule's inputs (`None`: the divisor rule, `jobs_per_thread`).
+    pub(crate) wait: Option<WaitInput>,
 }
 
 /// Threads a queue would keep if the total cap did not bind: its demand, or its hold on the
 /// threads it has, whichever is more.
 pub(crate) fn uncapped(q: &QueueInput, limits: &Limits) -> usize {
-    demand(q.backlog, q.min, limits).max(keep(q, limits))
+    queue_demand(q, limits).max(keep(q, limits))
 }
 
 /// The threads a hold keeps: recent demand, but only threads the queue has now.
@@ -68,7 +74,8 @@ pub(crate) fn demand(backlog: usize, min: usize, limits: &Limits) -> usize {
 
 /// Threads each queue should run, in input order.
 ///
-/// 1. Each queue's demand is [`demand`].
+/// 1. Each queue's demand is [`queue_demand`]: [`demand`] (the divisor) or the wait-target
+///    rule (`scaling/wait.rs`).
 /// 2. If the demands fit under `max_total`, every queue gets its demand.
 /// 3. Otherwise the cap is shared by weighted water-filling: every queue starts at its `min`,
 ///    then threads are handed out one at a time to the queue with the lowest `threads / weight`
@@ -83,10 +90,7 @@ pub(crate) fn demand(backlog: usize, min: usize, limits: &Limits) -> usize {
 ///
 /// Requires `sum(min) <= max_total`, which `Builder::build` validates.
 pub(crate) fn plan(queues: &[QueueInput], limits: &Limits) -> Vec<usize> {
-    let want: Vec<usize> = queues
-        .iter()
-        .map(|q| demand(q.backlog, q.min, limits))
-        .collect();
+    let want: Vec<usize> = queues.iter().map(|q| queue_demand(q, limits)).collect();
     let mut alloc = if want.iter().sum::<usize>() <= limits.max_total {
         want
     } else {
@@ -145,6 +149,8 @@ fn fill(queues: &[QueueInput], mut alloc: Vec<usize>, want: &[usize], cap: usize
 #[derive(Debug)]
 pub(crate) struct Stabilizer {
     window: Duration,
+    /// Per-queue windows, each at most `window` (empty: every queue uses `window`).
+    windows: Vec<Duration>,
     history: VecDeque<(Instant, Vec<usize>)>,
 }
 
@@ -152,6 +158,16 @@ impl Stabilizer {
     pub(crate) fn new(window: Duration) -> Self {
         Stabilizer {
             window,
+            windows: Vec::new(),
+            history: VecDeque::new(),
+        }
+    }
+
+    /// A stabiliser with a window per queue (the wait-target rule's queues hold longer).
+    pub(crate) fn per_queue(windows: Vec<Duration>) -> Self {
+        Stabilizer {
+            window: windows.iter().copied().max().unwrap_or(Duration::ZERO),
+            windows,
             history: VecDeque::new(),
         }
     }
@@ -166,9 +182,12 @@ impl Stabilizer {
             }
         }
         let mut holds = vec![0; queues];
-        for (_, plan) in &self.history {
-            for (h, p) in holds.iter_mut().zip(plan) {
-                *h = (*h).max(*p);
+        for (at, plan) in &self.history {
+            let age = now.saturating_duration_since(*at);
+            for (i, (h, p)) in holds.iter_mut().zip(plan).enumerate() {
+                if self.windows.get(i).is_none_or(|w| age <= *w) {
+                    *h = (*h).max(*p);
+                }
             }
         }
         holds
@@ -207,6 +226,7 @@ mod tests {
             weight: 1,
             hold: 0,
             current: 0,
+            wait: None,
         }
     }
 
@@ -335,6 +355,7 @@ mod tests {
                         weight,
                         hold,
                         current,
+                        wait: None,
                     },
                 );
                 (Just(l), prop::collection::vec(queue, 1..6))

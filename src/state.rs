@@ -53,6 +53,8 @@ pub(crate) struct QueueState {
     /// One token asks one idle worker to look at `alive > target` again.
     pub(crate) wake_tx: Sender<()>,
     pub(crate) wake_rx: Receiver<()>,
+    /// The monitor's measurements of this queue (duration, rates, estimated wait), for stats.
+    pub(crate) estimate: Mutex<crate::estimate::View>,
     roster: Mutex<Roster>,
 }
 
@@ -70,6 +72,7 @@ impl QueueState {
             size_reason: std::sync::atomic::AtomicU8::new(0),
             wake_tx,
             wake_rx,
+            estimate: Mutex::new(crate::estimate::View::default()),
             roster: Mutex::new(Roster::default()),
         }
     }

@@ -29,6 +29,7 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
                 q.alive.load(Ordering::Acquire),
             )
         };
+        let estimate = *q.estimate.lock();
         queues.push(QueueStats {
             name: q.name().to_owned(),
             workers,
@@ -49,6 +50,12 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
                 .get(usize::from(q.size_reason.load(Ordering::Relaxed)))
                 .copied()
                 .unwrap_or_default(),
+            target_wait: q.config.target_wait,
+            job_duration_estimate: estimate.duration,
+            arrival_rate: estimate.arrival_per_s,
+            completion_rate: estimate.completion_per_s,
+            estimated_wait: estimate.estimated_wait,
+            learned_jobs_per_thread: estimate.learned_jobs_per_thread,
         });
         all.merge(&acc);
     }
@@ -71,12 +78,23 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
         mean_job_time: all.mean(),
         p99_job_time: all.quantile(0.99),
         size_reason: crate::reason::SizeReason::default(),
+        target_wait: None,
+        job_duration_estimate: None,
+        arrival_rate: rate_sum(&queues, |q| q.arrival_rate),
+        completion_rate: rate_sum(&queues, |q| q.completion_rate),
+        estimated_wait: None,
+        learned_jobs_per_thread: None,
     };
     PoolStats {
         queues,
         total,
         handler_panics: pool.events.panics(),
     }
+}
+
+/// The sum of a rate over the queues that have measured it (`None` if none has).
+fn rate_sum(queues: &[QueueStats], f: fn(&QueueStats) -> Option<f64>) -> Option<f64> {
+    queues.iter().filter_map(f).reduce(|a, b| a + b)
 }
 
 /// A point-in-time view of one queue, from [`ThreadPoolManager::stats`](crate::ThreadPoolManager::stats).
@@ -126,6 +144,30 @@ pub struct QueueStats {
     /// Why the queue has its current size (see [`SizeReason`](crate::SizeReason)); in
     /// [`PoolStats::total`] always the default, `NoBacklog`.
     pub size_reason: crate::reason::SizeReason,
+    /// The queue's [`Queue::target_wait`](crate::Queue::target_wait), `None` when it scales
+    /// by `jobs_per_thread` (and in [`PoolStats::total`]).
+    pub target_wait: Option<Duration>,
+    /// The job duration the scaling policy uses: a median over windows of 16 jobs, smoothed
+    /// (`init` excluded; see `docs/SCALING.md`). `None` before the first timed job, and in
+    /// [`PoolStats::total`]. Measured for every queue, whatever its rule.
+    pub job_duration_estimate: Option<Duration>,
+    /// Jobs arriving per second, inferred from the backlog and the jobs taken: the median of
+    /// the rates of the last 8 windows of a quarter of the wait target each (of 15 s for a
+    /// queue on the divisor rule), so a one-off burst does not move it. `None` before the
+    /// first window closes; the sum over queues in [`PoolStats::total`].
+    pub arrival_rate: Option<f64>,
+    /// Jobs finished per second, an exponential average over the wait target (a minute for a
+    /// queue on the divisor rule). `None` before the monitor's second reading.
+    pub completion_rate: Option<f64>,
+    /// The longest wait among the jobs waiting now, at the current speed: the larger of the
+    /// first in line's (its age plus one job) and the last's (its age plus
+    /// `backlog x job_duration_estimate / workers`); one worker assumed when there is none.
+    /// `None` without a duration estimate, and in [`PoolStats::total`].
+    pub estimated_wait: Option<Duration>,
+    /// The divisor the wait-target rule has learned: `target_wait / job_duration_estimate`,
+    /// the jobs one thread clears within the target (what `jobs_per_thread` is to the
+    /// divisor rule). `None` for a queue without a wait target or before a job is timed.
+    pub learned_jobs_per_thread: Option<f64>,
 }
 
 /// A point-in-time view of the pool, from [`ThreadPoolManager::stats`](crate::ThreadPoolManager::stats).

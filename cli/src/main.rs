@@ -12,6 +12,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 mod common;
+mod simulate;
 
 use common::{CliError, Global};
 
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Check that Redis answers: its version and one round trip's time.
     Ping,
+    /// Run a workload profile through the scaling policies in virtual time; write charts,
+    /// CSV series and a summary table into --out DIR. No Redis needed.
+    Simulate(simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ping => ping(&global),
+        Command::Simulate(args) => simulate::run(&global, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
