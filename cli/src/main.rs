@@ -12,6 +12,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 mod common;
+mod dashboard;
 
 use common::{CliError, Global};
 
@@ -34,6 +35,8 @@ struct Cli {
 enum Command {
     /// Check that Redis answers: its version and one round trip's time.
     Ping,
+    /// Serve the live dashboard: one page and a JSON API (docs/DASHBOARD.md).
+    Dashboard(dashboard::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ping => ping(&global),
+        Command::Dashboard(args) => dashboard::run(&global, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
