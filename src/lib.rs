@@ -167,7 +167,10 @@ mod config;
 mod counters;
 mod error;
 mod event;
+mod histogram;
 mod manager;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod monitor;
 mod outage;
 mod queue;
@@ -192,7 +195,9 @@ pub use source::memory::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
-pub use source::{Consumer, FetchContext, FetchWait, JobSource, PoolInfo, Unacked, WorkerInfo};
+pub use source::{
+    Consumer, FetchContext, FetchWait, JobSource, PoolInfo, SourceMetrics, Unacked, WorkerInfo,
+};
 pub use stats::{PoolStats, QueueStats};
 pub use threads::silence_job_panics;
 

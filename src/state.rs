@@ -47,6 +47,8 @@ pub(crate) struct QueueState {
     pub(crate) backlog: AtomicUsize,
     pub(crate) init_failures: AtomicU64,
     pub(crate) source_errors: AtomicU64,
+    /// How long each successful `init` took (the worker start-up histogram of the metrics).
+    pub(crate) init_times: crate::histogram::Timings,
     pub(crate) next_index: AtomicU64,
     /// One token asks one idle worker to look at `alive > target` again.
     pub(crate) wake_tx: Sender<()>,
@@ -64,6 +66,7 @@ impl QueueState {
             backlog: AtomicUsize::new(0),
             init_failures: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
+            init_times: Default::default(),
             next_index: AtomicU64::new(0),
             wake_tx,
             wake_rx,

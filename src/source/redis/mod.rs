@@ -22,7 +22,7 @@ use redis::{Client, Connection};
 
 use crate::backoff::Backoff;
 use crate::error::SourceError;
-use crate::source::{JobSource, PoolInfo, WorkerInfo};
+use crate::source::{JobSource, PoolInfo, SourceMetrics, WorkerInfo};
 
 pub use builder::RedisSourceBuilder;
 pub(crate) use conn::redis_error;
@@ -572,6 +572,14 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
                 .map(|wid| consumer::release(&self.shared, conn, wid, None))
                 .sum()
         })
+    }
+
+    /// The queue's jobs in each place (one round trip, [`summary`](RedisSource::summary)),
+    /// this process's counters, and whether Redis answers. While the keeper's backlog count is
+    /// more than 3 s old, Redis is reported unreachable without a round trip, so a scrape
+    /// never waits on a server that is down.
+    fn metrics(&self, out: &mut SourceMetrics) {
+        stats::fill_metrics(self, out);
     }
 }
 
