@@ -18,7 +18,7 @@ use support::wait_until;
 /// Prometheus needs a few seconds to start and scrape; on a loaded 2-core machine more.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-struct Killed(Child, &'static str);
+struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -119,7 +119,7 @@ fn prometheus_scrapes_rpa_worker_and_answers_queries_with_the_rules_loaded() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _worker = Killed(worker, "rpa_worker");
+    let _worker = Killed(worker);
     let mut conn = redis.conn();
     let jobs: Vec<String> = (0..20)
         .map(|i| format!(r#"{{"id":"{i}","ms":20}}"#))
@@ -154,7 +154,7 @@ fn prometheus_scrapes_rpa_worker_and_answers_queries_with_the_rules_loaded() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus not found: install it (Debian: apt-get install prometheus)");
-    let _prom = Killed(prom, "prometheus");
+    let _prom = Killed(prom);
 
     wait_until(
         PATIENCE,
