@@ -6,7 +6,7 @@ mod acl;
 mod builder;
 mod conn;
 mod consumer;
-mod envelope;
+pub(crate) mod envelope;
 mod keeper;
 mod scripts;
 mod stats;
