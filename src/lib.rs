@@ -167,6 +167,7 @@ pub mod admin;
 mod backoff;
 mod builder;
 mod config;
+mod coordination;
 mod counters;
 mod error;
 mod event;
@@ -177,6 +178,7 @@ mod metrics;
 mod monitor;
 mod outage;
 mod queue;
+mod reason;
 mod scaling;
 mod source;
 mod state;
@@ -185,6 +187,7 @@ mod threads;
 mod worker;
 
 pub use builder::{Builder, Queue};
+pub use coordination::{FleetShare, QueueView};
 pub use error::{
     BuildError, FailureKind, JobError, RunningJob, SourceError, StartError, WaitError,
 };
@@ -192,6 +195,7 @@ pub use event::{
     ErrorEvent, ErrorKind, EventHandler, ExitReason, ScaleEvent, ScaleReason, WorkerEvent,
 };
 pub use manager::{ShutdownHandle, ThreadPoolManager};
+pub use reason::SizeReason;
 pub use source::memory::{
     Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,
 };

@@ -50,6 +50,8 @@ pub(crate) struct QueueState {
     /// How long each successful `init` took (the worker start-up histogram of the metrics).
     pub(crate) init_times: crate::histogram::Timings,
     pub(crate) next_index: AtomicU64,
+    /// Why the queue has its size: an index into `SizeReason::ALL`, set by the monitor.
+    pub(crate) size_reason: std::sync::atomic::AtomicU8,
     /// One token asks one idle worker to look at `alive > target` again.
     pub(crate) wake_tx: Sender<()>,
     pub(crate) wake_rx: Receiver<()>,
@@ -68,6 +70,7 @@ impl QueueState {
             source_errors: AtomicU64::new(0),
             init_times: Default::default(),
             next_index: AtomicU64::new(0),
+            size_reason: std::sync::atomic::AtomicU8::new(0),
             wake_tx,
             wake_rx,
             roster: Mutex::new(Roster::default()),

@@ -29,6 +29,8 @@ pub(crate) trait Runner: Send + Sync {
     fn close(&self) -> Result<(), String>;
     /// Puts running jobs back; a panic in it is caught and returned as an error.
     fn requeue_running(&self) -> Result<usize, SourceError>;
+    /// The source's fleet share ([`JobSource::coordinate`]); not guarded (the monitor is).
+    fn coordinate(&self, view: &crate::QueueView) -> Option<crate::FleetShare>;
     fn run(&self, worker: &Worker<'_>) -> ExitReason;
     /// The source's numbers for the metrics; a panic in it is caught (nothing filled in).
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -56,6 +58,10 @@ impl<H: Handlers> Runner for H {
 
     fn requeue_running(&self) -> Result<usize, SourceError> {
         guard_source("requeue_running", || self.source().requeue_running())
+    }
+
+    fn coordinate(&self, view: &crate::QueueView) -> Option<crate::FleetShare> {
+        self.source().coordinate(view)
     }
 
     fn run(&self, worker: &Worker<'_>) -> ExitReason {

@@ -304,6 +304,14 @@ enum Action {
 }
 
 impl Admin {
+    /// Runs `f` on the admin's connection (dead letters and retries report their own errors).
+    pub(super) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        f(&mut self.conn.lock())
+    }
+
     /// Up to `limit` dead letters of queue `key` that match `filter`, scanning the list from
     /// position `offset` (0 is the oldest record). Reads the list in pages of 500 records.
     ///
