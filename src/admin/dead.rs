@@ -312,6 +312,18 @@ impl Admin {
         f(&mut self.conn.lock())
     }
 
+    /// Checks that `key` is a threadtide queue: a list (or absent while empty) whose
+    /// `:dead` list is a list (or absent), with at least one of its keys present (the list,
+    /// `:dead`, `:delayed`, `:workers` or `:retired`). One pipelined round trip.
+    ///
+    /// # Errors
+    ///
+    /// An error naming the key and what it holds instead, or that nothing of a queue exists
+    /// there; or Redis cannot be reached.
+    pub fn check_queue(&self, key: &str) -> Result<(), SourceError> {
+        self.with_conn(|conn| check_queue(conn, key))
+    }
+
     /// Up to `limit` dead letters of queue `key` that match `filter`, scanning the list from
     /// position `offset` (0 is the oldest record). Reads the list in pages of 500 records.
     ///
