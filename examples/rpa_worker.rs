@@ -22,6 +22,8 @@
 //! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
 //! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
+//! `--metrics-addr HOST:PORT` serves Prometheus `/metrics` and `/healthz` there (needs
+//! `--features metrics`).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -54,6 +56,7 @@ struct Args {
     tls_ca: Option<String>,
     block_ms: Option<u64>,
     recycle_after: Option<u64>,
+    metrics_addr: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -98,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
             "--tls-ca" => args.tls_ca = Some(value),
             "--block-ms" => args.block_ms = Some(num(&value)?),
             "--recycle-after" => args.recycle_after = Some(num(&value)?),
+            "--metrics-addr" => args.metrics_addr = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -195,6 +199,14 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     if let Some(ms) = args.block_ms {
         builder = builder.fetch_timeout(Duration::from_millis(ms));
+    }
+    if let Some(addr) = &args.metrics_addr {
+        #[cfg(feature = "metrics")]
+        {
+            builder = builder.metrics_addr(addr.as_str());
+        }
+        #[cfg(not(feature = "metrics"))]
+        return Err(format!("--metrics-addr {addr}: built without the `metrics` feature").into());
     }
     let mut sources = Vec::new();
     for (name, key) in &args.queues {

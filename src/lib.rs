@@ -161,16 +161,24 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod admin;
 mod backoff;
 mod builder;
 mod config;
+mod coordination;
 mod counters;
 mod error;
 mod event;
+mod histogram;
 mod manager;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod monitor;
 mod outage;
 mod queue;
+mod reason;
 mod scaling;
 mod source;
 mod state;
@@ -179,6 +187,7 @@ mod threads;
 mod worker;
 
 pub use builder::{Builder, Queue};
+pub use coordination::{FleetShare, QueueView};
 pub use error::{
     BuildError, FailureKind, JobError, RunningJob, SourceError, StartError, WaitError,
 };
@@ -186,13 +195,16 @@ pub use event::{
     ErrorEvent, ErrorKind, EventHandler, ExitReason, ScaleEvent, ScaleReason, WorkerEvent,
 };
 pub use manager::{ShutdownHandle, ThreadPoolManager};
+pub use reason::SizeReason;
 pub use source::memory::{
     Completed, DeadLetter, DeadReason, MemoryConsumer, MemorySource, MemorySourceBuilder,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
-pub use source::{Consumer, FetchContext, FetchWait, JobSource, PoolInfo, Unacked, WorkerInfo};
+pub use source::{
+    Consumer, FetchContext, FetchWait, JobSource, PoolInfo, SourceMetrics, Unacked, WorkerInfo,
+};
 pub use stats::{PoolStats, QueueStats};
 pub use threads::silence_job_panics;
 

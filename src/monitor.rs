@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{select, tick};
 
+use crate::coordination::{self, Coordinator};
 use crate::counters::Counters;
 use crate::event::{ErrorEvent, ErrorKind, EventHandler, ScaleEvent};
 use crate::outage::{Line, Outage};
@@ -28,6 +29,7 @@ pub(crate) struct Monitor {
     pool: Arc<PoolShared>,
     runners: Vec<Arc<dyn Runner>>,
     stabilizer: Stabilizer,
+    coordinator: Coordinator,
     workers: Vec<JoinHandle<()>>,
     /// Last backlog logged per queue, to log "steady" at debug only when something moved.
     logged_backlog: Vec<Option<usize>>,
@@ -44,6 +46,7 @@ impl Monitor {
         let n = pool.queues.len();
         Monitor {
             stabilizer: Stabilizer::new(pool.config.scale_down_delay),
+            coordinator: Coordinator::new(n),
             name: threads::thread_name(&pool.config.thread_name_prefix, None, "monitor"),
             pool,
             runners,
@@ -176,14 +179,21 @@ impl Monitor {
         };
         let queues = &self.pool.queues;
         let holds = self.stabilizer.holds(now, queues.len());
+        // A coordinated queue plans with this process's share of the fleet's demand, and
+        // holds its share of the fleet's stabilised target (the fleet's window, in Redis).
+        let shares = self.coordinator.shares(&self.pool, &self.runners);
         let inputs: Vec<QueueInput> = queues
             .iter()
             .zip(holds)
-            .map(|(q, hold)| QueueInput {
-                backlog: q.backlog.load(Ordering::Relaxed),
+            .zip(&shares)
+            .map(|((q, hold), share)| QueueInput {
+                backlog: match share {
+                    Some(s) => s.demand.saturating_mul(c.jobs_per_thread),
+                    None => q.backlog.load(Ordering::Relaxed),
+                },
                 min: q.config.min_threads,
                 weight: q.config.weight,
-                hold,
+                hold: share.map_or(hold, |s| s.hold),
                 current: q.alive.load(Ordering::Acquire),
             })
             .collect();
@@ -197,7 +207,12 @@ impl Monitor {
         );
         for (i, (q, &to)) in queues.iter().zip(&plan).enumerate() {
             let from = q.target.swap(to, Ordering::AcqRel);
-            let backlog = inputs[i].backlog;
+            let unreachable = self.backlog_outage[i].is_down()
+                || shares[i].and_then(|s| s.reason) == Some(crate::SizeReason::SourceUnreachable);
+            let size =
+                coordination::size_reason(&inputs[i], &limits, to, shares[i].as_ref(), unreachable);
+            coordination::store_reason(q, size);
+            let backlog = q.backlog.load(Ordering::Relaxed);
             if from != to {
                 let reason = scaling::reason(&inputs[i], &limits, from, to);
                 log::info!(
@@ -206,13 +221,15 @@ impl Monitor {
                     if to > from { "up" } else { "down" },
                     reason.describe(),
                 );
-                self.pool.events.on_scale(&ScaleEvent {
+                let event = ScaleEvent {
                     queue: q.name().to_owned(),
                     backlog,
                     from,
                     to,
                     reason,
-                });
+                };
+                self.pool.events.on_scale(&event);
+                self.coordinator.scaled(i, &event);
                 self.logged_backlog[i] = Some(backlog);
             } else if self.logged_backlog[i] != Some(backlog) {
                 log::debug!(

@@ -45,6 +45,10 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
             spawn_failures,
             mean_job_time: acc.mean(),
             p99_job_time: acc.quantile(0.99),
+            size_reason: crate::reason::SizeReason::ALL
+                .get(usize::from(q.size_reason.load(Ordering::Relaxed)))
+                .copied()
+                .unwrap_or_default(),
         });
         all.merge(&acc);
     }
@@ -66,6 +70,7 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
         spawn_failures: sum64(|q| q.spawn_failures),
         mean_job_time: all.mean(),
         p99_job_time: all.quantile(0.99),
+        size_reason: crate::reason::SizeReason::default(),
     };
     PoolStats {
         queues,
@@ -118,6 +123,9 @@ pub struct QueueStats {
     /// 99th percentile of executor time per job (within 6%), sampled as for
     /// [`mean_job_time`](Self::mean_job_time).
     pub p99_job_time: Option<Duration>,
+    /// Why the queue has its current size (see [`SizeReason`](crate::SizeReason)); in
+    /// [`PoolStats::total`] always the default, `NoBacklog`.
+    pub size_reason: crate::reason::SizeReason,
 }
 
 /// A point-in-time view of the pool, from [`ThreadPoolManager::stats`](crate::ThreadPoolManager::stats).

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the command ran and found a problem it reports (for example a key
 //! that is not a queue); 2 bad usage (clap's own code); 3 Redis unreachable; 4 Redis refused the
-//! credentials or a permission.
+//! credentials or a permission. Every command takes `--json`. Bulk changes (`dead requeue`,
+//! `dead purge`) print how many records match and change nothing without `--yes`.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,13 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 mod common;
+mod dead;
+mod events;
+mod explain;
+mod pause;
+mod retries;
+mod set;
+mod status;
 mod dashboard;
 
 use common::{CliError, Global};
@@ -35,6 +43,22 @@ struct Cli {
 enum Command {
     /// Check that Redis answers: its version and one round trip's time.
     Ping,
+    /// Every live process, and per queue its counts, workers and the reason for its size.
+    Status(status::Args),
+    /// The scaling history of the fleet.
+    Events(events::Args),
+    /// Dead letters: list, show, requeue, purge.
+    Dead(dead::Args),
+    /// Delayed retries.
+    Retries(retries::Args),
+    /// Pause a queue fleet-wide: running jobs finish, no new job starts.
+    Pause(pause::Args),
+    /// Resume a paused queue.
+    Resume(pause::Args),
+    /// Change a queue's runtime setting fleet-wide (jobs-per-thread, fleet-max-threads).
+    Set(set::Args),
+    /// Why a queue has the workers it has, one line per process.
+    Explain(explain::Args),
     /// Serve the live dashboard: one page and a JSON API (docs/DASHBOARD.md).
     Dashboard(dashboard::Args),
 }
@@ -47,6 +71,14 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ping => ping(&global),
+        Command::Status(args) => status::run(&global, args),
+        Command::Events(args) => events::run(&global, args),
+        Command::Dead(args) => dead::run(&global, args),
+        Command::Retries(args) => retries::run(&global, args),
+        Command::Pause(args) => pause::run(&global, args, true),
+        Command::Resume(args) => pause::run(&global, args, false),
+        Command::Set(args) => set::run(&global, args),
+        Command::Explain(args) => explain::run(&global, args),
         Command::Dashboard(args) => dashboard::run(&global, args),
     };
     match result {

@@ -4,15 +4,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::coordination::{FleetShare, QueueView};
 use crate::error::{JobError, SourceError};
 use crate::event::{ErrorEvent, ErrorKind, EventHandler};
 
 mod context;
 pub(crate) mod memory;
+mod metrics;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
 pub use context::{FetchContext, FetchWait};
+pub use metrics::SourceMetrics;
 
 /// A queue of jobs the pool drains: an in-memory queue, a Redis list, anything else.
 ///
@@ -104,6 +107,37 @@ pub trait JobSource: Send + Sync + 'static {
     /// [`shutdown_timeout`]: crate::ThreadPoolManager::shutdown_timeout
     fn requeue_running(&self) -> Result<usize, SourceError> {
         Ok(0)
+    }
+
+    /// Fills in what the source knows for the pool's metrics (feature `metrics`:
+    /// [`ThreadPoolManager::metrics_text`](crate::ThreadPoolManager) and the `/metrics`
+    /// endpoint). Called on the thread that renders the metrics, once per scrape (typically
+    /// every 15 s), never by the monitor or a worker. May block briefly (one round trip);
+    /// a source whose server is down should say so in
+    /// [`reachable`](SourceMetrics::reachable) rather than wait for it. Defaults to nothing.
+    ///
+    /// A panic here is caught: that scrape has no numbers from this source.
+    fn metrics(&self, out: &mut SourceMetrics) {
+        let _ = out;
+    }
+
+    /// Takes part in scaling across processes (a fleet): called by the monitor on every
+    /// rebalance with what this process runs for the queue (`view`, the state after the
+    /// previous rebalance); returns this process's [`FleetShare`] of the fleet's demand, which
+    /// the monitor then plans with instead of `ceil(backlog / jobs_per_thread)` (local caps
+    /// and weights still apply). `None` means the queue is not coordinated: the pool follows
+    /// its own backlog, as one process alone does.
+    ///
+    /// Runs on the monitor thread every `rebalance_interval`, so it must be as cheap as
+    /// [`backlog`](JobSource::backlog): no network call (the Redis source returns what its
+    /// keeper computed last, and hands `view` to the keeper to publish). A panic is caught,
+    /// counted in [`QueueStats::source_errors`](crate::QueueStats::source_errors) and treated
+    /// as `None`.
+    ///
+    /// Defaults to `None` (the in-memory source never coordinates).
+    fn coordinate(&self, view: &QueueView) -> Option<FleetShare> {
+        let _ = view;
+        None
     }
 }
 

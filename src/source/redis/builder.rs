@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use redis::{Client, IntoConnectionInfo};
 
 use super::conn::{self, Link};
+use super::fleet::{FleetSettings, FleetState};
 use super::scripts::Scripts;
 use super::{Backlog, Counters, Decoder, Keys, RedisSource, Shared, host_name};
 use crate::backoff::{self, Backoff};
@@ -45,6 +46,7 @@ pub struct RedisSourceBuilder<J = Vec<u8>> {
     block: Duration,
     io_timeout: Duration,
     wait_replicas: Option<(u32, Duration)>,
+    fleet: FleetSettings,
     #[cfg(feature = "tls")]
     tls: TlsFiles,
 }
@@ -76,6 +78,7 @@ impl RedisSourceBuilder {
             block: Duration::from_secs(1),
             io_timeout: Duration::from_secs(2),
             wait_replicas: None,
+            fleet: FleetSettings::default(),
             #[cfg(feature = "tls")]
             tls: TlsFiles::default(),
         }
@@ -123,9 +126,50 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
             block: self.block,
             io_timeout: self.io_timeout,
             wait_replicas: self.wait_replicas,
+            fleet: self.fleet,
             #[cfg(feature = "tls")]
             tls: self.tls,
         }
+    }
+
+    /// The fleet this queue belongs to: processes that use the same name on the same server
+    /// scale its queues by one rule and share the fleet caps (see `docs/FLEET.md`). Defaults
+    /// to `"threadtide"`; an empty name or one with spaces is a `build()` error.
+    pub fn fleet(mut self, name: impl Into<String>) -> Self {
+        self.fleet.name = name.into();
+        self
+    }
+
+    /// Whether this queue's workers follow the fleet's rule (`true`, the default): all
+    /// processes serving the queue together run `ceil(backlog / jobs_per_thread)` threads,
+    /// within the fleet caps, and each process its share, within its own
+    /// `max_threads_per_type` / `max_total_threads`. `false`: this process scales on the
+    /// backlog alone (each process reads the whole `LLEN`), publishes nothing and ignores
+    /// pause and the fleet caps.
+    pub fn coordinate(mut self, on: bool) -> Self {
+        self.fleet.coordinate = on;
+        self
+    }
+
+    /// A cap on this queue's threads over the whole fleet (every process together), never
+    /// exceeded: a worker fetches only while it holds one of the queue's slots. Unlike
+    /// [`Builder::max_threads_per_type`](crate::Builder::max_threads_per_type) (per process:
+    /// one host's memory) this is a limit of the service (a target site's). Defaults to none;
+    /// 0 is a `build()` error. A value set at runtime in Redis
+    /// ([`Admin::set_fleet_max_threads`](crate::admin::Admin::set_fleet_max_threads)) wins.
+    pub fn fleet_max_threads(mut self, n: usize) -> Self {
+        self.fleet.max_threads = Some(n);
+        self
+    }
+
+    /// A cap on the threads of all the fleet's queues together, over every process, never
+    /// exceeded; shared between the queues by weight. Defaults to none; 0 is a `build()`
+    /// error. The value in Redis (`F:fleet:settings max_total_threads`, set with
+    /// [`Admin::set_fleet_max_total_threads`](crate::admin::Admin::set_fleet_max_total_threads))
+    /// wins over this one.
+    pub fn fleet_max_total_threads(mut self, n: usize) -> Self {
+        self.fleet.max_total_threads = Some(n);
+        self
     }
 
     /// Runs of a job before it is dead-lettered, crashes of its worker included. Defaults to 5;
@@ -367,16 +411,20 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
                 "max must not be shorter than initial",
             ));
         }
+        self.fleet.validate()?;
         let host = host_name();
         let identity = format!("{host}:{}:{:016x}", std::process::id(), backoff::random());
         let link = Link::new(format!("redis for {}", self.queue_key), conn::RECONNECT);
+        let fleet = FleetState::new(self.fleet, &self.queue_key, &host);
         Ok(RedisSource {
             shared: Arc::new(Shared {
                 client,
                 url: shown_url,
                 host,
+                fleet,
                 keys: Keys::new(&self.queue_key, self.results),
                 scripts: Scripts::new(),
+                fleet_scripts: super::fleet_scripts::FleetScripts::new(),
                 decoder: self.decoder,
                 max_attempts: self.max_attempts,
                 retry_backoff: self.retry_backoff,

@@ -9,6 +9,7 @@ use redis::Connection;
 
 use super::conn::{Role, is_broken}; // named connections; an error reply keeps the connection
 use super::envelope::{self, Reason, Who};
+use super::lease;
 use super::scripts::{self, settles_key};
 use settle::{Call, Settle, script_error};
 
@@ -81,6 +82,7 @@ pub(crate) fn release<J>(
         .key(&k.queue)
         .key(&k.retired)
         .key(settles_key(&k.queue))
+        .key(&shared.fleet.queue.slots)
         .arg(wid)
         .arg(shared.max_attempts);
     if let Some(entry) = unstarted {
@@ -261,6 +263,43 @@ impl<J> RedisConsumer<J> {
     }
 }
 
+/// How often a worker without a slot asks for one.
+const SLOT_POLL: Duration = Duration::from_millis(50);
+
+impl<J> RedisConsumer<J> {
+    /// Whether this worker may fetch: always when the queue is not coordinated; otherwise
+    /// when the queue is not paused and the worker holds a slot, taking one if it has none
+    /// (see lease.rs).
+    fn may_fetch(&mut self) -> Result<bool, SourceError> {
+        if !self.shared.fleet.coordinated() {
+            return Ok(true);
+        }
+        self.ready()?;
+        if self.shared.fleet.is_paused() {
+            return Ok(false);
+        }
+        if self.state.lease_holds(self.shared.ms_since_epoch()) {
+            return Ok(true);
+        }
+        let shared = Arc::clone(&self.shared);
+        let conn = self.conn.as_mut().expect("ready connects");
+        let taken = lease::take(&shared, conn, &self.wid, &self.state);
+        if let Err(e) = &taken
+            && super::conn::breaks(e)
+        {
+            self.conn = None;
+        }
+        taken
+    }
+
+    /// Whether a job fetched now may start (coordinated: not paused, the lease holds).
+    fn lease_holds(&self) -> bool {
+        let fleet = &self.shared.fleet;
+        !fleet.coordinated()
+            || (!fleet.is_paused() && self.state.lease_holds(self.shared.ms_since_epoch()))
+    }
+}
+
 impl<J: 'static> Consumer for RedisConsumer<J> {
     type Job = J;
     type Output = Vec<u8>;
@@ -281,7 +320,24 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             let taken = self.taken_next.take();
             let (checked_own, entry) = match taken {
                 Some(entry) => (false, Some(entry)),
-                None => self.take_entry(block)?,
+                None if !self.check_own && !self.may_fetch()? => {
+                    // No slot (the fleet is at its target or a cap) or paused: look again
+                    // soon, waking at once if asked to retire.
+                    let _ = cx.wait_timeout(SLOT_POLL.min(remaining));
+                    continue;
+                }
+                None => {
+                    let fetched = self.take_entry(block)?;
+                    if let (_, Some(entry)) = &fetched
+                        && !self.lease_holds()
+                    {
+                        // Fetched across a freeze or a pause: back, untouched, no run counted.
+                        self.taken_next = Some(entry.clone());
+                        self.suspend()?;
+                        continue;
+                    }
+                    fetched
+                }
             };
             let Some(entry) = entry else {
                 if checked_own {

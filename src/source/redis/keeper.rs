@@ -31,6 +31,7 @@ use redis::Connection;
 use super::conn::{Link, RECONNECT, Role, redis_error};
 use super::scripts::{self, OrphanSweep};
 use super::{Shared, Slot};
+use super::{fleet, lease};
 use crate::backoff::Backoff;
 use crate::error::SourceError;
 use crate::source::PoolInfo;
@@ -164,6 +165,8 @@ impl<J> State<J> {
             .is_none_or(|t| t.elapsed() >= self.shared.heartbeat);
         if beat_due {
             note(self.beat())?;
+            let shared = Arc::clone(&self.shared);
+            note(fleet::publish(&shared, self.conn()?))?;
             if self.view_is_fresh() {
                 note(self.reap())?;
                 note(self.sweep_orphans())?;
@@ -192,6 +195,10 @@ impl<J> State<J> {
 
     fn read_backlog(&mut self) -> Result<(), SourceError> {
         let shared = Arc::clone(&self.shared);
+        // A coordinated queue's grant reads `LLEN` too: still one round trip a tick.
+        if shared.fleet.coordinated() && fleet::grant(&shared, self.conn()?)? {
+            return Ok(());
+        }
         let n: u64 = redis::cmd("LLEN")
             .arg(&shared.keys.queue)
             .query(self.conn()?)
@@ -223,15 +230,20 @@ impl<J> State<J> {
             .collect();
         let shared = Arc::clone(&self.shared);
         let sent = Instant::now();
-        let (server_ms, fenced): (u64, Vec<String>) = shared
-            .scripts
-            .heartbeat
-            .key(&shared.keys.workers)
+        let sent_ms = shared.ms_since_epoch();
+        let mut beat = shared.scripts.heartbeat.key(&shared.keys.workers);
+        if shared.fleet.coordinated() {
+            beat.key(&shared.fleet.queue.slots);
+        }
+        let (server_ms, fenced, lost): (u64, Vec<String>, Vec<String>) = beat
             .arg(scripts::ttl_ms(&shared))
             .arg(&wids)
             .invoke(self.conn()?)
             .map_err(|e| redis_error("heartbeat failed", e))?;
         let landed = Instant::now();
+        if shared.fleet.coordinated() {
+            lease::renewed(&shared, &wids, &lost, sent_ms);
+        }
         self.beat_server_ms = server_ms;
         self.note_beat(sent, landed);
         if !fenced.is_empty() {

@@ -6,8 +6,13 @@ mod acl;
 mod builder;
 mod conn;
 mod consumer;
-mod envelope;
+pub(crate) mod envelope;
+mod fleet;
+pub(crate) mod fleet_keys;
+mod fleet_scripts;
+pub(crate) mod json;
 mod keeper;
+mod lease;
 mod scripts;
 mod stats;
 
@@ -22,11 +27,11 @@ use redis::{Client, Connection};
 
 use crate::backoff::Backoff;
 use crate::error::SourceError;
-use crate::source::{JobSource, PoolInfo, WorkerInfo};
+use crate::source::{JobSource, PoolInfo, SourceMetrics, WorkerInfo};
 
 pub use builder::RedisSourceBuilder;
-pub(crate) use conn::redis_error;
 use conn::{Link, Role};
+pub(crate) use conn::{redact_url, redis_error};
 pub use consumer::RedisConsumer;
 use keeper::Keeper;
 use scripts::Scripts;
@@ -75,6 +80,8 @@ pub(crate) struct SlotState {
     busy_since_ms: AtomicU64,
     /// Set when the server no longer knows this worker (it was reaped).
     fenced: AtomicBool,
+    /// Until when (source ms clock) its slot lease surely holds; 0: no slot (lease.rs).
+    pub(crate) lease_until_ms: AtomicU64,
 }
 
 impl SlotState {
@@ -158,7 +165,9 @@ pub(crate) struct Shared<J> {
     /// This machine's name, in worker ids and connection names.
     pub(crate) host: String,
     pub(crate) keys: Keys,
+    pub(crate) fleet: fleet::FleetState,
     pub(crate) scripts: Scripts,
+    pub(crate) fleet_scripts: fleet_scripts::FleetScripts,
     pub(crate) decoder: Box<Decoder<J>>,
     pub(crate) max_attempts: u32,
     pub(crate) retry_backoff: Backoff,
@@ -522,6 +531,10 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
     /// # Errors
     ///
     /// Only before [`open`](JobSource::open) (nothing keeps a count).
+    fn coordinate(&self, view: &crate::QueueView) -> Option<crate::FleetShare> {
+        fleet::coordinate(&self.shared, view)
+    }
+
     fn backlog(&self) -> Result<usize, SourceError> {
         match self.shared.backlog.get(self.shared.ms_since_epoch()) {
             Some((n, _)) => Ok(n),
@@ -572,6 +585,14 @@ impl<J: Send + 'static> JobSource for RedisSource<J> {
                 .map(|wid| consumer::release(&self.shared, conn, wid, None))
                 .sum()
         })
+    }
+
+    /// The queue's jobs in each place (one round trip, [`summary`](RedisSource::summary)),
+    /// this process's counters, and whether Redis answers. While the keeper's backlog count is
+    /// more than 3 s old, Redis is reported unreachable without a round trip, so a scrape
+    /// never waits on a server that is down.
+    fn metrics(&self, out: &mut SourceMetrics) {
+        stats::fill_metrics(self, out);
     }
 }
 

@@ -30,7 +30,7 @@ use super::{Shared, redis_error};
 use crate::error::SourceError;
 
 /// Shared Lua helpers, prepended to every script.
-const PRELUDE: &str = r#"
+pub(crate) const PRELUDE: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -125,12 +125,14 @@ pub(crate) struct Scripts {
     /// deadline (the server's time plus this process's TTL) and removes the id from `retired`
     /// (an id re-registered after a reap must not be swept as retired while it lives).
     pub(crate) register: Script,
-    /// KEYS: workers. ARGV: ttl ms, then wids. Moves the live ones' deadline to the server's
-    /// time plus the TTL; returns `{server ms, wids no longer registered}` (those were reaped:
-    /// they are fenced).
+    /// KEYS: workers, and `Q:slots` for a coordinated queue. ARGV: ttl ms, then wids. Moves
+    /// the live ones' deadline to the server's time plus the TTL, and renews their slots whose
+    /// lease still holds; returns `{server ms, wids no longer registered, wids that hold no
+    /// live slot}` (the first were reaped: they are fenced; the others must take a slot
+    /// before they fetch again).
     pub(crate) heartbeat: Script,
-    /// Settle (see `SETTLE`); target: results (or dead when there is none). Own ARGV: result,
-    /// push ("1"/"0"). Once acknowledged, when nothing else is left in the processing list,
+    /// Settle (see `SETTLE`); target: results (or dead when there is none); KEYS 6 and 7:
+    /// `Q:slots`, `Q:settings`. Own ARGV: result, push ("1"/"0"), coordinated ("1"/"0"). Once acknowledged, when nothing else is left in the processing list,
     /// moves the queue's next job there and returns it (`next`): one round trip per job while
     /// the queue is busy, and the worker still holds one job at a time.
     pub(crate) ack: Script,
@@ -156,10 +158,10 @@ pub(crate) struct Scripts {
     /// KEYS: workers, queue, settles, then processing lists. ARGV: processing key prefix, cap.
     /// Requeues the lists whose worker is not registered. Returns the number of jobs.
     pub(crate) sweep: Script,
-    /// KEYS: workers, processing, queue, retired, settles. ARGV: wid, cap, and optionally an
-    /// entry the worker took but never started. Puts the worker's jobs back at the head of the
-    /// queue, one more run each except the unstarted one, deregisters the worker and records
-    /// it as retired. Returns the number of jobs.
+    /// KEYS: workers, processing, queue, retired, settles, slots. ARGV: wid, cap, and
+    /// optionally an entry the worker took but never started. Puts the worker's jobs back at
+    /// the head of the queue, one more run each except the unstarted one, deregisters the
+    /// worker, frees its own slot and records it as retired. Returns the number of jobs.
     pub(crate) release: Script,
     /// KEYS: queue, delayed, dead, workers, retired. ARGV: processing key prefix.
     /// Returns {ready, delayed, dead, processing, workers}.
@@ -181,25 +183,46 @@ return 1
             heartbeat: script(
                 r#"
 check(KEYS[1], 'zset')
+if KEYS[2] then check(KEYS[2], 'zset') end
 local now = now_ms()
 local deadline = now + tonumber(ARGV[1])
-local fenced = {}
+local fenced, lost = {}, {}
 for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+  local live = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if live then
     redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
   else
     table.insert(fenced, ARGV[i])
   end
+  if KEYS[2] then
+    -- A slot is renewed only while its lease holds: a lapsed one may be someone else's room.
+    local lease = redis.call('ZSCORE', KEYS[2], ARGV[i])
+    if live and lease and tonumber(lease) >= now then
+      redis.call('ZADD', KEYS[2], 'XX', deadline, ARGV[i])
+    else
+      if lease then redis.call('ZREM', KEYS[2], ARGV[i]) end
+      table.insert(lost, ARGV[i])
+    end
+  end
 end
-return {now, fenced}
+return {now, fenced, lost}
 "#,
             ),
             ack: settle_script(
                 r#"
+if ARGV[8] == '1' then check(KEYS[6], 'zset') check(KEYS[7], 'hash') end
 local r = begin('list') if r then return r end
 if ARGV[7] == '1' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
 local left = finish()
 if left > 0 then return {1, left, false, 0} end
+-- A coordinated worker takes the next job only while its slot's lease holds and the queue is
+-- not paused (the fleet caps are checked when a slot is taken).
+if ARGV[8] == '1' then
+  local lease = redis.call('ZSCORE', KEYS[6], ARGV[1])
+  if not lease or tonumber(lease) < now_ms() or redis.call('HGET', KEYS[7], 'paused') == '1' then
+    return {1, 0, false, 0}
+  end
+end
 return {1, 0, redis.call('LMOVE', KEYS[4], KEYS[1], 'LEFT', 'LEFT'), 0}
 "#,
             ),
@@ -292,7 +315,7 @@ return jobs
             release: script(
                 r#"
 check(KEYS[1], 'zset') check(KEYS[2], 'list') check(KEYS[3], 'list') check(KEYS[4], 'zset')
-check(KEYS[5], 'hash')
+check(KEYS[5], 'hash') check(KEYS[6], 'zset')
 local spared = not ARGV[3]
 local jobs = requeue(KEYS[2], KEYS[3], function(v)
   if not spared and v == ARGV[3] then spared = true return v end
@@ -301,6 +324,8 @@ end)
 redis.call('ZADD', KEYS[4], now_ms(), ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
+-- Its own slot only: the id is never reused, so it can free no one else's.
+redis.call('ZREM', KEYS[6], ARGV[1])
 return jobs
 "#,
             ),

@@ -63,13 +63,16 @@ impl<J> RedisConsumer<J> {
             .key(target)
             .key(&k.queue)
             .key(&*settles)
+            .key(&shared.fleet.queue.slots)
+            .key(&shared.fleet.queue.settings)
             .arg(&*wid)
             .arg(call.entry)
             .arg(call.seq)
             .arg(shared.max_attempts)
             .arg(call.requeue_as)
             .arg(call.arg)
-            .arg(call.extra);
+            .arg(call.extra)
+            .arg(if shared.fleet.coordinated() { "1" } else { "0" });
         let result: redis::RedisResult<(i64, u64, Option<Vec<u8>>, u64)> = inv.invoke(conn);
         let (code, left, next, requeued) = match result {
             Ok(reply) => reply,

@@ -1,0 +1,158 @@
+//! The fleet's Lua scripts: the grant (one per queue per keeper tick), taking a slot (once per
+//! worker lease), and publishing the process's record and scaling decisions (one per
+//! heartbeat). They follow the rules of `scripts.rs` (check every key's type before the first
+//! write; server time only). The invariants are written up in `docs/FLEET.md`.
+
+use redis::Script;
+
+use super::scripts::PRELUDE;
+
+/// The fleet scripts, built once per source.
+pub(crate) struct FleetScripts {
+    /// KEYS: queue, Q:settings, F:fleet:settings, Q:slots, Q:fleet:members, Q:fleet:room,
+    /// Q:fleet:history, Q:fleet, F:fleet:queues. ARGV: process id, member ttl ms, room, min,
+    /// default jobs_per_thread, default fleet_max_threads ("" none), window ms, weight,
+    /// default fleet total ("" none).
+    ///
+    /// Registers this process as a member of the queue with its room, drops members whose
+    /// grant lapsed and slots whose lease lapsed, computes the fleet's demand
+    /// (`ceil(LLEN / jobs_per_thread)`, at least the members' minimums, 0 when paused, at most
+    /// `fleet_max_threads`), records it in the history and reads the hold (the largest demand
+    /// within the window), and stores the target (`max(demand, min(hold, live slots))`, at
+    /// most the cap) where the slot script reads it. Returns {now, llen, paused, jpt, fleet
+    /// max or -1, fleet total or -1, demand, hold, slots, target, members (id, room, min, ...),
+    /// queues when a total applies (key, demand, hold, slots, weight, ...)}.
+    pub(crate) grant: Script,
+    /// KEYS: Q:slots, Q:fleet, Q:settings, F:fleet:queues, F:fleet:settings. ARGV: wid, ttl
+    /// ms, default fleet total ("" none). Takes (or renews, after a lost reply) a slot for the
+    /// worker when the queue is not paused, its live slots are below the stored target, and
+    /// the fleet's live slots over all its queues are below the total cap. Returns 1 taken, 0
+    /// refused.
+    pub(crate) take: Script,
+    /// KEYS: F:fleet:procs, F:fleet:proc:<id>, F:fleet:events, F:fleet:queues. ARGV: process
+    /// id, ttl ms, process JSON, queue key, queue JSON, then 8 fields per scaling decision
+    /// (time_ms, process, queue, from, to, reason, backlog, change). Refreshes the record
+    /// (expiring with the TTL) and appends the decisions to the capped stream.
+    pub(crate) publish: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+impl FleetScripts {
+    pub(crate) fn new() -> Self {
+        FleetScripts {
+            grant: script(
+                r#"
+check(KEYS[2], 'hash') check(KEYS[3], 'hash') check(KEYS[4], 'zset') check(KEYS[5], 'zset')
+check(KEYS[6], 'hash') check(KEYS[7], 'zset') check(KEYS[8], 'hash') check(KEYS[9], 'set')
+local now = now_ms()
+local llen = redis.call('LLEN', KEYS[1])
+local s = redis.call('HMGET', KEYS[2], 'paused', 'jobs_per_thread', 'fleet_max_threads')
+local paused = s[1] == '1'
+local jpt = tonumber(s[2])
+if not jpt or jpt < 1 then jpt = tonumber(ARGV[5]) end
+local fmax = tonumber(s[3]) or tonumber(ARGV[6])
+local ftotal = tonumber(redis.call('HGET', KEYS[3], 'max_total_threads')) or tonumber(ARGV[9])
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[5], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3] .. ':' .. ARGV[4])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. now)) do
+  redis.call('ZREM', KEYS[5], gone)
+  redis.call('HDEL', KEYS[6], gone)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
+local slots = redis.call('ZCARD', KEYS[4])
+local members = {}
+local mins = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  local r = redis.call('HGET', KEYS[6], id) or '0:0'
+  local room, min = string.match(r, '^(%d+):(%d+)$')
+  table.insert(members, id) table.insert(members, room or '0') table.insert(members, min or '0')
+  mins = mins + (tonumber(min) or 0)
+end
+local demand = 0
+if not paused then
+  demand = math.ceil(llen / jpt)
+  if demand < mins then demand = mins end
+end
+if fmax and demand > fmax then demand = fmax end
+local hold = 0
+local window = tonumber(ARGV[7])
+if window > 0 then
+  redis.call('ZADD', KEYS[7], now, tostring(demand))
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (now - window))
+  for _, d in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do
+    if tonumber(d) > hold then hold = tonumber(d) end
+  end
+end
+local target = math.min(hold, slots)
+if demand > target then target = demand end
+if fmax and target > fmax then target = fmax end
+redis.call('HSET', KEYS[8], 'demand', demand, 'hold', hold, 'target', target, 'slots', slots,
+  'weight', ARGV[8], 'at', now)
+redis.call('SADD', KEYS[9], KEYS[1])
+local queues = {}
+if ftotal then
+  for _, q in ipairs(redis.call('SMEMBERS', KEYS[9])) do
+    local f = redis.call('HMGET', q .. ':fleet', 'demand', 'hold', 'weight', 'at')
+    if f[4] and tonumber(f[4]) >= now - 2 * ttl then
+      table.insert(queues, q) table.insert(queues, f[1]) table.insert(queues, f[2])
+      table.insert(queues, tostring(redis.call('ZCOUNT', q .. ':slots', now, '+inf')))
+      table.insert(queues, f[3])
+    end
+  end
+end
+return {now, llen, paused and 1 or 0, jpt, fmax or -1, ftotal or -1, demand, hold, slots,
+  target, members, queues}
+"#,
+            ),
+            take: script(
+                r#"
+check(KEYS[1], 'zset') check(KEYS[2], 'hash') check(KEYS[3], 'hash') check(KEYS[4], 'set')
+check(KEYS[5], 'hash')
+local now = now_ms()
+local deadline = now + tonumber(ARGV[2])
+if redis.call('HGET', KEYS[3], 'paused') == '1' then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[1])
+  return 1
+end
+local target = tonumber(redis.call('HGET', KEYS[2], 'target'))
+if not target or redis.call('ZCARD', KEYS[1]) >= target then return 0 end
+local ftotal = tonumber(redis.call('HGET', KEYS[5], 'max_total_threads')) or tonumber(ARGV[3])
+if ftotal then
+  local live = 0
+  for _, q in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    live = live + redis.call('ZCOUNT', q .. ':slots', now, '+inf')
+  end
+  if live >= ftotal then return 0 end
+end
+redis.call('ZADD', KEYS[1], deadline, ARGV[1])
+return 1
+"#,
+            ),
+            publish: script(
+                r#"
+check(KEYS[1], 'zset') check(KEYS[2], 'hash') check(KEYS[3], 'stream') check(KEYS[4], 'set')
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+-- Ids of processes gone for a minute: their records expired long ago.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - 60000))
+redis.call('HSET', KEYS[2], 'process', ARGV[3], ARGV[4], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('SADD', KEYS[4], ARGV[4])
+for i = 6, #ARGV - 7, 8 do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'time_ms', ARGV[i],
+    'process', ARGV[i + 1], 'queue', ARGV[i + 2], 'from', ARGV[i + 3], 'to', ARGV[i + 4],
+    'reason', ARGV[i + 5], 'backlog', ARGV[i + 6], 'change', ARGV[i + 7])
+end
+return 1
+"#,
+            ),
+        }
+    }
+}
