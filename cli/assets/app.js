@@ -252,8 +252,8 @@ async function loadDead() {
   $("dead").tBodies[0].replaceChildren(...rows);
   const last = p.items.length ? p.items[p.items.length - 1].index : p.offset;
   $("dead-info").textContent = p.filtered
-    ? `${p.items.length} matching shown, scanned from #${p.offset}` + (p.next_scan != null ? `, more from #${p.next_scan}` : ", to the end") + ` of ${p.total}`
-    : `${p.items.length ? p.offset + "-" + last : "none"} of ${p.total}`;
+    ? `${p.items.length} matching shown, from #${p.offset}` + (p.next_offset != null ? `, more from #${p.next_offset}` : ", to the end") + ` of ${p.total}`
+    : `${p.items.length ? "#" + p.offset + "-" + last : "none"} of ${p.total} (0 is the oldest)`;
   $("dead-info").dataset.total = String(p.total);
 }
 
@@ -281,7 +281,8 @@ function bulk(requeue) {
     ask(`${what} ${dry.matched} dead letter(s) of ${d.queue}` +
       (d.reason || d.contains ? " matching the filter" : "") + "?", async () => {
       const r = await post(path, deadParams());
-      say(`${what}d ${r.moved} of ${r.matched} dead letter(s) of ${d.queue}` + (r.skipped ? `, ${r.skipped} without a payload skipped` : ""));
+      say(`${what}d ${r.moved} of ${r.matched} dead letter(s) of ${d.queue}` +
+        (r.unreadable ? `, ${r.unreadable} unreadable left alone` : "") + (r.gone ? `, ${r.gone} gone meanwhile` : ""));
       d.offset = 0; await loadDead();
     });
   };
@@ -293,7 +294,7 @@ function single(requeue) {
     const what = requeue ? "Requeue" : "Purge";
     ask(`${what} dead letter #${it.index} of ${state.dead.queue}?`, async () => {
       const r = await post(requeue ? "/api/dead/requeue" : "/api/dead/purge",
-        { queue: state.dead.queue, index: it.index, record: it.record });
+        { queue: state.dead.queue, index: it.index, record_hex: it.record_hex });
       say(r.moved ? `${what}d dead letter #${it.index}` : `dead letter #${it.index} had changed: nothing done`, r.moved > 0);
       state.detail = null; renderDetail(); await loadDead();
     });
@@ -318,13 +319,18 @@ $("dead-queue").addEventListener("change", () => {
 });
 $("dead-next").addEventListener("click", () => {
   const d = state.dead, p = d.page; if (!p) return;
-  if (p.filtered) { if (p.next_scan == null) return; d.scanStack.push(d.offset); d.offset = p.next_scan; }
-  else { if (d.offset + d.limit >= p.total) return; d.offset += d.limit; }
+  if (p.next_offset == null) return;
+  d.scanStack.push(d.offset); d.offset = p.next_offset;
   loadDead();
 });
 $("dead-prev").addEventListener("click", () => {
   const d = state.dead, p = d.page; if (!p) return;
-  d.offset = p.filtered ? (d.scanStack.pop() ?? 0) : Math.max(0, d.offset - d.limit);
+  d.offset = d.scanStack.pop() ?? 0;
+  loadDead();
+});
+$("dead-newest").addEventListener("click", () => {
+  const d = state.dead, p = d.page; if (!p) return;
+  d.scanStack = []; d.offset = Math.max(0, p.total - d.limit);
   loadDead();
 });
 $("window").addEventListener("change", () => render());

@@ -13,6 +13,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 mod common;
+mod dashboard;
 mod dead;
 mod events;
 mod explain;
@@ -20,7 +21,6 @@ mod pause;
 mod retries;
 mod set;
 mod status;
-mod dashboard;
 
 use common::{CliError, Global};
 

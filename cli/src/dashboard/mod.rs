@@ -19,6 +19,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tiny_http::{Method, Request, Server};
 
+use threadtide::SourceError;
+use threadtide::admin::Admin;
+
 use crate::common::{CliError, Global};
 use http::Reply;
 
@@ -60,7 +63,9 @@ pub(crate) struct Args {
 struct Shared {
     snapshot: Mutex<Arc<String>>,
     fleet: Mutex<state::Fleet>,
-    /// The connection requests use (dead-letter pages and changes); rebuilt after an error.
+    /// What requests use (dead-letter pages and changes); rebuilt after an error.
+    admin: Mutex<Option<Admin>>,
+    /// For the one change the admin API has no call for (one dead letter by its bytes).
     conn: Mutex<Option<redis::Connection>>,
     actions: bool,
     token: Option<String>,
@@ -80,7 +85,7 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
     if args.token.as_deref() == Some("") {
         return Err(CliError::Usage("--token: must not be empty".into()));
     }
-    let first = match global.connect() {
+    let first = match global.admin().map(|a| a.with_fleet(&args.fleet)) {
         Ok(c) => Some(c),
         Err(CliError::Unreachable(m)) => {
             eprintln!("threadtide dashboard: Redis unreachable, will keep trying: {m}");
@@ -110,6 +115,7 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
             json!({"error": "no snapshot yet", "processes": [], "queues": []}).to_string(),
         )),
         fleet: Mutex::new(state::Fleet::default()),
+        admin: Mutex::new(None),
         conn: Mutex::new(None),
         actions: args.allow_actions,
         token: args.token,
@@ -149,52 +155,44 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
 fn refresher(
     global: &Global,
     shared: &Shared,
-    mut conn: Option<redis::Connection>,
+    mut admin: Option<Admin>,
     stop: &mpsc::Receiver<()>,
 ) {
     let mut backoff = 0u32;
     loop {
-        if conn.is_none() {
-            conn = global.connect().ok();
+        if admin.is_none() {
+            admin = global
+                .admin()
+                .map(|a| a.with_fleet(&shared.keys.fleet))
+                .map_err(|e| e.to_string())
+                .inspect_err(|e| {
+                    let mut v = stale(shared);
+                    v["error"] = Value::from(e.clone());
+                    publish(shared, v);
+                })
+                .ok();
         }
         let started = std::time::Instant::now();
-        let result = match conn.as_mut() {
-            Some(c) => lock(&shared.fleet)
-                .refresh(c, &shared.keys)
-                .map_err(|e| global.redis_error(e).to_string()),
-            None => Err(global
-                .connect()
-                .err()
-                .map_or_else(String::new, |e| e.to_string())),
-        };
-        let doc = match result {
-            Ok(mut v) => {
-                backoff = 0;
-                v["error"] = Value::Null;
-                v["refresh_us"] = Value::from(started.elapsed().as_micros() as u64);
-                v
+        if let Some(a) = admin.as_ref() {
+            let result = lock(&shared.fleet).refresh(a, &shared.keys.extra_queues);
+            match result {
+                Ok(mut v) => {
+                    backoff = 0;
+                    v["error"] = Value::Null;
+                    v["refresh_us"] = Value::from(started.elapsed().as_micros() as u64);
+                    publish(shared, v);
+                }
+                Err(e) => {
+                    admin = None;
+                    let mut v = stale(shared);
+                    v["error"] = Value::from(global.source_error(e).to_string());
+                    publish(shared, v);
+                }
             }
-            Err(e) => {
-                conn = None;
-                backoff = (backoff + 1).min(10);
-                // Keep the last numbers, marked stale, with the error on top.
-                let old: Value =
-                    serde_json::from_str(&lock(&shared.snapshot)).unwrap_or(Value::Null);
-                let mut v = if old.is_object() {
-                    old
-                } else {
-                    json!({"processes": [], "queues": []})
-                };
-                v["error"] = Value::from(e);
-                v["stale"] = Value::Bool(true);
-                v
-            }
-        };
-        let mut doc = doc;
-        doc["redis"] = Value::from(shared.redis.clone());
-        doc["actions"] = Value::Bool(shared.actions);
-        doc["refresh_ms"] = Value::from(shared.refresh_ms);
-        *lock(&shared.snapshot) = Arc::new(doc.to_string());
+        }
+        if admin.is_none() {
+            backoff = (backoff + 1).min(10);
+        }
         let wait = Duration::from_millis(shared.refresh_ms * u64::from(backoff.max(1)));
         match stop.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -203,24 +201,54 @@ fn refresher(
     }
 }
 
-/// Runs `f` on the request connection, (re)connecting first; drops it after an error.
-fn with_conn<T>(
+/// The last snapshot, marked stale (kept so the page still shows the last numbers).
+fn stale(shared: &Shared) -> Value {
+    let old: Value = serde_json::from_str(&lock(&shared.snapshot)).unwrap_or(Value::Null);
+    let mut v = if old.is_object() {
+        old
+    } else {
+        json!({"processes": [], "queues": []})
+    };
+    v["stale"] = Value::Bool(true);
+    v
+}
+
+fn publish(shared: &Shared, mut doc: Value) {
+    doc["redis"] = Value::from(shared.redis.clone());
+    doc["actions"] = Value::Bool(shared.actions);
+    doc["refresh_ms"] = Value::from(shared.refresh_ms);
+    *lock(&shared.snapshot) = Arc::new(doc.to_string());
+}
+
+fn status_of(e: &CliError) -> u16 {
+    match e {
+        CliError::Unreachable(_) => 503,
+        CliError::Refused(_) => 502,
+        CliError::Failed(_) | CliError::Usage(_) => 400,
+    }
+}
+
+/// Runs `f` on the request side's admin connection, (re)connecting first; drops it after an
+/// error that is not the request's own (Redis unreachable or refusing).
+fn with_admin<T>(
     global: &Global,
     shared: &Shared,
-    f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    f: impl FnOnce(&Admin) -> Result<T, SourceError>,
 ) -> Result<T, Reply> {
-    let mut guard = lock(&shared.conn);
+    let mut guard = lock(&shared.admin);
     if guard.is_none() {
-        *guard = Some(
-            global
-                .connect()
-                .map_err(|e| http::error(503, &e.to_string()))?,
-        );
+        let a = global
+            .admin()
+            .map_err(|e| http::error(status_of(&e), &e.to_string()))?;
+        *guard = Some(a.with_fleet(&shared.keys.fleet));
     }
-    let conn = guard.as_mut().expect("just connected");
-    f(conn).map_err(|e| {
-        *guard = None;
-        http::error(503, &global.redis_error(e).to_string())
+    let admin = guard.as_ref().expect("just connected");
+    f(admin).map_err(|e| {
+        let e = global.source_error(e);
+        if !matches!(e, CliError::Failed(_)) {
+            *guard = None;
+        }
+        http::error(status_of(&e), &e.to_string())
     })
 }
 
@@ -251,12 +279,9 @@ fn num_param(
     }
 }
 
-fn filter_of(p: &std::collections::HashMap<String, String>) -> dead::Filter {
+fn filter_of(p: &std::collections::HashMap<String, String>) -> threadtide::admin::DeadFilter {
     let get = |k: &str| p.get(k).filter(|v| !v.is_empty()).cloned();
-    dead::Filter {
-        reason: get("reason"),
-        contains: get("contains"),
-    }
+    dead::filter(get("reason"), get("contains"))
 }
 
 fn route(global: &Global, shared: &Shared, req: &mut Request) -> Result<Reply, Reply> {
@@ -293,19 +318,19 @@ fn route(global: &Global, shared: &Shared, req: &mut Request) -> Result<Reply, R
             let q = query
                 .get("queue")
                 .ok_or_else(|| http::error(400, "queue: missing"))?;
-            let offset = num_param(&query, "offset", 0)?;
-            let limit = num_param(&query, "limit", 50)?.min(500);
+            let offset = num_param(&query, "offset", 0)? as usize;
+            let limit = num_param(&query, "limit", 50)?.min(500) as usize;
             let f = filter_of(&query);
-            with_conn(global, shared, |c| dead::page(c, q, &f, offset, limit))
+            with_admin(global, shared, |a| dead::page(a, q, &f, offset, limit))
                 .map(|v| http::json(200, &v))
         }
         (Method::Get, "/api/dead/show") => {
             let q = query
                 .get("queue")
                 .ok_or_else(|| http::error(400, "queue: missing"))?;
-            let index = num_param(&query, "index", 0)?;
-            match with_conn(global, shared, |c| dead::show(c, q, index))? {
-                Some(v) => Ok(http::json(200, &v)),
+            let index = num_param(&query, "index", 0)? as usize;
+            match with_admin(global, shared, |a| a.dead_show(q, index))? {
+                Some(d) => Ok(http::json(200, &dead::letter_json(&d, true))),
                 None => Err(http::error(
                     404,
                     &format!("no dead letter at index {index}"),
@@ -355,47 +380,53 @@ fn action(
     match path {
         "/api/pause" | "/api/resume" => {
             let pause = path == "/api/pause";
-            with_conn(global, shared, |c| {
-                let mut cmd = if pause {
-                    redis::cmd("HSET")
-                } else {
-                    redis::cmd("HDEL")
-                };
-                cmd.arg(format!("{q}:settings")).arg("paused");
-                if pause {
-                    cmd.arg("1");
-                }
-                cmd.query::<i64>(c)
-            })?;
+            with_admin(
+                global,
+                shared,
+                |a| if pause { a.pause(q) } else { a.resume(q) },
+            )?;
             Ok(http::json(200, &json!({"queue": q, "paused": pause})))
         }
         "/api/dead/requeue" | "/api/dead/purge" => {
             let requeue = path == "/api/dead/requeue";
-            let dry_run = form.get("dry_run").is_some_and(|v| v == "1" || v == "true");
-            let filter = filter_of(form);
-            let one = match form.get("index").filter(|v| !v.is_empty()) {
-                None => None,
-                Some(_) => {
-                    let i = num_param(form, "index", 0)?;
-                    let rec = form.get("record").ok_or_else(|| {
-                        http::error(
-                            400,
-                            "record: missing (the record text, as /api/dead/show gave it)",
-                        )
-                    })?;
-                    Some((i, rec.as_str()))
+            let action = if requeue { "requeue" } else { "purge" };
+            if form.get("index").is_some_and(|v| !v.is_empty()) {
+                let index = num_param(form, "index", 0)? as usize;
+                let record = form.get("record_hex").ok_or_else(|| {
+                    http::error(
+                        400,
+                        "record_hex: missing (the record as /api/dead/show gave it)",
+                    )
+                })?;
+                let mut conn = lock(&shared.conn);
+                if conn.is_none() {
+                    *conn = Some(
+                        global
+                            .connect()
+                            .map_err(|e| http::error(status_of(&e), &e.to_string()))?,
+                    );
                 }
-            };
-            let m = with_conn(global, shared, |c| {
-                dead::apply(c, q, &filter, one, requeue, dry_run)
+                let c = conn.as_mut().expect("just connected");
+                let r = with_admin(global, shared, |a| {
+                    dead::one(a, c, q, index, record, requeue)
+                });
+                if r.is_err() {
+                    *conn = None;
+                }
+                let mut v = r?;
+                v["action"] = Value::from(action);
+                return Ok(http::json(200, &v));
+            }
+            let dry_run = form.get("dry_run").is_some_and(|v| v == "1" || v == "true");
+            let f = filter_of(form);
+            let r = with_admin(global, shared, |a| {
+                if requeue {
+                    a.dead_requeue(q, &f, dry_run)
+                } else {
+                    a.dead_purge(q, &f, dry_run)
+                }
             })?;
-            Ok(http::json(
-                200,
-                &json!({
-                    "queue": q, "action": if requeue { "requeue" } else { "purge" }, "dry_run": dry_run,
-                    "matched": m.matched, "moved": m.moved, "skipped": m.skipped,
-                }),
-            ))
+            Ok(http::json(200, &dead::report_json(q, action, &r)))
         }
         _ => Err(http::error(404, "not found")),
     }

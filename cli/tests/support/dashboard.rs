@@ -1,14 +1,11 @@
 //! What the dashboard tests share: the `threadtide dashboard` process, a real headless
-//! Chromium driven over the DevTools protocol, the `rpa_worker` example, raw HTTP requests,
-//! and (until the library writes its own fleet records) a writer of the fleet records of
-//! interfaces section 2 for real `rpa_worker` processes, from what Redis shows of them.
+//! Chromium driven over the DevTools protocol, the `rpa_worker` example, raw HTTP requests.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use headless_chrome::{Browser, LaunchOptions, Tab};
@@ -277,152 +274,6 @@ impl Chrome {
 impl Drop for Chrome {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-/// Writes the fleet records (interfaces section 2: `F:fleet:procs`, `F:fleet:proc:<id>`,
-/// `F:fleet:queues`, `F:fleet:events`) for real `rpa_worker` processes, from what Redis holds
-/// of them: their registered workers in `Q:workers` (ids `host:pid:...`) and their processing
-/// lists. It beats every 200 ms, with a TTL of 2 s, while the process is alive (not a zombie):
-/// a `kill -9` stops the beats, as it stops a real process's. A stand-in until the library's
-/// own fleet heartbeat lands; the dashboard reads the same keys either way.
-pub struct FleetWriter {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    pub pids: Arc<Mutex<Vec<u32>>>,
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
-        .unwrap_or(false)
-}
-
-impl FleetWriter {
-    pub fn start(client: redis::Client, queues: Vec<(String, String)>) -> FleetWriter {
-        let (tx, rx) = mpsc::channel::<()>();
-        let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
-        let p = Arc::clone(&pids);
-        let thread = std::thread::spawn(move || {
-            let mut conn = client.get_connection().unwrap();
-            let mut last: std::collections::HashMap<(u32, String), usize> = Default::default();
-            let started_ms = now_ms(&mut conn);
-            loop {
-                let pids = p.lock().unwrap().clone();
-                let now = now_ms(&mut conn);
-                for pid in pids.into_iter().filter(|pid| alive(*pid)) {
-                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned());
-                    let id = format!("{host}:{pid}:0");
-                    let mut fields: Vec<(String, String)> = Vec::new();
-                    for (name, key) in &queues {
-                        let wids: Vec<String> = redis::cmd("ZRANGE")
-                            .arg(format!("{key}:workers"))
-                            .arg(0)
-                            .arg(-1)
-                            .query(&mut conn)
-                            .unwrap();
-                        let mine: Vec<&String> = wids
-                            .iter()
-                            .filter(|w| w.split(':').nth(1) == Some(&pid.to_string()))
-                            .collect();
-                        let mut busy = 0;
-                        for w in &mine {
-                            let n: usize = redis::cmd("LLEN")
-                                .arg(format!("{key}:processing:{w}"))
-                                .query(&mut conn)
-                                .unwrap();
-                            busy += n.min(1);
-                        }
-                        let backlog: usize = redis::cmd("LLEN").arg(key).query(&mut conn).unwrap();
-                        let alive_n = mine.len();
-                        let prev = last.insert((pid, key.clone()), alive_n).unwrap_or(0);
-                        if prev != alive_n {
-                            let _: String = redis::cmd("XADD")
-                                .arg("threadtide:fleet:events")
-                                .arg("MAXLEN")
-                                .arg("~")
-                                .arg(10000)
-                                .arg("*")
-                                .arg("time_ms")
-                                .arg(now)
-                                .arg("process")
-                                .arg(&id)
-                                .arg("queue")
-                                .arg(name)
-                                .arg("from")
-                                .arg(prev)
-                                .arg("to")
-                                .arg(alive_n)
-                                .arg("reason")
-                                .arg(if alive_n > prev {
-                                    "at_demand"
-                                } else {
-                                    "no_backlog"
-                                })
-                                .arg("backlog")
-                                .arg(backlog)
-                                .query(&mut conn)
-                                .unwrap();
-                        }
-                        fields.push((key.clone(), serde_json::json!({
-                            "queue": name, "key": key, "alive": alive_n, "busy": busy, "target": alive_n,
-                            "slots": alive_n, "max_threads": 4, "max_total_threads": 20, "jobs_ok": 0,
-                            "jobs_failed": 0, "jobs_panicked": 0,
-                            "reason": if backlog > 0 { "at_demand" } else { "no_backlog" }, "coordinated": true,
-                        }).to_string()));
-                    }
-                    fields.push((
-                        "process".into(),
-                        serde_json::json!({
-                            "id": id, "host": host, "pid": pid, "version": "0.1.0",
-                            "started_ms": started_ms, "heartbeat_ms": now,
-                        })
-                        .to_string(),
-                    ));
-                    let hash = format!("threadtide:fleet:proc:{id}");
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("ZADD")
-                        .arg("threadtide:fleet:procs")
-                        .arg(now + 2000)
-                        .arg(&id)
-                        .cmd("HSET")
-                        .arg(&hash)
-                        .arg(fields)
-                        .cmd("PEXPIRE")
-                        .arg(&hash)
-                        .arg(2000);
-                    for (_, key) in &queues {
-                        pipe.cmd("SADD").arg("threadtide:fleet:queues").arg(key);
-                    }
-                    let _: () = pipe.query(&mut conn).unwrap();
-                }
-                if rx.recv_timeout(Duration::from_millis(200))
-                    != Err(mpsc::RecvTimeoutError::Timeout)
-                {
-                    return;
-                }
-            }
-        });
-        FleetWriter {
-            stop: Some(tx),
-            thread: Some(thread),
-            pids,
-        }
-    }
-
-    pub fn add(&self, pid: u32) {
-        self.pids.lock().unwrap().push(pid);
-    }
-}
-
-impl Drop for FleetWriter {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
