@@ -376,6 +376,7 @@ async function tick() {
     const dq = s.queues.find((q) => q.key === state.dead.queue);
     if (dq && dq.dead !== lastDeadCount) { lastDeadCount = dq.dead; await loadDead(); }
     document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
+    if (!document.body.dataset.firstDataMs) document.body.dataset.firstDataMs = String(Math.round(performance.now()));
   } catch (e) {
     $("error").textContent = "dashboard unreachable: " + e.message; $("error").hidden = false;
   }
