@@ -359,7 +359,7 @@ async function tick() {
     $("mode").className = "badge" + (s.actions ? " actions" : "");
     $("token-box").hidden = !s.actions;
     for (const a of document.querySelectorAll("span.act")) a.hidden = !s.actions;
-    $("updated").textContent = s.time_ms ? "Redis time " + new Date(s.time_ms).toLocaleTimeString() : "";
+    $("updated").textContent = s.time_ms ? "updated " + new Date(s.time_ms).toLocaleTimeString() : "";
     $("updated").dataset.time = String(s.time_ms || "");
     $("error").hidden = !s.error; if (s.error) $("error").textContent = (s.stale ? "stale: " : "") + s.error;
     renderQueues(s);

@@ -416,3 +416,51 @@ fn changes_need_the_token_and_a_requeue_from_the_page_completes() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn redis_down_is_waited_for_and_a_wrong_password_is_refused_unshown() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "no", "--requirepass", "s3cret-pw"]);
+    let bad = format!("redis://:wrong-pw@127.0.0.1:{}/", redis.port);
+    let out = Command::new(env!("CARGO_BIN_EXE_threadtide"))
+        .args(["--redis", &bad, "dashboard", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        !text.contains("wrong-pw"),
+        "the password was printed: {text}"
+    );
+
+    let dash = Dashboard::start(&redis.url(), &["--queue", "fila:x"]);
+    let snapshot = |what: &str, ok: &dyn Fn(&Value) -> bool| {
+        wait_until(PATIENCE, what, || {
+            let s = dash.get_json("/api/snapshot");
+            if ok(&s) { Ok(s) } else { Err(s) }
+        })
+    };
+    let s = snapshot("a first snapshot", &|s| {
+        s["error"].is_null() && s["queues"][0]["key"] == "fila:x"
+    });
+    assert_eq!(
+        s["redis"],
+        format!("redis://:***@127.0.0.1:{}/", redis.port)
+    );
+    redis.kill();
+    let s = snapshot("the outage shown, last numbers kept", &|s| {
+        s["stale"] == true && s["error"].as_str().is_some_and(|e| !e.is_empty())
+    });
+    assert_eq!(s["queues"][0]["key"], "fila:x");
+    assert!(
+        !s.to_string().contains("s3cret-pw"),
+        "the password was served: {s}"
+    );
+    redis.restart();
+    snapshot("the dashboard back on its own", &|s| {
+        s["error"].is_null() && s["stale"].is_null()
+    });
+}
