@@ -76,13 +76,13 @@ fn status_shows_what_the_processes_run_and_drops_a_killed_one() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .all(|p| p["reason"] == "queue_cap")
+                .all(|p| p["alive"] == 3 && p["target"] == 3)
     };
     wait_until(
         PATIENCE,
         "status to show both processes at their cap",
         || settled(&json(&url, &["status"])),
-        || json(&url, &["status"]),
+        || (&expected, json(&url, &["status"])),
     );
     let s = json(&url, &["status"]);
     let conf = queue(&s, "fila:conferencia").unwrap();
@@ -195,19 +195,19 @@ fn conn_len(redis: &RedisServer) -> usize {
 fn explain_names_the_reason_for_each_case() {
     let redis = RedisServer::start();
     let url = redis.url();
-    // One process with a per-queue cap of 2 and a long stabilisation window, serving five
-    // queues; another with a total cap of 2 over two busy queues.
-    let a = [
+    // Local caps: processes that scale on their own (`--no-fleet`): one with a per-queue cap
+    // of 2 and a long stabilisation window, one with a total cap of 2 over two busy queues.
+    // Fleet settings (pause, fleet cap): a coordinated process.
+    let local = [
         ("idle", "fila:idle"),
         ("capped", "fila:capped"),
         ("stab", "fila:stab"),
-        ("fleet", "fila:fleet"),
-        ("paused", "fila:paused"),
     ];
     let _a = Worker::start(
         &redis,
-        &a,
+        &local,
         &[
+            "--no-fleet",
             "--max-threads-per-type",
             "2",
             "--jobs-per-thread",
@@ -219,19 +219,30 @@ fn explain_names_the_reason_for_each_case() {
     let _b = Worker::start(
         &redis,
         &[("t1", "fila:t1"), ("t2", "fila:t2")],
-        &["--max-total-threads", "2", "--jobs-per-thread", "10"],
+        &[
+            "--no-fleet",
+            "--max-total-threads",
+            "2",
+            "--jobs-per-thread",
+            "10",
+        ],
+    );
+    let _c = Worker::start(
+        &redis,
+        &[("fleet", "fila:fleet"), ("paused", "fila:paused")],
+        &["--jobs-per-thread", "10"],
     );
     // Queues that exist before their first job (so the commands accept them).
     let mut conn = redis.conn();
     wait_until(
         PATIENCE,
-        "both processes in status",
+        "the three processes in status",
         || {
             json(&url, &["status"])["processes"]
                 .as_array()
                 .unwrap()
                 .len()
-                == 2
+                == 3
         },
         || json(&url, &["status"]),
     );
