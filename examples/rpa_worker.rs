@@ -24,6 +24,14 @@
 //! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
 //! `--metrics-addr HOST:PORT` serves Prometheus `/metrics` and `/healthz` there (needs
 //! `--features metrics`).
+//!
+//! Fleet (several copies on the same queues; see `docs/FLEET.md`): coordination is on by
+//! default, so all copies together follow one `--jobs-per-thread` rule; `--no-fleet` turns it
+//! off (each copy scales on the whole backlog); `--fleet-max-threads-per-type N` caps each
+//! queue's threads over every copy, `--fleet-max-total-threads N` all queues' threads over
+//! every copy (`--max-threads-per-type` / `--max-total-threads` stay per copy: one host's
+//! memory); `--fleet NAME` (default `threadtide`). `--exit-when-idle` exits when every queue
+//! is empty fleet-wide (no job waiting, delayed or in any copy's processing list).
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -57,6 +65,10 @@ struct Args {
     block_ms: Option<u64>,
     recycle_after: Option<u64>,
     metrics_addr: Option<String>,
+    no_fleet: bool,
+    fleet: Option<String>,
+    fleet_max_threads_per_type: Option<usize>,
+    fleet_max_total_threads: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +81,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "--exit-when-idle" {
             args.exit_when_idle = true;
+            continue;
+        }
+        if flag == "--no-fleet" {
+            args.no_fleet = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -102,6 +118,13 @@ fn parse_args() -> Result<Args, String> {
             "--block-ms" => args.block_ms = Some(num(&value)?),
             "--recycle-after" => args.recycle_after = Some(num(&value)?),
             "--metrics-addr" => args.metrics_addr = Some(value),
+            "--fleet" => args.fleet = Some(value),
+            "--fleet-max-threads-per-type" => {
+                args.fleet_max_threads_per_type = Some(num(&value)? as usize)
+            }
+            "--fleet-max-total-threads" => {
+                args.fleet_max_total_threads = Some(num(&value)? as usize)
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -239,6 +262,16 @@ fn run() -> Result<(), Box<dyn Error>> {
         }
         if let Some(ms) = args.block_ms {
             source = source.block_timeout(Duration::from_millis(ms));
+        }
+        source = source.coordinate(!args.no_fleet);
+        if let Some(name) = &args.fleet {
+            source = source.fleet(name.as_str());
+        }
+        if let Some(n) = args.fleet_max_threads_per_type {
+            source = source.fleet_max_threads(n);
+        }
+        if let Some(n) = args.fleet_max_total_threads {
+            source = source.fleet_max_total_threads(n);
         }
         let source = source.build()?;
         sources.push(source.clone());

@@ -193,7 +193,9 @@ impl Monitor {
                 },
                 min: q.config.min_threads,
                 weight: q.config.weight,
-                hold: share.map_or(hold, |s| s.hold),
+                // The local hold too: a process rides out a dip of its own share as it would
+                // of its own demand (docs/FLEET.md, "Holds").
+                hold: share.map_or(hold, |s| s.hold.max(hold)),
                 current: q.alive.load(Ordering::Acquire),
             })
             .collect();

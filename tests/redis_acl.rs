@@ -40,6 +40,7 @@ fn set_user(admin: &mut redis::Connection, user: &str, commands: &[String]) {
         .arg(format!("~{Q}"))
         .arg(format!("~{Q}:*"))
         .arg(format!("~{RESULTS}"))
+        .arg("~threadtide:fleet:*")
         .arg("resetchannels")
         .arg("-@all");
     for c in commands {

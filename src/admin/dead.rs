@@ -257,9 +257,14 @@ fn server_ms(conn: &mut Connection) -> Result<u64, SourceError> {
 }
 
 /// Fails unless `key` is a queue: a list (or absent) whose dead-letter list is a list (or
-/// absent), and at least one of the queue's keys exists.
-pub(crate) fn check_queue(conn: &mut Connection, key: &str) -> Result<(), SourceError> {
-    let (t_queue, t_dead, has_any): (String, String, u64) = redis::pipe()
+/// absent), and either one of the queue's keys exists or the fleet lists it (`fleet_queues`,
+/// the fleet's set of queue keys).
+pub(crate) fn check_queue(
+    conn: &mut Connection,
+    key: &str,
+    fleet_queues: &str,
+) -> Result<(), SourceError> {
+    let (t_queue, t_dead, has_any, listed): (String, String, u64, bool) = redis::pipe()
         .cmd("TYPE")
         .arg(key)
         .cmd("TYPE")
@@ -270,6 +275,10 @@ pub(crate) fn check_queue(conn: &mut Connection, key: &str) -> Result<(), Source
         .arg(format!("{key}:delayed"))
         .arg(format!("{key}:workers"))
         .arg(format!("{key}:retired"))
+        .arg(format!("{key}:settings"))
+        .cmd("SISMEMBER")
+        .arg(fleet_queues)
+        .arg(key)
         .query(conn)
         .map_err(|e| redis_error("cannot read the queue's keys", e))?;
     for (k, t) in [(key.to_owned(), &t_queue), (format!("{key}:dead"), &t_dead)] {
@@ -279,9 +288,10 @@ pub(crate) fn check_queue(conn: &mut Connection, key: &str) -> Result<(), Source
             )));
         }
     }
-    if has_any == 0 {
+    if has_any == 0 && !listed {
         return Err(SourceError::new(format!(
-            "no queue at {key}: neither it nor its :dead, :delayed or :workers keys exist"
+            "no queue at {key}: no process of the fleet serves it, and neither it nor its \
+             :dead, :delayed or :workers keys exist"
         )));
     }
     Ok(())
@@ -313,15 +323,16 @@ impl Admin {
     }
 
     /// Checks that `key` is a threadtide queue: a list (or absent while empty) whose
-    /// `:dead` list is a list (or absent), with at least one of its keys present (the list,
-    /// `:dead`, `:delayed`, `:workers` or `:retired`). One pipelined round trip.
+    /// `:dead` list is a list (or absent), and that a process of the fleet serves it or one
+    /// of its keys exists (the list, `:dead`, `:delayed`, `:workers`, `:retired`,
+    /// `:settings`). One pipelined round trip.
     ///
     /// # Errors
     ///
     /// An error naming the key and what it holds instead, or that nothing of a queue exists
     /// there; or Redis cannot be reached.
     pub fn check_queue(&self, key: &str) -> Result<(), SourceError> {
-        self.with_conn(|conn| check_queue(conn, key))
+        self.with_conn(|conn| check_queue(conn, key, &self.keys.queues))
     }
 
     /// Up to `limit` dead letters of queue `key` that match `filter`, scanning the list from
@@ -341,7 +352,7 @@ impl Admin {
         let dead = format!("{key}:dead");
         let limit = limit.min(filter.limit.unwrap_or(usize::MAX));
         self.with_conn(|conn| {
-            check_queue(conn, key)?;
+            check_queue(conn, key, &self.keys.queues)?;
             let now = server_ms(conn)?;
             let total: usize = redis::cmd("LLEN")
                 .arg(&dead)
@@ -385,7 +396,7 @@ impl Admin {
     /// As [`dead_page`](Self::dead_page).
     pub fn dead_show(&self, key: &str, index: usize) -> Result<Option<DeadLetter>, SourceError> {
         self.with_conn(|conn| {
-            check_queue(conn, key)?;
+            check_queue(conn, key, &self.keys.queues)?;
             let record: Option<Vec<u8>> = redis::cmd("LINDEX")
                 .arg(format!("{key}:dead"))
                 .arg(index)
@@ -445,7 +456,7 @@ impl Admin {
         };
         let limit = filter.limit.unwrap_or(usize::MAX);
         self.with_conn(|conn| {
-            check_queue(conn, key)?;
+            check_queue(conn, key, &self.keys.queues)?;
             let now = server_ms(conn)?;
             let mut report = MoveReport {
                 dry_run,

@@ -38,7 +38,7 @@ impl Admin {
             return Ok(Vec::new());
         }
         self.with_conn(|conn| {
-            check_queue(conn, key)?;
+            check_queue(conn, key, &self.keys.queues)?;
             let entries: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
                 .arg(format!("{key}:delayed"))
                 .arg(offset)
@@ -68,7 +68,7 @@ impl Admin {
     /// When Redis cannot be reached, or `key` is not a queue.
     pub fn retries_len(&self, key: &str) -> Result<usize, SourceError> {
         self.with_conn(|conn| {
-            check_queue(conn, key)?;
+            check_queue(conn, key, &self.keys.queues)?;
             redis::cmd("ZCARD")
                 .arg(format!("{key}:delayed"))
                 .query(conn)

@@ -9,6 +9,7 @@ use redis::{Connection, Script};
 
 use super::Keys;
 use super::conn::redis_error;
+use super::fleet::FleetState;
 use crate::error::SourceError;
 
 /// Every command the source sends, directly or from its scripts, in ACL spelling (the tests
@@ -45,7 +46,47 @@ const COMMANDS: &[&str] = &[
     "hdel",
     "zrandmember",
     "time",
+    // The fleet's scripts (fleet_scripts.rs), for a coordinated queue.
+    "zcount",
+    "hmget",
+    "sadd",
+    "smembers",
+    "pexpire",
+    "xadd",
 ];
+
+/// The probes of a coordinated queue's fleet keys (fleet_scripts.rs and the lease calls).
+fn fleet_probes(fleet: &FleetState) -> Vec<Vec<String>> {
+    let v = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (q, f) = (&fleet.queue, &fleet.keys);
+    let record = f.process(fleet.process);
+    let mut out = Vec::new();
+    for set in [&q.slots, &q.members, &q.history, &f.procs] {
+        out.push(v(&["type", set]));
+        out.push(v(&["zadd", set, "0", "x"]));
+        out.push(v(&["zrem", set, "x"]));
+        out.push(v(&["zscore", set, "x"]));
+        out.push(v(&["zcard", set]));
+        out.push(v(&["zcount", set, "0", "1"]));
+        out.push(v(&["zrange", set, "0", "1"]));
+        out.push(v(&["zrangebyscore", set, "0", "1"]));
+        out.push(v(&["zremrangebyscore", set, "0", "1"]));
+    }
+    for hash in [&q.settings, &q.state, &q.room, &f.settings, &record] {
+        out.push(v(&["type", hash]));
+        out.push(v(&["hset", hash, "x", "1"]));
+        out.push(v(&["hget", hash, "x"]));
+        out.push(v(&["hmget", hash, "x"]));
+        out.push(v(&["hdel", hash, "x"]));
+    }
+    out.push(v(&["pexpire", &record, "1"]));
+    out.push(v(&["type", &f.queues]));
+    out.push(v(&["sadd", &f.queues, "x"]));
+    out.push(v(&["smembers", &f.queues]));
+    out.push(v(&["type", &f.events]));
+    out.push(v(&["xadd", &f.events, "MAXLEN", "~", "1", "*", "x", "1"]));
+    out
+}
 
 /// The probes: each command with arguments in the positions the server reads keys from.
 fn probes(keys: &Keys) -> Vec<Vec<String>> {
@@ -117,10 +158,18 @@ return {}
 
 /// Fails, permanently, naming the first command (and key) the connection's user may not run.
 /// `waits`: the source waits for replicas after each settle, so it needs `WAIT` too.
-pub(crate) fn check(conn: &mut Connection, keys: &Keys, waits: bool) -> Result<(), SourceError> {
+pub(crate) fn check(
+    conn: &mut Connection,
+    keys: &Keys,
+    fleet: &FleetState,
+    waits: bool,
+) -> Result<(), SourceError> {
     let script = Script::new(CHECK);
     let mut inv = script.prepare_invoke();
     let mut all = probes(keys);
+    if fleet.coordinated() {
+        all.extend(fleet_probes(fleet));
+    }
     if waits {
         all.push(vec!["wait".to_owned(), "1".to_owned(), "0".to_owned()]);
     }
@@ -146,6 +195,7 @@ pub(crate) fn check(conn: &mut Connection, keys: &Keys, waits: bool) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fleet::FleetSettings;
     use super::*;
 
     /// A command added to a script without adding it here would fail on the first job of a
@@ -153,7 +203,10 @@ mod tests {
     #[test]
     fn every_command_of_the_scripts_is_listed_and_probed() {
         let keys = Keys::new("q", Some("r".into()));
-        let probed: Vec<String> = probes(&keys)
+        let fleet = FleetState::new(FleetSettings::default(), "q", "h");
+        let mut all = probes(&keys);
+        all.extend(fleet_probes(&fleet));
+        let probed: Vec<String> = all
             .iter()
             .map(|p| match p[0].as_str() {
                 "client" | "script" => format!("{}|{}", p[0], p[1]),
@@ -163,7 +216,7 @@ mod tests {
         for c in COMMANDS {
             assert!(probed.iter().any(|p| p == c), "{c} is not probed");
         }
-        let scripts = include_str!("scripts.rs");
+        let scripts = [include_str!("scripts.rs"), include_str!("fleet_scripts.rs")].concat();
         for call in scripts.split("redis.call('").skip(1) {
             let name = call.split('\'').next().unwrap().to_ascii_lowercase();
             assert!(

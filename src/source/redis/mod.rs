@@ -99,6 +99,7 @@ impl SlotState {
     }
 
     pub(crate) fn fence(&self) {
+        self.lease_until_ms.store(0, Ordering::Release); // a new id holds no slot
         self.fenced.store(true, Ordering::Release);
     }
 
@@ -246,7 +247,12 @@ impl<J> Shared<J> {
     /// server and the ACL permissions, and reads the backlog once.
     fn probe(&self) -> Result<(), SourceError> {
         let mut c = self.connect(Role::Open)?;
-        acl::check(&mut c, &self.keys, self.wait_replicas.is_some())?;
+        acl::check(
+            &mut c,
+            &self.keys,
+            &self.fleet,
+            self.wait_replicas.is_some(),
+        )?;
         let n: u64 = redis::cmd("LLEN")
             .arg(&self.keys.queue)
             .query(&mut c)

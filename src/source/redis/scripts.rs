@@ -71,8 +71,9 @@ local function requeue(pk, queue, f)
 end
 "#;
 
-/// The common part of the settle scripts. KEYS: processing, workers, target, queue, settles.
-/// ARGV: wid, entry, seq, cap, entry to requeue if refused, then the script's own.
+/// The common part of the settle scripts. KEYS: processing, workers, target, queue, settles,
+/// slots, settings. ARGV: wid, entry, seq, cap, entry to requeue if refused, the script's own
+/// two, coordinated ("1": the worker's slot lease must hold, or the settle is refused).
 /// Returns `{code, entries left, next, requeued}`: code 1 done, 0 this call was already
 /// applied, -2 the entry is not in the processing list (someone removed it), -1 refused (the
 /// worker is not registered; its list went back to the queue, `requeued` entries).
@@ -89,10 +90,17 @@ end
 local function begin(target)
   check(KEYS[1], 'list') check(KEYS[2], 'zset') check(KEYS[3], target)
   check(KEYS[4], 'list') check(KEYS[5], 'hash')
+  if ARGV[8] == '1' then check(KEYS[6], 'zset') check(KEYS[7], 'hash') end
   if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return refuse() end
   local state = redis.call('HGET', KEYS[5], ARGV[1])
   if state and string.match(state, ':(%d+)$') == ARGV[3] then
     return {0, redis.call('LLEN', KEYS[1]), false, 0}
+  end
+  -- A coordinated worker whose slot's lease lapsed is treated as reaped (lease.rs): another
+  -- worker may hold its room now, so its settle must not count.
+  if ARGV[8] == '1' then
+    local lease = redis.call('ZSCORE', KEYS[6], ARGV[1])
+    if not lease or tonumber(lease) < now_ms() then return refuse() end
   end
   if not redis.call('LPOS', KEYS[1], ARGV[2]) then
     return {-2, redis.call('LLEN', KEYS[1]), false, 0}
@@ -210,7 +218,6 @@ return {now, fenced, lost}
             ),
             ack: settle_script(
                 r#"
-if ARGV[8] == '1' then check(KEYS[6], 'zset') check(KEYS[7], 'hash') end
 local r = begin('list') if r then return r end
 if ARGV[7] == '1' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
 local left = finish()

@@ -1,0 +1,190 @@
+//! The fleet caps under faults (issue 9): three real `rpa_worker` processes, a fleet cap of 6
+//! on a queue, while one process is `kill -9`ed, another `SIGSTOP`ped past the worker TTL
+//! and resumed, and Redis restarted with its data; then a rolling restart of every process.
+//! The cap is checked on what counts, the results: no more jobs ran at once than the cap
+//! (from each result's start and finish times), none lost, none twice.
+#![cfg(feature = "redis")]
+
+mod fleet_support;
+mod support;
+
+use std::time::Instant;
+
+use fleet_support::*;
+use redis::Commands;
+use support::redis::RedisServer;
+use support::{PATIENCE, wait_until};
+use threadtide::admin::Admin;
+
+fn registered_by(conn: &mut redis::Connection, pid: u32) -> usize {
+    let wids: Vec<String> = conn.zrange(format!("{Q}:workers"), 0, -1).unwrap();
+    wids.iter()
+        .filter(|w| w.contains(&format!(":{pid}:")))
+        .count()
+}
+
+/// Slots the live processes say they hold for `Q`, and how many processes there are.
+fn held(admin: &Admin) -> (usize, usize) {
+    let procs = admin.processes().unwrap();
+    let slots = procs
+        .iter()
+        .flat_map(|p| p.queues.iter().filter(|q| q.key == Q).map(|q| q.slots))
+        .sum();
+    (slots, procs.len())
+}
+
+#[test]
+fn a_fleet_cap_of_6_holds_through_kill_9_sigstop_and_a_redis_restart() {
+    const JOBS: usize = 2000;
+    let mut server = RedisServer::start_durable();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-cap6");
+    let admin = Admin::connect(&server.url()).unwrap();
+    push(&mut conn, Q, "j", JOBS, 10);
+    let extra = [
+        "--fleet-max-threads-per-type",
+        "6",
+        "--jobs-per-thread",
+        "10",
+        "--scale-down-delay-ms",
+        "300",
+    ];
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    wait_until(
+        PATIENCE,
+        "300 results",
+        || result_count(&mut conn) >= 300,
+        || (),
+    );
+
+    // kill -9: the others take up its share once its leases lapse (one TTL).
+    let killed_at = Instant::now();
+    procs[0].kill9();
+    wait_until(
+        PATIENCE,
+        "the two others hold all 6 slots",
+        || held(&admin) == (6, 2),
+        || held(&admin),
+    );
+    let recovery = killed_at.elapsed();
+
+    // SIGSTOP past the TTL: its workers are reaped, their slots lapse; then it wakes.
+    wait_until(
+        PATIENCE,
+        "800 results",
+        || result_count(&mut conn) >= 800,
+        || (),
+    );
+    let frozen = procs[1].pid();
+    procs[1].signal("STOP");
+    wait_until(
+        PATIENCE,
+        "the frozen process's workers reaped",
+        || registered_by(&mut conn, frozen) == 0,
+        || registered_by(&mut server.conn(), frozen),
+    );
+    procs[1].signal("CONT");
+
+    // Redis restarts with its data (AOF, fsync always).
+    wait_until(
+        PATIENCE,
+        "1300 results",
+        || result_count(&mut conn) >= 1300,
+        || (),
+    );
+    server.stop_gracefully();
+    server.restart();
+    let mut conn = server.conn();
+    wait_until(
+        PATIENCE * 3,
+        "every job has a result",
+        || result_count(&mut conn) >= JOBS && conn.llen::<_, usize>(Q).unwrap() == 0,
+        || admin_counts(&server),
+    );
+    for p in &procs[1..] {
+        p.signal("TERM");
+    }
+    for p in &mut procs[1..] {
+        assert!(p.wait_exit(PATIENCE).success());
+    }
+    let done = results(&mut conn);
+    let (lost, dups) = lost_and_duplicates(&done, "j", JOBS);
+    let top = peak(&done, "conferencia");
+    println!(
+        "cap 6: peak {top}, {} results, lost {}, duplicates {}; kill -9 share taken up in {recovery:?} (TTL {TTL_MS} ms)",
+        done.len(),
+        lost.len(),
+        dups.len()
+    );
+    assert!(lost.is_empty(), "lost {lost:?}");
+    assert!(dups.is_empty(), "duplicate results {dups:?}");
+    assert!(top <= 6, "peak {top} over the fleet cap of 6");
+    assert_eq!(top, 6, "the cap should be reached with 2000 jobs waiting");
+}
+
+fn admin_counts(server: &RedisServer) -> String {
+    Admin::connect(&server.url())
+        .and_then(|a| a.queue_counts(Q))
+        .map_or_else(|e| e.to_string(), |c| format!("{c:?}"))
+}
+
+#[test]
+fn a_rolling_restart_under_load_keeps_the_fleet_cap_and_loses_nothing() {
+    const JOBS: usize = 900;
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-rolling");
+    push(&mut conn, Q, "r", JOBS, 10);
+    let extra = [
+        "--fleet-max-threads-per-type",
+        "4",
+        "--jobs-per-thread",
+        "10",
+        "--scale-down-delay-ms",
+        "300",
+    ];
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    let mut restarted = 0;
+    for (i, p) in procs.iter_mut().enumerate() {
+        let goal = 150 * (i + 1);
+        wait_until(
+            PATIENCE,
+            "progress",
+            || result_count(&mut conn) >= goal,
+            || (),
+        );
+        p.signal("TERM");
+        assert!(p.wait_exit(PATIENCE).success());
+        *p = Proc::start(&server, &scratch, &format!("p{i}-again"), &extra);
+        restarted += 1;
+    }
+    wait_until(
+        PATIENCE * 2,
+        "every job has a result",
+        || result_count(&mut conn) >= JOBS,
+        || admin_counts(&server),
+    );
+    for p in &procs {
+        p.signal("TERM");
+    }
+    for p in &mut procs {
+        assert!(p.wait_exit(PATIENCE).success());
+    }
+    let done = results(&mut conn);
+    let (lost, dups) = lost_and_duplicates(&done, "r", JOBS);
+    let top = peak(&done, "conferencia");
+    println!(
+        "rolling restart of {restarted} processes, cap 4: peak {top}, lost {}, duplicates {}",
+        lost.len(),
+        dups.len()
+    );
+    assert!(
+        lost.is_empty() && dups.is_empty(),
+        "lost {lost:?} dup {dups:?}"
+    );
+    assert!(top <= 4, "peak {top} over the fleet cap of 4");
+}

@@ -1,0 +1,189 @@
+//! Several real `rpa_worker` processes on the same queues follow one rule (issue 9): the
+//! fleet's peak concurrency is the single-process rule's, shares spread over the processes,
+//! runtime `jobs_per_thread` and pause reach every process within a heartbeat.
+#![cfg(feature = "redis")]
+
+mod fleet_support;
+mod support;
+
+use std::time::Instant;
+
+use fleet_support::*;
+use support::redis::RedisServer;
+use support::{PATIENCE, wait_until};
+use threadtide::SizeReason;
+use threadtide::admin::{Admin, EventFilter};
+
+/// The issue's case: 322 + 3 jobs, three processes, "one thread per 50 jobs": the fleet runs
+/// 7 and 1 at its peak, not 7 + 7 + 7 and 3.
+#[test]
+fn three_processes_run_322_and_3_jobs_with_7_and_1_threads_fleet_wide() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-322");
+    push(&mut conn, Q, "c", 322, 40);
+    push(&mut conn, Q2, "e", 3, 40);
+    let extra = ["--exit-when-idle", "--scale-down-delay-ms", "300"];
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    for p in &mut procs {
+        assert!(p.wait_exit(PATIENCE * 2).success());
+    }
+    let done = results(&mut conn);
+    let (lost_c, dup_c) = lost_and_duplicates(&done, "c", 322);
+    let (lost_e, dup_e) = lost_and_duplicates(&done, "e", 3);
+    assert!(
+        lost_c.is_empty() && lost_e.is_empty(),
+        "lost {lost_c:?} {lost_e:?}"
+    );
+    assert!(
+        dup_c.is_empty() && dup_e.is_empty(),
+        "duplicates {dup_c:?} {dup_e:?}"
+    );
+    let (peak_c, peak_e) = (peak(&done, "conferencia"), peak(&done, "emissao"));
+    println!("fleet-wide peak concurrency: conferencia {peak_c}, emissao {peak_e}");
+    assert_eq!((peak_c, peak_e), (7, 1));
+    // Every process's decisions are in the fleet's stream.
+    let admin = Admin::connect(&server.url()).unwrap();
+    let events = admin.events(&EventFilter::default().limit(0)).unwrap();
+    let deciders: std::collections::HashSet<&str> =
+        events.iter().map(|e| e.process.as_str()).collect();
+    assert!(deciders.len() >= 2, "{events:?}");
+}
+
+/// Runtime `jobs_per_thread` reaches every process within a heartbeat, and the shares spread:
+/// no process runs two more than another.
+#[test]
+fn a_runtime_jobs_per_thread_reaches_every_process_and_shares_spread() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-jpt");
+    let admin = Admin::connect(&server.url()).unwrap();
+    admin.set_jobs_per_thread(Q, 100).unwrap();
+    push(&mut conn, Q, "c", 600, 40);
+    let procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let extra = ["--scale-down-delay-ms", "300"];
+            Proc::start(&server, &scratch, &format!("p{i}"), &extra)
+        })
+        .collect();
+    let targets = || -> Vec<usize> {
+        admin
+            .processes()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.queues.iter().filter(|q| q.key == Q).map(|q| q.target))
+            .collect()
+    };
+    // 600 jobs at 100 a thread: 6 threads over three processes, 2 each.
+    wait_until(
+        PATIENCE,
+        "2 threads in each of three processes",
+        || targets() == vec![2, 2, 2],
+        targets,
+    );
+    let set_at = Instant::now();
+    admin.set_jobs_per_thread(Q, 40).unwrap();
+    // Jobs go on finishing meanwhile: 15 threads for up to ~560 jobs, 14 just after.
+    wait_until(
+        PATIENCE,
+        "jobs_per_thread 40 in every process",
+        || {
+            let t = targets();
+            let (lo, hi) = (t.iter().min().copied(), t.iter().max().copied());
+            t.len() == 3
+                && t.iter().sum::<usize>() >= 13
+                && hi.zip(lo).is_some_and(|(h, l)| h - l <= 1)
+        },
+        targets,
+    );
+    println!(
+        "jobs_per_thread 100 -> 40 seen in every process's record after {:?} (heartbeat {HEARTBEAT_MS} ms)",
+        set_at.elapsed()
+    );
+    for p in procs {
+        p.signal("TERM");
+    }
+}
+
+/// Pause: within a heartbeat no job starts anywhere, running jobs finish, nothing is lost;
+/// resume and everything completes.
+#[test]
+fn pause_stops_every_process_within_a_heartbeat_and_resume_finishes_the_work() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-pause");
+    let admin = Admin::connect(&server.url()).unwrap();
+    push(&mut conn, Q, "c", 400, 20);
+    let procs: Vec<Proc> = (0..2)
+        .map(|i| {
+            let extra = ["--jobs-per-thread", "20", "--scale-down-delay-ms", "300"];
+            Proc::start(&server, &scratch, &format!("p{i}"), &extra)
+        })
+        .collect();
+    wait_until(
+        PATIENCE,
+        "60 results",
+        || result_count(&mut conn) >= 60,
+        || (),
+    );
+    let paused_at = unix_ms();
+    admin.pause(Q).unwrap();
+    let all_paused = || {
+        admin.processes().unwrap().iter().all(|p| {
+            p.heartbeat_ms > paused_at + 2 * HEARTBEAT_MS
+                && p.queues
+                    .iter()
+                    .any(|q| q.key == Q && q.reason == SizeReason::Paused && q.busy == 0)
+        })
+    };
+    wait_until(
+        PATIENCE,
+        "both processes paused and idle",
+        all_paused,
+        || admin.processes().unwrap(),
+    );
+    let counts = admin.queue_counts(Q).unwrap();
+    assert!(counts.paused && counts.processing == 0, "{counts:?}");
+    let left_while_paused = counts.backlog + counts.delayed;
+    assert!(left_while_paused > 0, "{counts:?}");
+    let resumed_at = unix_ms();
+    admin.resume(Q).unwrap();
+    wait_until(
+        PATIENCE,
+        "all 400 results",
+        || result_count(&mut conn) >= 400,
+        || admin.queue_counts(Q),
+    );
+    let done = results(&mut conn);
+    let (lost, dups) = lost_and_duplicates(&done, "c", 400);
+    assert!(
+        lost.is_empty() && dups.is_empty(),
+        "lost {lost:?} dup {dups:?}"
+    );
+    // Nothing started between one heartbeat after the pause and the resume.
+    let started_while_paused: Vec<&Done> = done
+        .iter()
+        .filter(|d| d.started_ms > paused_at + HEARTBEAT_MS && d.started_ms < resumed_at)
+        .collect();
+    let last_start = done
+        .iter()
+        .filter(|d| d.started_ms < resumed_at)
+        .map(|d| d.started_ms.saturating_sub(paused_at) as i64)
+        .max();
+    println!(
+        "paused with {left_while_paused} jobs left; last job started {last_start:?} ms after the pause"
+    );
+    assert!(started_while_paused.is_empty(), "{started_while_paused:?}");
+    for p in procs {
+        p.signal("TERM");
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
