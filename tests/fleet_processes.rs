@@ -187,3 +187,57 @@ fn unix_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// The cost of coordination, measured (not asserted): three processes drain 1,500 jobs of
+/// 20 ms with and without `--no-fleet`, three rounds each, interleaved. Run with
+/// `cargo test --release --test fleet_processes measure_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement for docs/FLEET.md"]
+fn measure_throughput_against_no_fleet() {
+    const JOBS: usize = 1500;
+    let mut rows = Vec::new();
+    for round in 0..3 {
+        for mode in ["fleet", "no-fleet"] {
+            let server = RedisServer::start();
+            let mut conn = server.conn();
+            let scratch = Scratch::new(&format!("fleet-measure-{mode}"));
+            push(&mut conn, Q, "m", JOBS, 20);
+            // 4 threads a process, 12 in all, in both modes: jobs_per_thread 1 asks for more.
+            let mut extra = vec![
+                "--exit-when-idle",
+                "--jobs-per-thread",
+                "1",
+                "--max-threads-per-type",
+                "4",
+            ];
+            if mode == "no-fleet" {
+                extra.push("--no-fleet");
+            } else {
+                extra.extend(["--fleet-max-threads-per-type", "12"]);
+            }
+            let started = Instant::now();
+            let mut procs: Vec<Proc> = (0..3)
+                .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+                .collect();
+            for p in &mut procs {
+                assert!(p.wait_exit(PATIENCE * 3).success());
+            }
+            let took = started.elapsed();
+            let done = results(&mut conn);
+            let first = done.iter().map(|d| d.started_ms).min().unwrap();
+            let last = done.iter().map(|d| d.finished_ms).max().unwrap();
+            let rate = JOBS as f64 / ((last - first) as f64 / 1000.0);
+            println!(
+                "round {round} {mode:>8}: {JOBS} jobs in {} ms from first start to last finish \
+                 ({rate:.0} jobs/s; {took:?} with process start and exit), peak {}",
+                last - first,
+                peak(&done, "conferencia")
+            );
+            rows.push((mode, rate));
+        }
+    }
+    for mode in ["fleet", "no-fleet"] {
+        let rates: Vec<f64> = rows.iter().filter(|r| r.0 == mode).map(|r| r.1).collect();
+        println!("{mode:>8}: {rates:.0?} jobs/s");
+    }
+}
