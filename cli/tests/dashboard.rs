@@ -38,6 +38,15 @@ fn field(chrome: &Chrome, key: &str, f: &str) -> String {
     ))
 }
 
+/// Clicks Confirm once the page has asked (the bar is shown).
+fn confirm(chrome: &Chrome) {
+    wait_until(PATIENCE, "the page to ask for confirmation", || {
+        let hidden = chrome.eval("document.getElementById('confirm').hidden");
+        if hidden == false { Ok(()) } else { Err(hidden) }
+    });
+    chrome.click("#confirm-yes");
+}
+
 fn screenshot_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent()
@@ -140,7 +149,7 @@ fn the_page_shows_redis_numbers_follows_a_burst_and_marks_a_killed_process() {
         .arg("fila:conferencia")
         .arg(
             (0..300)
-                .map(|i| format!("{{\"id\":\"burst{i}\",\"ms\":60}}"))
+                .map(|i| format!("{{\"id\":\"burst{i}\",\"ms\":150}}"))
                 .collect::<Vec<_>>(),
         )
         .query(&mut conn)
@@ -347,7 +356,7 @@ fn changes_need_the_token_and_a_requeue_from_the_page_completes() {
         7,
         "the count alone moved something"
     );
-    chrome.click("#confirm-yes");
+    confirm(&chrome);
     wait_until(PATIENCE, "the 5 requeued jobs to complete", || {
         let results: Vec<String> = redis::cmd("LRANGE")
             .arg("fila:resultados")
@@ -389,7 +398,7 @@ fn changes_need_the_token_and_a_requeue_from_the_page_completes() {
         }
     });
     chrome.click("#detail-purge");
-    chrome.click("#confirm-yes");
+    confirm(&chrome);
     wait_until(PATIENCE, "one dead letter purged", || {
         let n = llen(&mut conn, "fila:conferencia:dead");
         if n == 1 { Ok(()) } else { Err(n) }
