@@ -65,6 +65,8 @@ struct Shared {
     fleet: Mutex<state::Fleet>,
     /// What requests use (dead-letter pages and changes); rebuilt after an error.
     admin: Mutex<Option<Admin>>,
+    /// What changes use: a change never waits behind a long filtered read of dead letters.
+    changes: Mutex<Option<Admin>>,
     /// For the one change the admin API has no call for (one dead letter by its bytes).
     conn: Mutex<Option<redis::Connection>>,
     actions: bool,
@@ -116,6 +118,7 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
         )),
         fleet: Mutex::new(state::Fleet::default()),
         admin: Mutex::new(None),
+        changes: Mutex::new(None),
         conn: Mutex::new(None),
         actions: args.allow_actions,
         token: args.token,
@@ -233,9 +236,10 @@ fn status_of(e: &CliError) -> u16 {
 fn with_admin<T>(
     global: &Global,
     shared: &Shared,
+    slot: &Mutex<Option<Admin>>,
     f: impl FnOnce(&Admin) -> Result<T, SourceError>,
 ) -> Result<T, Reply> {
-    let mut guard = lock(&shared.admin);
+    let mut guard = lock(slot);
     if guard.is_none() {
         let a = global
             .admin()
@@ -321,15 +325,17 @@ fn route(global: &Global, shared: &Shared, req: &mut Request) -> Result<Reply, R
             let offset = num_param(&query, "offset", 0)? as usize;
             let limit = num_param(&query, "limit", 50)?.min(500) as usize;
             let f = filter_of(&query);
-            with_admin(global, shared, |a| dead::page(a, q, &f, offset, limit))
-                .map(|v| http::json(200, &v))
+            with_admin(global, shared, &shared.admin, |a| {
+                dead::page(a, q, &f, offset, limit)
+            })
+            .map(|v| http::json(200, &v))
         }
         (Method::Get, "/api/dead/show") => {
             let q = query
                 .get("queue")
                 .ok_or_else(|| http::error(400, "queue: missing"))?;
             let index = num_param(&query, "index", 0)? as usize;
-            match with_admin(global, shared, |a| a.dead_show(q, index))? {
+            match with_admin(global, shared, &shared.admin, |a| a.dead_show(q, index))? {
                 Some(d) => Ok(http::json(200, &dead::letter_json(&d, true))),
                 None => Err(http::error(
                     404,
@@ -380,11 +386,9 @@ fn action(
     match path {
         "/api/pause" | "/api/resume" => {
             let pause = path == "/api/pause";
-            with_admin(
-                global,
-                shared,
-                |a| if pause { a.pause(q) } else { a.resume(q) },
-            )?;
+            with_admin(global, shared, &shared.changes, |a| {
+                if pause { a.pause(q) } else { a.resume(q) }
+            })?;
             Ok(http::json(200, &json!({"queue": q, "paused": pause})))
         }
         "/api/dead/requeue" | "/api/dead/purge" => {
@@ -407,7 +411,7 @@ fn action(
                     );
                 }
                 let c = conn.as_mut().expect("just connected");
-                let r = with_admin(global, shared, |a| {
+                let r = with_admin(global, shared, &shared.changes, |a| {
                     dead::one(a, c, q, index, record, requeue)
                 });
                 if r.is_err() {
@@ -419,7 +423,7 @@ fn action(
             }
             let dry_run = form.get("dry_run").is_some_and(|v| v == "1" || v == "true");
             let f = filter_of(form);
-            let r = with_admin(global, shared, |a| {
+            let r = with_admin(global, shared, &shared.changes, |a| {
                 if requeue {
                     a.dead_requeue(q, &f, dry_run)
                 } else {
