@@ -22,6 +22,8 @@
 //! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
 //! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
+//! `--metrics-addr HOST:PORT` serves Prometheus `/metrics` and `/healthz` there (needs
+//! `--features metrics`).
 //!
 //! Fleet (several copies on the same queues; see `docs/FLEET.md`): coordination is on by
 //! default, so all copies together follow one `--jobs-per-thread` rule; `--no-fleet` turns it
@@ -62,6 +64,7 @@ struct Args {
     tls_ca: Option<String>,
     block_ms: Option<u64>,
     recycle_after: Option<u64>,
+    metrics_addr: Option<String>,
     no_fleet: bool,
     fleet: Option<String>,
     fleet_max_threads_per_type: Option<usize>,
@@ -114,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
             "--tls-ca" => args.tls_ca = Some(value),
             "--block-ms" => args.block_ms = Some(num(&value)?),
             "--recycle-after" => args.recycle_after = Some(num(&value)?),
+            "--metrics-addr" => args.metrics_addr = Some(value),
             "--fleet" => args.fleet = Some(value),
             "--fleet-max-threads-per-type" => {
                 args.fleet_max_threads_per_type = Some(num(&value)? as usize)
@@ -218,6 +222,14 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     if let Some(ms) = args.block_ms {
         builder = builder.fetch_timeout(Duration::from_millis(ms));
+    }
+    if let Some(addr) = &args.metrics_addr {
+        #[cfg(feature = "metrics")]
+        {
+            builder = builder.metrics_addr(addr.as_str());
+        }
+        #[cfg(not(feature = "metrics"))]
+        return Err(format!("--metrics-addr {addr}: built without the `metrics` feature").into());
     }
     let mut sources = Vec::new();
     for (name, key) in &args.queues {

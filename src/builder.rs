@@ -182,6 +182,9 @@ pub struct Builder {
     config: Config,
     events: Box<dyn EventHandler>,
     queues: Vec<Queue>,
+    /// `metrics_addr` as given; parsed in `build()`.
+    #[cfg(feature = "metrics")]
+    metrics_addr: Option<String>,
 }
 
 impl fmt::Debug for Builder {
@@ -199,6 +202,8 @@ impl Default for Builder {
             config: Config::default(),
             events: Box::new(NoEvents),
             queues: Vec::new(),
+            #[cfg(feature = "metrics")]
+            metrics_addr: None,
         }
     }
 }
@@ -304,6 +309,39 @@ impl Builder {
     /// handler that panics is caught (see [`EventHandler`]).
     pub fn event_handler(mut self, handler: impl EventHandler) -> Self {
         self.events = Box::new(handler);
+        self
+    }
+
+    /// Serves Prometheus metrics over HTTP at `addr` (`HOST:PORT`, such as `"0.0.0.0:9464"`
+    /// or `"127.0.0.1:9464"`; a host name is resolved once, in `build()`): `GET /metrics`
+    /// answers the text exposition format (what
+    /// [`metrics_text`](ThreadPoolManager::metrics_text) renders), `GET /healthz` answers
+    /// `200 ok` (`draining` while shutting down, `503` if the monitor thread died). One thread
+    /// of the pool (`{prefix}-metrics`) listens from [`start`](ThreadPoolManager::start) until
+    /// [`wait`](ThreadPoolManager::wait) returns. Port 0 picks a free port.
+    ///
+    /// Defaults to none: nothing listens unless asked. An address that does not parse is a
+    /// [`BuildError`] naming `metrics_addr`; one that cannot be bound (taken, not local) fails
+    /// `start()` with [`StartError::Metrics`](crate::StartError::Metrics).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, ThreadPoolManager};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// let pool = ThreadPoolManager::builder()
+    ///     .metrics_addr("127.0.0.1:0")
+    ///     .queue("pdf", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .build()?;
+    /// # drop(pool);
+    /// # Ok::<(), threadtide::BuildError>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_addr = Some(addr.into());
         self
     }
 
@@ -484,8 +522,46 @@ impl Builder {
                 (config, q.runner)
             })
             .collect();
-        let events = Arc::new(Guarded::new(self.events));
-        Ok(ThreadPoolManager::new(self.config, queues, events))
+        #[cfg(feature = "metrics")]
+        {
+            let mut config = self.config;
+            config.metrics_addr = match &self.metrics_addr {
+                Some(raw) => Some(parse_addr(raw)?),
+                None => None,
+            };
+            let recorder = Arc::new(crate::metrics::Recorder::default());
+            let tee = crate::metrics::Tee {
+                recorder: Arc::clone(&recorder),
+                inner: self.events,
+            };
+            let events = Arc::new(Guarded::new(Box::new(tee)));
+            Ok(ThreadPoolManager::new(config, queues, events).with_recorder(recorder))
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let events = Arc::new(Guarded::new(self.events));
+            Ok(ThreadPoolManager::new(self.config, queues, events))
+        }
+    }
+}
+
+/// `metrics_addr` as a socket address: `IP:PORT`, or `HOST:PORT` resolved once.
+#[cfg(feature = "metrics")]
+fn parse_addr(raw: &str) -> Result<std::net::SocketAddr, BuildError> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = raw.parse() {
+        return Ok(addr);
+    }
+    let quoted = format!("{raw:?}");
+    match raw.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| BuildError::new("metrics_addr", &quoted, "resolves to no address")),
+        Err(e) => Err(BuildError::new(
+            "metrics_addr",
+            &quoted,
+            format!("must be HOST:PORT ({e})"),
+        )),
     }
 }
 

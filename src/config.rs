@@ -48,6 +48,9 @@ pub(crate) struct Config {
     pub(crate) backoff: Backoff,
     pub(crate) thread_name_prefix: String,
     pub(crate) stack_size: Option<usize>,
+    /// Where the metrics server listens (`None`: nowhere).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -65,6 +68,8 @@ impl Default for Config {
             },
             thread_name_prefix: defaults::THREAD_NAME_PREFIX.to_owned(),
             stack_size: None,
+            #[cfg(feature = "metrics")]
+            metrics_addr: None,
         }
     }
 }

@@ -164,6 +164,29 @@ impl Accumulator {
         &self.buckets
     }
 
+    /// The timed jobs as a Prometheus histogram over `bounds` (ascending, in seconds): a job
+    /// counts under a bound when the middle of its fine bucket is at most the bound, so a job
+    /// within 6% of a bound may count on either side of it.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn cumulative(&self, bounds: &[f64]) -> crate::histogram::Cumulative {
+        let mut out = Vec::with_capacity(bounds.len());
+        let mut seen = 0u64;
+        let mut i = 0;
+        for &bound in bounds {
+            let limit = bound * 1e9;
+            while i < self.buckets.len() && bucket_mid(i) as f64 <= limit {
+                seen += self.buckets[i];
+                i += 1;
+            }
+            out.push((bound, seen));
+        }
+        crate::histogram::Cumulative {
+            buckets: out,
+            sum_seconds: self.time_sum_ns as f64 / 1e9,
+            count: self.buckets.iter().sum(),
+        }
+    }
+
     /// Mean over the timed jobs.
     pub(crate) fn mean(&self) -> Option<Duration> {
         let n: u64 = self.buckets.iter().sum();
@@ -266,6 +289,21 @@ mod tests {
         assert!((p99 - 99.0).abs() < 99.0 / 16.0, "{p99}");
         let mean = acc.mean().unwrap().as_secs_f64() * 1000.0;
         assert!((mean - 50.5).abs() < 0.01, "{mean}");
+    }
+
+    #[test]
+    fn prometheus_buckets_count_each_job_once_under_its_bound() {
+        let c = Counters::default();
+        for ms in [50, 400, 3_000, 90_000] {
+            c.record_time(Duration::from_millis(ms));
+        }
+        let mut acc = Accumulator::default();
+        c.add_to(&mut acc);
+        let h = acc.cumulative(&[0.1, 0.5, 1.0, 60.0, 120.0]);
+        let counts: Vec<u64> = h.buckets.iter().map(|b| b.1).collect();
+        assert_eq!(counts, [1, 2, 2, 3, 4]);
+        assert_eq!(h.count, 4);
+        assert!((h.sum_seconds - 93.45).abs() < 1e-6, "{}", h.sum_seconds);
     }
 
     #[test]

@@ -89,6 +89,15 @@ pub enum StartError {
         /// What the source said.
         error: SourceError,
     },
+    /// The metrics server could not listen on
+    /// [`metrics_addr`](crate::Builder::metrics_addr) (the port is taken, or the address is
+    /// not this machine's). Feature `metrics`.
+    Metrics {
+        /// The address it tried.
+        addr: std::net::SocketAddr,
+        /// Why the bind failed.
+        error: io::Error,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -100,6 +109,9 @@ impl fmt::Display for StartError {
             StartError::Source { queue, error } => {
                 write!(f, "queue {queue}: the job source cannot start: {error}")
             }
+            StartError::Metrics { addr, error } => {
+                write!(f, "metrics_addr {addr}: cannot listen: {error}")
+            }
         }
     }
 }
@@ -109,6 +121,7 @@ impl Error for StartError {
         match self {
             StartError::Spawn(e) => Some(e),
             StartError::Source { error, .. } => Some(error),
+            StartError::Metrics { error, .. } => Some(error),
             _ => None,
         }
     }

@@ -172,7 +172,10 @@ mod counters;
 mod error;
 mod estimate;
 mod event;
+mod histogram;
 mod manager;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod monitor;
 mod outage;
 mod queue;
@@ -204,7 +207,9 @@ pub use source::memory::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use source::redis::{QueueSummary, RedisConsumer, RedisSource, RedisSourceBuilder, RedisStats};
-pub use source::{Consumer, FetchContext, FetchWait, JobSource, PoolInfo, Unacked, WorkerInfo};
+pub use source::{
+    Consumer, FetchContext, FetchWait, JobSource, PoolInfo, SourceMetrics, Unacked, WorkerInfo,
+};
 pub use stats::{PoolStats, QueueStats};
 pub use threads::silence_job_panics;
 

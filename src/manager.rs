@@ -31,6 +31,9 @@ struct Threads {
     abandoned: bool,
     /// Running jobs were handed back to their sources after a shutdown deadline.
     requeued: bool,
+    /// The metrics server, from `start` until the pool is joined.
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Server>,
 }
 
 /// A pool of worker threads per queue that grows and shrinks with each queue's backlog.
@@ -61,6 +64,8 @@ pub struct ThreadPoolManager {
     shared: Arc<PoolShared>,
     runners: Vec<Arc<dyn Runner>>,
     threads: Arc<Mutex<Threads>>,
+    #[cfg(feature = "metrics")]
+    recorder: Arc<crate::metrics::Recorder>,
 }
 
 impl fmt::Debug for ThreadPoolManager {
@@ -123,7 +128,74 @@ impl ThreadPoolManager {
             shared: Arc::new(PoolShared::new(id, config, queues, events)),
             runners,
             threads: Arc::new(Mutex::new(Threads::default())),
+            #[cfg(feature = "metrics")]
+            recorder: Arc::default(),
         }
+    }
+
+    /// Uses `recorder` (fed by the event handler the builder installed) for the metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_recorder(mut self, recorder: Arc<crate::metrics::Recorder>) -> Self {
+        self.recorder = recorder;
+        self
+    }
+
+    /// The pool's metrics in the Prometheus text exposition format (version 0.0.4), as
+    /// [`Builder::metrics_addr`](crate::Builder::metrics_addr)'s `GET /metrics` serves them:
+    /// for hosts that run their own HTTP server. Every metric and the queries to use are
+    /// listed in `docs/OPERATIONS.md`.
+    ///
+    /// Reads the pool's counters without stopping it, and asks each source for its numbers
+    /// ([`JobSource::metrics`](crate::JobSource::metrics)): for the Redis source one round
+    /// trip per queue, skipped while Redis is unreachable. Call it at scrape rate (seconds),
+    /// not in a loop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, ThreadPoolManager};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// let pool = ThreadPoolManager::builder()
+    ///     .queue("pdf", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .build()?;
+    /// let text = pool.metrics_text();
+    /// assert!(text.contains("threadtide_workers{queue=\"pdf\"} 0"));
+    /// # Ok::<(), threadtide::BuildError>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.shared, &self.runners, &self.recorder)
+    }
+
+    /// Binds and starts the metrics server if an address was set.
+    #[cfg(feature = "metrics")]
+    fn start_metrics(&self) -> Result<Option<crate::metrics::Server>, StartError> {
+        let Some(addr) = self.shared.config.metrics_addr else {
+            return Ok(None);
+        };
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|error| StartError::Metrics { addr, error })?;
+        let pages = MetricsPages {
+            shared: Arc::clone(&self.shared),
+            runners: self.runners.clone(),
+            recorder: Arc::clone(&self.recorder),
+        };
+        let name = threads::thread_name(&self.shared.config.thread_name_prefix, None, "metrics");
+        crate::metrics::Server::start(listener, name, pages)
+            .map(Some)
+            .map_err(StartError::Spawn)
+    }
+
+    /// The address the metrics server listens on (with the port the system picked for port
+    /// 0), from [`start`](Self::start) until [`wait`](Self::wait) returns; `None` when no
+    /// [`metrics_addr`](crate::Builder::metrics_addr) was set.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.threads.lock().metrics.as_ref().map(|s| s.addr())
     }
 
     /// Starts the monitor thread, which spawns workers as the backlogs ask (at once for queues
@@ -143,6 +215,10 @@ impl ThreadPoolManager {
         if self.shared.is_stopping() {
             return Err(StartError::ShutDown);
         }
+        // First, so that nothing else has started if the address is taken; dropped (stopped
+        // and joined) on every error below.
+        #[cfg(feature = "metrics")]
+        let metrics = self.start_metrics()?;
         let prefix: Arc<str> = Arc::from(self.shared.config.thread_name_prefix.as_str());
         let events: Arc<dyn EventHandler> = self.shared.events.clone();
         for (i, q) in self.shared.queues.iter().enumerate() {
@@ -174,6 +250,10 @@ impl ThreadPoolManager {
             })?;
         threads.started = true;
         threads.monitor = Some(handle);
+        #[cfg(feature = "metrics")]
+        {
+            threads.metrics = metrics;
+        }
         Ok(())
     }
 
@@ -264,6 +344,8 @@ impl ThreadPoolManager {
             let _ = monitor.join();
         }
         close_signals(signals);
+        #[cfg(feature = "metrics")]
+        drop(self.threads.lock().metrics.take());
         if self.shared.monitor_died.load(Ordering::Acquire) {
             return Err(WaitError::MonitorPanicked);
         }
@@ -362,6 +444,8 @@ impl Drop for ThreadPoolManager {
             // SIGTERM stay captured by a pool that is gone.
             let signals = self.threads.lock().signals.take();
             close_signals(signals);
+            #[cfg(feature = "metrics")]
+            drop(self.threads.lock().metrics.take());
             return;
         }
         let _ = self.wait();
@@ -373,5 +457,30 @@ fn close_signals(signals: Option<(signal_hook::iterator::Handle, JoinHandle<()>)
     if let Some((handle, thread)) = signals {
         handle.close();
         let _ = thread.join();
+    }
+}
+
+/// What the metrics server serves: the pool's text and its health.
+#[cfg(feature = "metrics")]
+struct MetricsPages {
+    shared: Arc<PoolShared>,
+    runners: Vec<Arc<dyn Runner>>,
+    recorder: Arc<crate::metrics::Recorder>,
+}
+
+#[cfg(feature = "metrics")]
+impl crate::metrics::Pages for MetricsPages {
+    fn metrics(&self) -> String {
+        crate::metrics::render(&self.shared, &self.runners, &self.recorder)
+    }
+
+    fn health(&self) -> (bool, &'static str) {
+        if self.shared.monitor_died.load(Ordering::Acquire) {
+            (false, "monitor thread died\n")
+        } else if self.shared.is_stopping() {
+            (true, "draining\n")
+        } else {
+            (true, "ok\n")
+        }
     }
 }

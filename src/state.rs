@@ -47,6 +47,8 @@ pub(crate) struct QueueState {
     pub(crate) backlog: AtomicUsize,
     pub(crate) init_failures: AtomicU64,
     pub(crate) source_errors: AtomicU64,
+    /// How long each successful `init` took (the worker start-up histogram of the metrics).
+    pub(crate) init_times: crate::histogram::Timings,
     pub(crate) next_index: AtomicU64,
     /// Why the queue has its size: an index into `SizeReason::ALL`, set by the monitor.
     pub(crate) size_reason: std::sync::atomic::AtomicU8,
@@ -68,6 +70,7 @@ impl QueueState {
             backlog: AtomicUsize::new(0),
             init_failures: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
+            init_times: Default::default(),
             next_index: AtomicU64::new(0),
             size_reason: std::sync::atomic::AtomicU8::new(0),
             wake_tx,

@@ -32,6 +32,11 @@ pub(crate) trait Runner: Send + Sync {
     /// The source's fleet share ([`JobSource::coordinate`]); not guarded (the monitor is).
     fn coordinate(&self, view: &crate::QueueView) -> Option<crate::FleetShare>;
     fn run(&self, worker: &Worker<'_>) -> ExitReason;
+    /// The source's numbers for the metrics; a panic in it is caught (nothing filled in).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn metrics(&self, out: &mut crate::SourceMetrics) {
+        let _ = out;
+    }
 }
 
 impl<H: Handlers> Runner for H {
@@ -61,6 +66,13 @@ impl<H: Handlers> Runner for H {
 
     fn run(&self, worker: &Worker<'_>) -> ExitReason {
         run(self, worker)
+    }
+
+    fn metrics(&self, out: &mut crate::SourceMetrics) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.source().metrics(out))) {
+            log::warn!("the source's metrics panicked: {}", panic_message(&*p));
+            drop_payload(p);
+        }
     }
 }
 
@@ -163,8 +175,10 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
             continue;
         };
         let Some(st) = state.as_mut() else {
+            let init_started = std::time::Instant::now();
             let message = match catch_unwind(AssertUnwindSafe(|| h.init(&w.info))) {
                 Ok(Ok(s)) => {
+                    w.queue.init_times.record(init_started.elapsed());
                     state = Some(s);
                     loop_state.since_init = 0;
                     init_failures = 0;

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the command ran and found a problem it reports (for example a key
 //! that is not a queue); 2 bad usage (clap's own code); 3 Redis unreachable; 4 Redis refused the
-//! credentials or a permission.
+//! credentials or a permission. Every command takes `--json`. Bulk changes (`dead requeue`,
+//! `dead purge`) print how many records match and change nothing without `--yes`.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,14 @@ use clap::{Parser, Subcommand};
 
 mod common;
 mod simulate;
+mod dashboard;
+mod dead;
+mod events;
+mod explain;
+mod pause;
+mod retries;
+mod set;
+mod status;
 
 use common::{CliError, Global};
 
@@ -38,6 +47,24 @@ enum Command {
     /// Run a workload profile through the scaling policies in virtual time; write charts,
     /// CSV series and a summary table into --out DIR. No Redis needed.
     Simulate(simulate::Args),
+    /// Every live process, and per queue its counts, workers and the reason for its size.
+    Status(status::Args),
+    /// The scaling history of the fleet.
+    Events(events::Args),
+    /// Dead letters: list, show, requeue, purge.
+    Dead(dead::Args),
+    /// Delayed retries.
+    Retries(retries::Args),
+    /// Pause a queue fleet-wide: running jobs finish, no new job starts.
+    Pause(pause::Args),
+    /// Resume a paused queue.
+    Resume(pause::Args),
+    /// Change a queue's runtime setting fleet-wide (jobs-per-thread, fleet-max-threads).
+    Set(set::Args),
+    /// Why a queue has the workers it has, one line per process.
+    Explain(explain::Args),
+    /// Serve the live dashboard: one page and a JSON API (docs/DASHBOARD.md).
+    Dashboard(dashboard::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +76,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ping => ping(&global),
         Command::Simulate(args) => simulate::run(&global, args),
+        Command::Status(args) => status::run(&global, args),
+        Command::Events(args) => events::run(&global, args),
+        Command::Dead(args) => dead::run(&global, args),
+        Command::Retries(args) => retries::run(&global, args),
+        Command::Pause(args) => pause::run(&global, args, true),
+        Command::Resume(args) => pause::run(&global, args, false),
+        Command::Set(args) => set::run(&global, args),
+        Command::Explain(args) => explain::run(&global, args),
+        Command::Dashboard(args) => dashboard::run(&global, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,10 @@
 //!
 //! Every call is one round trip (a pipeline or a script) on the one connection the [`Admin`]
 //! holds; none of them touches a job. The key layout is in `docs/FLEET.md`.
+//!
+//! Dead letters and delayed retries ([`Admin::dead_page`], [`Admin::dead_requeue`],
+//! [`Admin::retries`], ...) are read in bounded pages; a requeue or purge moves each job
+//! atomically, in scripts of 200 jobs (see their docs).
 
 use std::fmt;
 use std::time::Duration;
@@ -16,7 +20,13 @@ use crate::reason::SizeReason;
 use crate::source::redis::fleet_keys::{DEFAULT_FLEET, FleetKeys};
 use crate::source::redis::{redact_url, redis_error, scrub, secrets};
 
+mod dead;
 mod fleet;
+mod record;
+mod retries;
+
+pub use dead::{DeadFilter, DeadLetter, DeadPage, MoveReport};
+pub use retries::DelayedRetry;
 
 /// How long a call waits for the server before it fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);

@@ -10,10 +10,12 @@ use crate::event::{ErrorEvent, ErrorKind, EventHandler};
 
 mod context;
 pub(crate) mod memory;
+mod metrics;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
 pub use context::{FetchContext, FetchWait};
+pub use metrics::SourceMetrics;
 
 /// A queue of jobs the pool drains: an in-memory queue, a Redis list, anything else.
 ///
@@ -105,6 +107,18 @@ pub trait JobSource: Send + Sync + 'static {
     /// [`shutdown_timeout`]: crate::ThreadPoolManager::shutdown_timeout
     fn requeue_running(&self) -> Result<usize, SourceError> {
         Ok(0)
+    }
+
+    /// Fills in what the source knows for the pool's metrics (feature `metrics`:
+    /// [`ThreadPoolManager::metrics_text`](crate::ThreadPoolManager) and the `/metrics`
+    /// endpoint). Called on the thread that renders the metrics, once per scrape (typically
+    /// every 15 s), never by the monitor or a worker. May block briefly (one round trip);
+    /// a source whose server is down should say so in
+    /// [`reachable`](SourceMetrics::reachable) rather than wait for it. Defaults to nothing.
+    ///
+    /// A panic here is caught: that scrape has no numbers from this source.
+    fn metrics(&self, out: &mut SourceMetrics) {
+        let _ = out;
     }
 
     /// Takes part in scaling across processes (a fleet): called by the monitor on every

@@ -61,3 +61,39 @@ pub struct RedisStats {
     /// every 50 ms while Redis answers); `None` before the first read.
     pub backlog_age: Option<Duration>,
 }
+
+/// The backlog count older than this means the keeper cannot reach Redis (it reads every
+/// 50 ms while Redis answers).
+const STALE_BACKLOG: Duration = Duration::from_secs(3);
+
+/// [`JobSource::metrics`](crate::JobSource::metrics) of the Redis source.
+pub(super) fn fill_metrics<J: Send + 'static>(
+    source: &super::RedisSource<J>,
+    out: &mut crate::SourceMetrics,
+) {
+    let s = source.stats();
+    out.retried = Some(s.retried);
+    out.reconnects = Some(s.reconnects);
+    out.recovered = Some(s.recovered);
+    out.acks_refused = Some(s.acks_refused);
+    out.dead_lettered = vec![
+        ("malformed", s.dead_malformed),
+        ("attempts_exhausted", s.dead_exhausted),
+        ("permanent", s.dead_permanent),
+    ];
+    let stale = s.backlog_age.is_some_and(|age| age > STALE_BACKLOG);
+    if stale {
+        out.reachable = Some(false);
+        return;
+    }
+    match source.summary() {
+        Ok(q) => {
+            out.reachable = Some(true);
+            out.delayed = Some(q.delayed as u64);
+            out.processing = Some(q.processing as u64);
+            out.dead = Some(q.dead as u64);
+            out.registered_workers = Some(q.workers as u64);
+        }
+        Err(_) => out.reachable = Some(false),
+    }
+}

@@ -1,0 +1,303 @@
+//! `status`, `pause` / `resume`, `set` and `explain` against real `rpa_worker` processes on a
+//! real `redis-server`: what the command shows is what the processes run, a pause holds every
+//! job in Redis until resumed, and explain names the reason for each case (no backlog, the
+//! per-queue cap, the total cap, the fleet cap, paused, held by stabilisation).
+
+mod support;
+
+use redis::Commands;
+use serde_json::Value;
+use support::{PATIENCE, RedisServer, Worker, json, ok, wait_until};
+
+fn jobs(n: usize, ms: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| format!(r#"{{"id":"{i}","ms":{ms}}}"#))
+        .collect()
+}
+
+fn push(redis: &RedisServer, key: &str, payloads: &[String]) {
+    let _: () = redis.conn().rpush(key, payloads).unwrap();
+}
+
+/// The `status --json` entry of queue `key`.
+fn queue<'a>(status: &'a Value, key: &str) -> Option<&'a Value> {
+    status["queues"]
+        .as_array()?
+        .iter()
+        .find(|q| q["key"] == key)
+}
+
+/// explain's reason per process for `key`, sorted.
+fn reasons(url: &str, key: &str) -> Vec<String> {
+    let doc = json(url, &["explain", key]);
+    let mut r: Vec<String> = doc["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap().to_owned())
+        .collect();
+    r.sort();
+    r
+}
+
+#[test]
+fn status_shows_what_the_processes_run_and_drops_a_killed_one() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let queues = [
+        ("conferencia", "fila:conferencia"),
+        ("emissao", "fila:emissao"),
+    ];
+    let extra = ["--jobs-per-thread", "10", "--max-threads-per-type", "3"];
+    let a = Worker::start(&redis, &queues, &extra);
+    let mut b = Worker::start(&redis, &queues, &extra);
+    push(&redis, "fila:conferencia", &jobs(200, 5000));
+    let pids = |s: &Value| -> Vec<u64> {
+        let mut p: Vec<u64> = s["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect();
+        p.sort();
+        p
+    };
+    let mut expected = vec![u64::from(a.pid()), u64::from(b.pid())];
+    expected.sort();
+    // Both processes at their cap of 3 on conferencia, idle on emissao.
+    let settled = |s: &Value| {
+        let Some(q) = queue(s, "fila:conferencia") else {
+            return false;
+        };
+        pids(s) == expected
+            && q["fleet"]["alive"] == 6
+            && q["fleet"]["busy"] == 6
+            && q["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["alive"] == 3 && p["target"] == 3)
+    };
+    wait_until(
+        PATIENCE,
+        "status to show both processes at their cap",
+        || settled(&json(&url, &["status"])),
+        || (&expected, json(&url, &["status"])),
+    );
+    let s = json(&url, &["status"]);
+    let conf = queue(&s, "fila:conferencia").unwrap();
+    // The processes' records agree with the queue's own registry and lists.
+    assert_eq!(conf["registered_workers"], 6, "{conf}");
+    assert_eq!(conf["processing"], 6, "{conf}");
+    assert_eq!(conf["backlog"], 194, "{conf}");
+    for p in s["processes"].as_array().unwrap() {
+        assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            p["id"]
+                .as_str()
+                .unwrap()
+                .contains(&format!(":{}:", p["pid"])),
+            "{p}"
+        );
+    }
+    let emissao = queue(&s, "fila:emissao").unwrap();
+    assert_eq!(
+        emissao["processes"].as_array().unwrap().len(),
+        2,
+        "both serve emissao"
+    );
+    assert!(
+        emissao["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["reason"] == "no_backlog")
+    );
+    let human = ok(&url, &["status"]);
+    assert!(human.contains("fila:conferencia: backlog 194"), "{human}");
+
+    b.kill(); // kill -9
+    let alone = vec![u64::from(a.pid())];
+    wait_until(
+        PATIENCE,
+        "the killed process to leave status",
+        || pids(&json(&url, &["status"])) == alone,
+        || json(&url, &["status"]),
+    );
+}
+
+#[test]
+fn a_paused_queue_runs_nothing_until_resumed() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let key = "fila:conferencia";
+    let _w = Worker::start(&redis, &[("conferencia", key)], &[]);
+    push(&redis, key, &jobs(1, 1));
+    let mut conn = redis.conn();
+    wait_until(
+        PATIENCE,
+        "a first job to run",
+        || conn.llen::<_, usize>("fila:resultados").unwrap() == 1,
+        || (),
+    );
+    let out = ok(&url, &["pause", key]);
+    assert!(out.contains("paused"), "{out}");
+    wait_until(
+        PATIENCE,
+        "the process to report the pause",
+        || reasons(&url, key) == ["paused"],
+        || reasons(&url, key),
+    );
+    push(&redis, key, &jobs(50, 1));
+    // Several heartbeats later (each rewrites the process record), still nothing ran.
+    let beat = || -> u64 {
+        let s = json(&url, &["status"]);
+        s["processes"][0]["heartbeat_ms"].as_u64().unwrap()
+    };
+    let first = beat();
+    wait_until(
+        PATIENCE,
+        "five more heartbeats",
+        || beat() >= first + 500,
+        beat,
+    );
+    assert_eq!(
+        conn.llen::<_, usize>("fila:resultados").unwrap(),
+        1,
+        "a job ran while paused"
+    );
+    assert_eq!(
+        conn.llen::<_, usize>(key).unwrap(),
+        50,
+        "every job stays in the queue"
+    );
+    let status = json(&url, &["status"]);
+    assert_eq!(queue(&status, key).unwrap()["paused"], true);
+
+    ok(&url, &["resume", key]);
+    wait_until(
+        PATIENCE,
+        "the 50 jobs after resume",
+        || conn.llen::<_, usize>("fila:resultados").unwrap() == 51,
+        || conn_len(&redis),
+    );
+    assert_eq!(
+        queue(&json(&url, &["status"]), key).unwrap()["paused"],
+        false
+    );
+}
+
+fn conn_len(redis: &RedisServer) -> usize {
+    redis.conn().llen("fila:resultados").unwrap()
+}
+
+#[test]
+fn explain_names_the_reason_for_each_case() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Local caps: processes that scale on their own (`--no-fleet`): one with a per-queue cap
+    // of 2 and a long stabilisation window, one with a total cap of 2 over two busy queues.
+    // Fleet settings (pause, fleet cap): a coordinated process.
+    let local = [
+        ("idle", "fila:idle"),
+        ("capped", "fila:capped"),
+        ("stab", "fila:stab"),
+    ];
+    let _a = Worker::start(
+        &redis,
+        &local,
+        &[
+            "--no-fleet",
+            "--max-threads-per-type",
+            "2",
+            "--jobs-per-thread",
+            "10",
+            "--scale-down-delay-ms",
+            "600000",
+        ],
+    );
+    let _b = Worker::start(
+        &redis,
+        &[("t1", "fila:t1"), ("t2", "fila:t2")],
+        &[
+            "--no-fleet",
+            "--max-total-threads",
+            "2",
+            "--jobs-per-thread",
+            "10",
+        ],
+    );
+    let _c = Worker::start(
+        &redis,
+        &[("fleet", "fila:fleet"), ("paused", "fila:paused")],
+        &["--jobs-per-thread", "10"],
+    );
+    // Queues that exist before their first job (so the commands accept them).
+    let mut conn = redis.conn();
+    wait_until(
+        PATIENCE,
+        "the three processes in status",
+        || {
+            json(&url, &["status"])["processes"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 3
+        },
+        || json(&url, &["status"]),
+    );
+    for key in ["fila:paused", "fila:fleet"] {
+        let _: () = conn.rpush(key, r#"{"id":"warm","ms":1}"#).unwrap();
+    }
+    wait_until(
+        PATIENCE,
+        "the warm-up jobs",
+        || conn.llen::<_, usize>("fila:resultados").unwrap() == 2,
+        || (),
+    );
+    ok(&url, &["pause", "fila:paused"]);
+    ok(&url, &["set", "fila:fleet", "fleet-max-threads", "1"]);
+    push(&redis, "fila:capped", &jobs(100, 20_000));
+    push(&redis, "fila:fleet", &jobs(100, 20_000));
+    push(&redis, "fila:paused", &jobs(100, 20_000));
+    push(&redis, "fila:t1", &jobs(100, 20_000));
+    push(&redis, "fila:t2", &jobs(100, 20_000));
+    push(&redis, "fila:stab", &jobs(30, 1));
+
+    let cases = [
+        ("fila:idle", "no_backlog", "no backlog"),
+        (
+            "fila:capped",
+            "queue_cap",
+            "at this process's per-queue cap",
+        ),
+        (
+            "fila:stab",
+            "stabilising",
+            "held by scale-down stabilisation",
+        ),
+        ("fila:fleet", "fleet_cap", "at the queue's fleet cap"),
+        ("fila:paused", "paused", "paused"),
+    ];
+    for (key, reason, words) in cases {
+        wait_until(
+            PATIENCE,
+            &format!("{key} explained as {reason}"),
+            || reasons(&url, key) == [reason],
+            || reasons(&url, key),
+        );
+        let line = ok(&url, &["explain", key]);
+        assert!(line.contains(words), "{key}: {line}");
+    }
+    // The total cap of 2 over two queues that each want 10: at least one is held by it.
+    wait_until(
+        PATIENCE,
+        "t1 or t2 at the total cap",
+        || {
+            [reasons(&url, "fila:t1"), reasons(&url, "fila:t2")]
+                .iter()
+                .any(|r| r == &["total_cap"])
+        },
+        || (reasons(&url, "fila:t1"), reasons(&url, "fila:t2")),
+    );
+}

@@ -1,0 +1,354 @@
+//! Helpers of the `threadtide` command's tests, copied from the root crate's tests/support
+//! (same behaviour): a real `redis-server` per test (free loopback port, its own directory,
+//! bounded start-up wait, log printed when the test fails, killed on drop), `wait_until`, the
+//! root's `rpa_worker` example built and run as a child process, and the `threadtide` binary.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fmt::Debug;
+use std::process::Output;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    pub port: u16,
+    /// The default user's password (`--requirepass`), put in [`url`](Self::url) when set.
+    pub password: Option<String>,
+    dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// A server without persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(&["--appendonly", "no"])
+    }
+
+    /// A server with AOF on and fsync at every write: what a deployment that must not lose
+    /// jobs runs.
+    pub fn start_durable() -> RedisServer {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "threadtide-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_owned());
+        let mut server = RedisServer {
+            port: 0,
+            password,
+            dir,
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server; log:\n{}", server.log());
+    }
+
+    /// Picks a free port without starting a server there yet (for "Redis comes up later").
+    pub fn reserve() -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "threadtide-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        RedisServer {
+            port: free_port(),
+            password: None,
+            dir,
+            child: None,
+            args: vec!["--appendonly".into(), "no".into()],
+        }
+    }
+
+    /// `redis://[:password@]127.0.0.1:port/`.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// A URL for an ACL user.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the server on `self.port`; true once it answers PING (within 30 s: generous, so
+    /// that a suite run on a loaded 2-core machine does not fail here).
+    pub fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--dir", self.dir.to_str().unwrap()])
+            .args(["--logfile", self.log_path().to_str().unwrap()])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (bash .ci/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                eprintln!(
+                    "redis-server exited at start ({status}) on port {}",
+                    self.port
+                );
+                self.child = None;
+                return false;
+            }
+            if let Ok(mut c) = self
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Not up in time (a starved machine): stop this one before the caller tries another
+        // port, so no server outlives the test.
+        eprintln!(
+            "redis-server did not answer PING within 30 s on port {}",
+            self.port
+        );
+        self.kill();
+        false
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        let c = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap();
+        // Generous: on a loaded machine a test's own reads must not time out first.
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c
+    }
+
+    /// `kill -9`: no shutdown, no final AOF rewrite.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `SHUTDOWN` (graceful: the server flushes its AOF), waiting for the process to exit.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = redis::cmd("SHUTDOWN").query::<()>(&mut self.conn());
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and directory (the AOF, if on, is replayed).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        for _ in 0..50 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100)); // port in TIME_WAIT
+        }
+        panic!("could not restart redis-server; log:\n{}", self.log());
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- redis-server log (port {}) ---\n{}",
+                self.port,
+                self.log()
+            );
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Generous: a condition that needs this long is a bug, not a slow machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it returns true; panics after `within` with `describe()`, so a
+/// failure says what state it saw.
+pub fn wait_until<D: Debug>(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+    describe: impl Fn() -> D,
+) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {within:?} waiting for {what}; last state: {:?}",
+                describe()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The workspace root (the root crate's directory).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The root crate's `rpa_worker` example, built once per test binary through the same cargo
+/// (into the shared target directory), so that a stale binary never runs.
+pub fn rpa_worker() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "threadtide",
+                "--example",
+                "rpa_worker",
+            ])
+            .current_dir(workspace_root());
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().expect("run cargo").success(),
+                "building rpa_worker failed"
+            );
+            let bin = profile_dir.join("examples").join("rpa_worker");
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// A running `rpa_worker`, killed (`kill -9`) on drop.
+pub struct Worker {
+    pub child: Child,
+}
+
+impl Worker {
+    /// `rpa_worker --redis URL --results fila:resultados --queue NAME=KEY ... EXTRA`, with
+    /// short heartbeats so that its fleet record appears fast.
+    pub fn start(redis: &RedisServer, queues: &[(&str, &str)], extra: &[&str]) -> Worker {
+        let mut cmd = Command::new(rpa_worker());
+        cmd.args(["--redis", &redis.url(), "--results", "fila:resultados"])
+            .args([
+                "--heartbeat-ms",
+                "100",
+                "--worker-ttl-ms",
+                "1000",
+                "--init-ms",
+                "5",
+            ]);
+        for (name, key) in queues {
+            cmd.arg("--queue").arg(format!("{name}={key}"));
+        }
+        cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::null());
+        Worker {
+            child: cmd.spawn().expect("start rpa_worker"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9` now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `threadtide ARGS` (the binary of this package) with `--redis URL`.
+pub fn threadtide(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_threadtide"))
+        .arg("--redis")
+        .arg(url)
+        .args(args)
+        .env_remove("THREADTIDE_REDIS")
+        .output()
+        .expect("run threadtide")
+}
+
+/// `threadtide ARGS` that must succeed; its stdout.
+pub fn ok(url: &str, args: &[&str]) -> String {
+    let out = threadtide(url, args);
+    assert!(
+        out.status.success(),
+        "threadtide {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `threadtide --json ARGS` that must succeed, parsed.
+pub fn json(url: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let text = ok(url, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}

@@ -1,0 +1,585 @@
+//! Dead letters: list, show, requeue and purge, by filter.
+//!
+//! The list is read in pages (`LRANGE`, [`PAGE`] records at a time), so a dead-letter list of
+//! any length is never held in memory at once. Each job moves on its own and atomically, in a
+//! Lua script that handles a batch of them: for each record it pushes the payload (decoded
+//! here, passed as bytes) to the queue's tail, then removes that exact record (`LREM` count 1)
+//! and takes the push back if the record was already gone (another operator moved it). So a
+//! command killed at any point leaves every job in exactly one place, and a rerun requeues only
+//! what is still dead: nothing is lost, nothing is duplicated. Both scripts check the key
+//! types before their first write (a script is not a transaction).
+
+use std::time::Duration;
+
+use redis::{Connection, Script};
+
+use super::Admin;
+use super::record::{Value, parse_flat};
+use crate::error::SourceError;
+use crate::source::redis::redis_error;
+
+/// Records read per `LRANGE`.
+const PAGE: usize = 500;
+/// Jobs moved per script call.
+const BATCH: usize = 200;
+
+const TYPES_OK: &str = r"
+for _, k in ipairs(KEYS) do
+  local t = redis.call('TYPE', k).ok
+  if t ~= 'list' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. k .. ' is a ' .. t .. ', not a list')
+  end
+end
+";
+
+/// KEYS: dead, queue. ARGV: record, payload, record, payload, ... Returns jobs moved.
+fn requeue_script() -> Script {
+    Script::new(&format!(
+        "{TYPES_OK}
+local moved = 0
+for i = 1, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    moved = moved + 1
+  else
+    redis.call('RPOP', KEYS[2])
+  end
+end
+return moved"
+    ))
+}
+
+/// KEYS: dead. ARGV: records. Returns records removed.
+fn purge_script() -> Script {
+    Script::new(&format!(
+        "{TYPES_OK}
+local removed = 0
+for i = 1, #ARGV do
+  removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+return removed"
+    ))
+}
+
+/// Which dead letters a command applies to. Every condition set must hold; the default
+/// matches every record.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use threadtide::admin::DeadFilter;
+///
+/// let f = DeadFilter::default()
+///     .reason("permanent")
+///     .grep("timeout")
+///     .older_than(Duration::from_secs(3600))
+///     .limit(100);
+/// # let _ = f;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadFilter {
+    /// The record's `reason` is exactly this (`malformed`, `attempts_exhausted`, `permanent`).
+    pub reason: Option<String>,
+    /// This text occurs in the record's error, worker or payload (case-sensitive).
+    pub grep: Option<String>,
+    /// The record was written at least this long ago (by the Redis server's clock).
+    pub older_than: Option<Duration>,
+    /// At most this many records (the first ones in the list). `None`: all.
+    pub limit: Option<usize>,
+}
+
+impl DeadFilter {
+    /// Only records with this reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+    /// Only records whose error, worker or payload contains `text`.
+    pub fn grep(mut self, text: impl Into<String>) -> Self {
+        self.grep = Some(text.into());
+        self
+    }
+    /// Only records written at least `age` ago.
+    pub fn older_than(mut self, age: Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+    /// At most `n` records.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    fn matches(&self, d: &DeadLetter, now_ms: u64) -> bool {
+        let filtered = self.reason.is_some() || self.grep.is_some() || self.older_than.is_some();
+        if d.unreadable.is_some() {
+            // An unreadable record matches only "everything".
+            return !filtered;
+        }
+        if self.reason.as_ref().is_some_and(|r| *r != d.reason) {
+            return false;
+        }
+        if let Some(age) = self.older_than {
+            let cutoff = now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+            if d.time_ms > cutoff {
+                return false;
+            }
+        }
+        if let Some(text) = &self.grep {
+            let payload = String::from_utf8_lossy(&d.payload);
+            if !(d.error.contains(text.as_str())
+                || d.worker.contains(text.as_str())
+                || payload.contains(text.as_str()))
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One dead-letter record, read from the queue's `{key}:dead` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Its position in the list when it was read (0 is the oldest). Positions shift when
+    /// records before it are removed.
+    pub index: usize,
+    /// The queue key it came from.
+    pub queue: String,
+    /// `malformed`, `attempts_exhausted` or `permanent`.
+    pub reason: String,
+    /// The error that ended it.
+    pub error: String,
+    /// Runs it had.
+    pub attempts: u64,
+    /// The worker's thread name (`rpa-conferencia-6`).
+    pub worker: String,
+    /// The worker's id in Redis.
+    pub worker_id: String,
+    /// When it was dead-lettered, Unix ms.
+    pub time_ms: u64,
+    /// The producer's payload, byte for byte (from `payload`, or `payload_hex`).
+    pub payload: Vec<u8>,
+    /// The stored record, exactly (what a requeue removes).
+    pub record: Vec<u8>,
+    /// Set when the record cannot be read (not this crate's format): why. Such a record is
+    /// never requeued (its payload is unknown) and is purged only by a filter that matches
+    /// everything.
+    pub unreadable: Option<String>,
+}
+
+impl DeadLetter {
+    fn read(index: usize, record: Vec<u8>) -> DeadLetter {
+        let mut d = DeadLetter {
+            index,
+            queue: String::new(),
+            reason: String::new(),
+            error: String::new(),
+            attempts: 0,
+            worker: String::new(),
+            worker_id: String::new(),
+            time_ms: 0,
+            payload: Vec::new(),
+            record: Vec::new(),
+            unreadable: None,
+        };
+        match parse_flat(&record).and_then(|m| {
+            let text = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            d.queue = text("queue");
+            d.reason = text("reason");
+            d.error = text("error");
+            d.worker = text("worker");
+            d.worker_id = text("worker_id");
+            d.attempts = m.get("attempts").and_then(Value::as_u64).unwrap_or(0);
+            d.time_ms = m.get("time_ms").and_then(Value::as_u64).unwrap_or(0);
+            d.payload = match (m.get("payload"), m.get("payload_hex")) {
+                (Some(Value::Str(p)), _) => p.clone().into_bytes(),
+                (_, Some(Value::Str(hex))) => from_hex(hex)?,
+                _ => return Err("no payload".to_owned()),
+            };
+            Ok(())
+        }) {
+            Ok(()) => {}
+            Err(e) => d.unreadable = Some(e),
+        }
+        d.record = record;
+        d
+    }
+}
+
+fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err("payload_hex of odd length".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| "bad payload_hex".to_owned()))
+        .collect()
+}
+
+/// A page of matching dead letters, from [`Admin::dead_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadPage {
+    /// Records in the dead-letter list now (`LLEN`), matching or not.
+    pub total: usize,
+    /// The matching records found, in list order.
+    pub letters: Vec<DeadLetter>,
+    /// Where to resume scanning for more (pass it as the next `offset`); `None` at the end.
+    pub next_offset: Option<usize>,
+}
+
+/// What a requeue or purge did, from [`Admin::dead_requeue`] and [`Admin::dead_purge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MoveReport {
+    /// Records that matched the filter.
+    pub matched: usize,
+    /// Records moved (requeued or purged): 0 on a dry run.
+    pub moved: usize,
+    /// Matching records gone before they could be moved (another command took them).
+    pub gone: usize,
+    /// Matching records that cannot be requeued because they are unreadable.
+    pub unreadable: usize,
+    /// Nothing was changed.
+    pub dry_run: bool,
+}
+
+/// The server's clock, Unix ms.
+fn server_ms(conn: &mut Connection) -> Result<u64, SourceError> {
+    let (s, us): (u64, u64) = redis::cmd("TIME")
+        .query(conn)
+        .map_err(|e| redis_error("cannot read the server time", e))?;
+    Ok(s * 1000 + us / 1000)
+}
+
+/// Fails unless `key` is a queue: a list (or absent) whose dead-letter list is a list (or
+/// absent), and either one of the queue's keys exists or the fleet lists it (`fleet_queues`,
+/// the fleet's set of queue keys).
+pub(crate) fn check_queue(
+    conn: &mut Connection,
+    key: &str,
+    fleet_queues: &str,
+) -> Result<(), SourceError> {
+    let (t_queue, t_dead, has_any, listed): (String, String, u64, bool) = redis::pipe()
+        .cmd("TYPE")
+        .arg(key)
+        .cmd("TYPE")
+        .arg(format!("{key}:dead"))
+        .cmd("EXISTS")
+        .arg(key)
+        .arg(format!("{key}:dead"))
+        .arg(format!("{key}:delayed"))
+        .arg(format!("{key}:workers"))
+        .arg(format!("{key}:retired"))
+        .arg(format!("{key}:settings"))
+        .cmd("SISMEMBER")
+        .arg(fleet_queues)
+        .arg(key)
+        .query(conn)
+        .map_err(|e| redis_error("cannot read the queue's keys", e))?;
+    for (k, t) in [(key.to_owned(), &t_queue), (format!("{key}:dead"), &t_dead)] {
+        if t != "list" && t != "none" {
+            return Err(SourceError::new(format!(
+                "{k} is a {t}, not a list: {key} is not a threadtide queue"
+            )));
+        }
+    }
+    if has_any == 0 && !listed {
+        return Err(SourceError::new(format!(
+            "no queue at {key}: no process of the fleet serves it, and neither it nor its \
+             :dead, :delayed or :workers keys exist"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads records `from..from + PAGE`.
+fn read_page(conn: &mut Connection, dead: &str, from: usize) -> Result<Vec<Vec<u8>>, SourceError> {
+    redis::cmd("LRANGE")
+        .arg(dead)
+        .arg(from)
+        .arg(from + PAGE - 1)
+        .query(conn)
+        .map_err(|e| redis_error("cannot read the dead-letter list", e))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Action {
+    Requeue,
+    Purge,
+}
+
+impl Admin {
+    /// Runs `f` on the admin's connection (dead letters and retries report their own errors).
+    pub(super) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        f(&mut self.conn.lock())
+    }
+
+    /// Checks that `key` is a threadtide queue: a list (or absent while empty) whose
+    /// `:dead` list is a list (or absent), and that a process of the fleet serves it or one
+    /// of its keys exists (the list, `:dead`, `:delayed`, `:workers`, `:retired`,
+    /// `:settings`). One pipelined round trip.
+    ///
+    /// # Errors
+    ///
+    /// An error naming the key and what it holds instead, or that nothing of a queue exists
+    /// there; or Redis cannot be reached.
+    pub fn check_queue(&self, key: &str) -> Result<(), SourceError> {
+        self.with_conn(|conn| check_queue(conn, key, &self.keys.queues))
+    }
+
+    /// Up to `limit` dead letters of queue `key` that match `filter`, scanning the list from
+    /// position `offset` (0 is the oldest record). Reads the list in pages of 500 records.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached, or `key` is not a queue (a key of another type, or no
+    /// key of the queue exists).
+    pub fn dead_page(
+        &self,
+        key: &str,
+        filter: &DeadFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<DeadPage, SourceError> {
+        let dead = format!("{key}:dead");
+        let limit = limit.min(filter.limit.unwrap_or(usize::MAX));
+        self.with_conn(|conn| {
+            check_queue(conn, key, &self.keys.queues)?;
+            let now = server_ms(conn)?;
+            let total: usize = redis::cmd("LLEN")
+                .arg(&dead)
+                .query(conn)
+                .map_err(|e| redis_error("cannot count dead letters", e))?;
+            let mut letters = Vec::new();
+            let mut at = offset;
+            loop {
+                let page = read_page(conn, &dead, at)?;
+                let len = page.len();
+                for (i, record) in page.into_iter().enumerate() {
+                    if letters.len() == limit {
+                        return Ok(DeadPage {
+                            total,
+                            letters,
+                            next_offset: Some(at + i),
+                        });
+                    }
+                    let d = DeadLetter::read(at + i, record);
+                    if filter.matches(&d, now) {
+                        letters.push(d);
+                    }
+                }
+                at += len;
+                if len < PAGE {
+                    return Ok(DeadPage {
+                        total,
+                        letters,
+                        next_offset: None,
+                    });
+                }
+            }
+        })
+    }
+
+    /// The dead letter at position `index` of queue `key`'s list (0 is the oldest), or
+    /// `None` past the end.
+    ///
+    /// # Errors
+    ///
+    /// As [`dead_page`](Self::dead_page).
+    pub fn dead_show(&self, key: &str, index: usize) -> Result<Option<DeadLetter>, SourceError> {
+        self.with_conn(|conn| {
+            check_queue(conn, key, &self.keys.queues)?;
+            let record: Option<Vec<u8>> = redis::cmd("LINDEX")
+                .arg(format!("{key}:dead"))
+                .arg(index)
+                .query(conn)
+                .map_err(|e| redis_error("cannot read the dead letter", e))?;
+            Ok(record.map(|r| DeadLetter::read(index, r)))
+        })
+    }
+
+    /// Puts the dead letters of queue `key` that match `filter` back at the tail of the
+    /// queue, as the producer's payload byte for byte (a fresh job: its run count starts
+    /// again). With `dry_run`, only counts them. Each job moves atomically (see the module's
+    /// design note): an interrupted call loses and duplicates nothing, and calling it again
+    /// moves what is left. Unreadable records stay.
+    ///
+    /// Cost: one `LRANGE` per 500 records scanned, one script per 200 jobs moved.
+    ///
+    /// # Errors
+    ///
+    /// As [`dead_page`](Self::dead_page); jobs moved before the error stay moved.
+    pub fn dead_requeue(
+        &self,
+        key: &str,
+        filter: &DeadFilter,
+        dry_run: bool,
+    ) -> Result<MoveReport, SourceError> {
+        self.apply(key, filter, dry_run, Action::Requeue)
+    }
+
+    /// Deletes the dead letters of queue `key` that match `filter`; with `dry_run`, only
+    /// counts them. Each record is removed by its exact bytes, so a record written meanwhile
+    /// is never removed in its place.
+    ///
+    /// # Errors
+    ///
+    /// As [`dead_page`](Self::dead_page); records removed before the error stay removed.
+    pub fn dead_purge(
+        &self,
+        key: &str,
+        filter: &DeadFilter,
+        dry_run: bool,
+    ) -> Result<MoveReport, SourceError> {
+        self.apply(key, filter, dry_run, Action::Purge)
+    }
+
+    fn apply(
+        &self,
+        key: &str,
+        filter: &DeadFilter,
+        dry_run: bool,
+        action: Action,
+    ) -> Result<MoveReport, SourceError> {
+        let dead = format!("{key}:dead");
+        let script = match action {
+            Action::Requeue => requeue_script(),
+            Action::Purge => purge_script(),
+        };
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        self.with_conn(|conn| {
+            check_queue(conn, key, &self.keys.queues)?;
+            let now = server_ms(conn)?;
+            let mut report = MoveReport {
+                dry_run,
+                ..MoveReport::default()
+            };
+            let mut at = 0;
+            loop {
+                let page = read_page(conn, &dead, at)?;
+                let len = page.len();
+                let mut chosen = Vec::new();
+                for (i, record) in page.into_iter().enumerate() {
+                    if report.matched == limit {
+                        break;
+                    }
+                    let d = DeadLetter::read(at + i, record);
+                    if !filter.matches(&d, now) {
+                        continue;
+                    }
+                    report.matched += 1;
+                    if action == Action::Requeue && d.unreadable.is_some() {
+                        report.unreadable += 1;
+                        continue;
+                    }
+                    chosen.push(d);
+                }
+                let mut moved_here = 0;
+                if !dry_run {
+                    for batch in chosen.chunks(BATCH) {
+                        let mut inv = script.key(&dead);
+                        if action == Action::Requeue {
+                            inv.key(key);
+                        }
+                        for d in batch {
+                            inv.arg(&d.record[..]);
+                            if action == Action::Requeue {
+                                inv.arg(&d.payload[..]);
+                            }
+                        }
+                        let n: usize = inv
+                            .invoke(conn)
+                            .map_err(|e| redis_error("cannot move dead letters", e))?;
+                        moved_here += n;
+                        report.gone += batch.len() - n;
+                    }
+                }
+                report.moved += moved_here;
+                // Records removed from this page shift the rest of the list down.
+                at += len - moved_here;
+                if len < PAGE || report.matched == limit {
+                    return Ok(report);
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::redis::envelope::{Reason, Who, dead_record};
+
+    #[test]
+    fn records_the_source_writes_read_back_byte_for_byte() {
+        let who = Who {
+            thread: "rpa-q-1",
+            wid: "h:1:n:0:0",
+        };
+        for payload in [
+            b"\xff\x00a\x1ftt2:".to_vec(),
+            "{\"é\":\"\\\"\n\t\u{1}\"} 😀".as_bytes().to_vec(),
+            Vec::new(),
+        ] {
+            let rec = dead_record(
+                "fila",
+                Reason::Permanent,
+                "bad \"x\"\n",
+                3,
+                who_copy(&who),
+                &payload,
+            );
+            let d = DeadLetter::read(7, rec.clone());
+            assert_eq!(d.unreadable, None);
+            assert_eq!(d.payload, payload);
+            assert_eq!(d.record, rec);
+            assert_eq!(
+                (d.reason.as_str(), d.attempts, d.index),
+                ("permanent", 3, 7)
+            );
+            assert_eq!(d.error, "bad \"x\"\n");
+            assert_eq!(d.worker, "rpa-q-1");
+        }
+        let bad = DeadLetter::read(0, b"not json".to_vec());
+        assert!(bad.unreadable.is_some());
+        assert!(DeadFilter::default().matches(&bad, 0));
+        assert!(!DeadFilter::default().reason("permanent").matches(&bad, 0));
+    }
+
+    fn who_copy<'a>(w: &Who<'a>) -> Who<'a> {
+        Who {
+            thread: w.thread,
+            wid: w.wid,
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let rec = br#"{"queue":"q","reason":"permanent","error":"site down","attempts":1,"worker":"w","worker_id":"i","time_ms":1000,"payload":"abc"}"#;
+        let d = DeadLetter::read(0, rec.to_vec());
+        let hour = Duration::from_secs(3600);
+        assert!(
+            DeadFilter::default()
+                .reason("permanent")
+                .grep("down")
+                .matches(&d, 2000)
+        );
+        assert!(!DeadFilter::default().reason("malformed").matches(&d, 2000));
+        assert!(DeadFilter::default().grep("bc").matches(&d, 2000));
+        assert!(!DeadFilter::default().grep("zzz").matches(&d, 2000));
+        assert!(!DeadFilter::default().older_than(hour).matches(&d, 2000));
+        assert!(
+            DeadFilter::default()
+                .older_than(hour)
+                .matches(&d, 1000 + 3_600_000)
+        );
+    }
+}

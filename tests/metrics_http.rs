@@ -1,0 +1,262 @@
+//! The `metrics` feature: `/metrics` and `/healthz` over real HTTP from a running pool, the
+//! server's life (listens only when asked, stops with the pool), configuration errors, and
+//! that every metric the shipped alert rules use is one the pool exports.
+#![cfg(feature = "metrics")]
+
+mod support;
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use support::{PATIENCE, wait_threads_gone, wait_until};
+use threadtide::{JobError, MemorySource, StartError, ThreadPoolManager};
+
+/// One HTTP/1.1 request; returns (status code, body).
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    if method == "GET" && status == 200 {
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+    }
+    (status, body.to_owned())
+}
+
+/// The value of the sample written exactly as `series` (`name{labels}`).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_running_pool_serves_its_metrics_and_health_and_stops_serving_when_joined() {
+    let jobs: MemorySource<u32> = MemorySource::builder().max_attempts(1).build().unwrap();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("mh")
+        .metrics_addr("127.0.0.1:0")
+        .queue(
+            "pdf",
+            jobs.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, n: &u32| {
+                // Every job lasts over 50 us, so every one is timed (none sampled).
+                std::thread::sleep(Duration::from_millis(2));
+                match n % 10 {
+                    0 => Err(JobError::permanent("bad page")),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.metrics_local_addr(),
+        None,
+        "nothing listens before start"
+    );
+    pool.start().unwrap();
+    let addr = pool.metrics_local_addr().expect("listening after start");
+    jobs.extend(1..=50);
+    wait_until(
+        PATIENCE,
+        "50 jobs settled",
+        || jobs.unfinished() == 0,
+        || jobs.unfinished(),
+    );
+
+    let (status, text) = http(addr, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        value(&text, r#"threadtide_jobs_total{queue="pdf",outcome="ok"}"#),
+        Some(45.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"threadtide_jobs_total{queue="pdf",outcome="failed"}"#
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"threadtide_job_duration_seconds_count{queue="pdf"}"#
+        ),
+        Some(50.0)
+    );
+    // Every job took ~2 ms: all of them fall under the first bound, 0.1 s.
+    assert_eq!(
+        value(
+            &text,
+            r#"threadtide_job_duration_seconds_bucket{queue="pdf",le="0.1"}"#
+        ),
+        Some(50.0)
+    );
+    let inits = value(
+        &text,
+        r#"threadtide_worker_init_duration_seconds_count{queue="pdf"}"#,
+    )
+    .unwrap();
+    let starts = value(&text, r#"threadtide_worker_starts_total{queue="pdf"}"#).unwrap();
+    assert!(
+        inits >= 1.0 && inits == starts,
+        "inits {inits}, starts {starts}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"threadtide_scale_events_total{queue="pdf",direction="up",reason="backlog_grew"}"#
+        )
+        .map(|v| v >= 1.0),
+        Some(true)
+    );
+    assert!(text.contains("# TYPE threadtide_job_duration_seconds histogram"));
+    assert!(
+        !text.contains("threadtide_queue_dead"),
+        "the memory source reports no Redis gauges"
+    );
+
+    assert_eq!(http(addr, "GET", "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(http(addr, "HEAD", "/metrics").1, "", "HEAD has no body");
+    assert_eq!(http(addr, "GET", "/other").0, 404);
+    assert_eq!(http(addr, "POST", "/metrics").0, 405);
+
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_eq!(pool.metrics_local_addr(), None);
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "still listening"
+    );
+    wait_threads_gone("mh-");
+    let after = pool.metrics_text();
+    let workers = value(
+        &after,
+        r#"threadtide_worker_exits_total{queue="pdf",reason="shutdown"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        Some(workers),
+        value(&after, r#"threadtide_worker_starts_total{queue="pdf"}"#),
+        "{after}"
+    );
+}
+
+#[test]
+fn nothing_listens_unless_asked_and_bad_addresses_are_errors() {
+    let jobs: MemorySource<u32> = MemorySource::new();
+    let quiet = ThreadPoolManager::builder()
+        .queue(
+            "q",
+            jobs.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    quiet.start().unwrap();
+    assert_eq!(quiet.metrics_local_addr(), None);
+    quiet.shutdown_timeout(PATIENCE).unwrap();
+
+    let err = ThreadPoolManager::builder()
+        .metrics_addr("localhost:notaport")
+        .queue(
+            "q",
+            jobs.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "metrics_addr");
+    assert!(err.to_string().contains("localhost:notaport"), "{err}");
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("mt")
+        .metrics_addr(format!("127.0.0.1:{port}"))
+        .queue("q", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+        .build()
+        .unwrap();
+    match pool.start() {
+        Err(StartError::Metrics { addr, .. }) => assert_eq!(addr.port(), port),
+        other => panic!("expected StartError::Metrics, got {other:?}"),
+    }
+    assert!(
+        support::threads_named("mt-").is_empty(),
+        "nothing may be left running"
+    );
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn every_metric_the_alert_rules_use_is_exported_by_a_redis_pool() {
+    use support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let source = threadtide::RedisSource::builder(redis.url(), "fila:metrics")
+        .build()
+        .unwrap();
+    source.push(&[b"x".to_vec()]).unwrap();
+    let pool = ThreadPoolManager::builder()
+        .queue(
+            "conferencia",
+            source,
+            |_| Ok::<_, Infallible>(()),
+            |_, _: &Vec<u8>| Err(JobError::permanent("no")),
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the job dead-lettered",
+        || {
+            value(
+                &pool.metrics_text(),
+                r#"threadtide_queue_dead{queue="conferencia"}"#,
+            ) == Some(1.0)
+        },
+        || pool.metrics_text(),
+    );
+    let text = pool.metrics_text();
+    assert_eq!(
+        value(&text, r#"threadtide_source_up{queue="conferencia"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"threadtide_jobs_dead_lettered_total{queue="conferencia",reason="permanent"}"#
+        ),
+        Some(1.0)
+    );
+    let rules = include_str!("../docs/prometheus/alerts.yml");
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("threadtide_"))
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 6, "{used:?}");
+    for name in used {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "alerts.yml uses {name}, not exported:\n{text}"
+        );
+    }
+    pool.shutdown_timeout(PATIENCE).unwrap();
+}
