@@ -244,6 +244,36 @@ fn every_metric_the_alert_rules_use_is_exported_by_a_redis_pool() {
         ),
         Some(1.0)
     );
+    assert_eq!(
+        value(&text, r#"threadtide_queue_paused{queue="conferencia"}"#),
+        Some(0.0)
+    );
+    assert!(
+        !text.contains("threadtide_queue_fleet_max_threads{"),
+        "no fleet cap set"
+    );
+    let on: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("threadtide_queue_size_reason{queue=\"conferencia\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(on, 1.0, "exactly one reason at a time:\n{text}");
+    // A fleet cap set at runtime (as `threadtide set KEY fleet-max-threads 3` does) shows.
+    let _: () = redis::cmd("HSET")
+        .arg("fila:metrics:settings")
+        .arg("fleet_max_threads")
+        .arg(3)
+        .query(&mut redis.conn())
+        .unwrap();
+    let text = pool.metrics_text();
+    assert_eq!(
+        value(
+            &text,
+            r#"threadtide_queue_fleet_max_threads{queue="conferencia"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
     let rules = include_str!("../docs/prometheus/alerts.yml");
     let mut used: Vec<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
