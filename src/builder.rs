@@ -182,16 +182,19 @@ impl Builder {
         self
     }
 
-    /// No queue gets more threads than this. Defaults to 10. 0 is refused, so is more than
-    /// 2^20.
+    /// No queue gets more threads than this **in this process** (one host's memory). Defaults
+    /// to 10. 0 is refused, so is more than 2^20. A limit over every process serving a Redis
+    /// queue is [`RedisSourceBuilder::fleet_max_threads`](crate::RedisSourceBuilder::fleet_max_threads).
     pub fn max_threads_per_type(mut self, threads: usize) -> Self {
         self.config.max_threads_per_type = threads;
         self
     }
 
     /// The threads of all queues together never pass this; when demand does, the split is
-    /// weighted and fair (see the crate docs). Defaults to 20. 0 is refused, so is more than
-    /// 2^20.
+    /// weighted and fair (see the crate docs). Per process, like `max_threads_per_type`.
+    /// Defaults to 20. 0 is refused, so is more than 2^20. A limit over every process of a
+    /// fleet is
+    /// [`RedisSourceBuilder::fleet_max_total_threads`](crate::RedisSourceBuilder::fleet_max_total_threads).
     pub fn max_total_threads(mut self, threads: usize) -> Self {
         self.config.max_total_threads = threads;
         self

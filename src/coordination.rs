@@ -80,6 +80,10 @@ pub struct FleetShare {
     /// Set when the fleet, not this process, decided the size (`FleetCap`, `FleetTotalCap`,
     /// `Paused`).
     pub reason: Option<SizeReason>,
+    /// Whether this process's own stabilisation may keep more threads than `hold` (as it
+    /// would for its own demand): `false` while it holds more of the fleet's room than its
+    /// share, so that the room goes where the fleet's rule puts it. Defaults to `true`.
+    pub local_hold: bool,
 }
 
 impl FleetShare {
@@ -89,7 +93,14 @@ impl FleetShare {
             demand,
             hold: hold.max(demand),
             reason: None,
+            local_hold: true,
         }
+    }
+
+    /// The same share, saying whether the local stabilisation may keep more than `hold`.
+    pub fn with_local_hold(mut self, allowed: bool) -> FleetShare {
+        self.local_hold = allowed;
+        self
     }
 
     /// The same share, with the fleet's reason for it.
@@ -99,6 +110,8 @@ impl FleetShare {
     }
 }
 
+// Used by the Redis source's fleet (and the tests).
+#[cfg(any(feature = "redis", test))]
 /// One process's entry in a split: how much it may run (`room`: its local caps) and what it
 /// keeps anyway (`min`: its `min_threads`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +120,8 @@ pub(crate) struct Member {
     pub(crate) min: usize,
 }
 
+// Used by the Redis source's fleet (and the tests).
+#[cfg(any(feature = "redis", test))]
 /// Splits `total` threads over processes already ordered by id: each starts at its `min`
 /// (within its room), then one thread at a time goes to the process with the fewest that still
 /// has room (ties: the earlier one). So while `total` is below the sum of rooms no process
@@ -132,6 +147,8 @@ pub(crate) fn split(total: usize, members: &[Member]) -> Vec<usize> {
     alloc
 }
 
+// Used by the Redis source's fleet (and the tests).
+#[cfg(any(feature = "redis", test))]
 /// One queue of the fleet, as the fleet total cap shares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FleetQueue {
@@ -144,6 +161,8 @@ pub(crate) struct FleetQueue {
     pub(crate) weight: u32,
 }
 
+// Used by the Redis source's fleet (and the tests).
+#[cfg(any(feature = "redis", test))]
 /// The fleet total cap shared over the fleet's queues by the pool's own rule
 /// ([`scaling::plan`]: weighted water-filling of demands first, holds with the room left).
 /// Returns (demand, target) per queue.

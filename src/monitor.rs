@@ -195,7 +195,13 @@ impl Monitor {
                 weight: q.config.weight,
                 // The local hold too: a process rides out a dip of its own share as it would
                 // of its own demand (docs/FLEET.md, "Holds").
-                hold: share.map_or(hold, |s| s.hold.max(hold)),
+                hold: share.map_or(hold, |s| {
+                    if s.local_hold {
+                        s.hold.max(hold)
+                    } else {
+                        s.hold
+                    }
+                }),
                 current: q.alive.load(Ordering::Acquire),
             })
             .collect();

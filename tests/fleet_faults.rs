@@ -188,3 +188,134 @@ fn a_rolling_restart_under_load_keeps_the_fleet_cap_and_loses_nothing() {
     );
     assert!(top <= 4, "peak {top} over the fleet cap of 4");
 }
+
+/// The fleet total cap over two queues: the value an operator stored in Redis (3) wins over the
+/// builders' (5); both queues are served; the processes say why they are smaller.
+#[test]
+fn a_fleet_total_cap_in_redis_holds_over_two_queues() {
+    const JOBS: usize = 300;
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-total");
+    let admin = Admin::connect(&server.url()).unwrap();
+    admin.set_fleet_max_total_threads(Some(3)).unwrap();
+    push(&mut conn, Q, "a", JOBS, 10);
+    push(&mut conn, Q2, "b", JOBS, 10);
+    let extra = [
+        "--fleet-max-total-threads",
+        "5",
+        "--jobs-per-thread",
+        "10",
+        "--scale-down-delay-ms",
+        "300",
+    ];
+    let procs: Vec<Proc> = (0..2)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    let reasons = || -> Vec<threadtide::SizeReason> {
+        admin
+            .processes()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.queues.iter().map(|q| q.reason))
+            .collect()
+    };
+    wait_until(
+        PATIENCE,
+        "a process reports the fleet total cap",
+        || reasons().contains(&threadtide::SizeReason::FleetTotalCap),
+        reasons,
+    );
+    wait_until(
+        PATIENCE * 2,
+        "every job has a result",
+        || result_count(&mut conn) >= 2 * JOBS,
+        || admin_counts(&server),
+    );
+    for p in &procs {
+        p.signal("TERM");
+    }
+    let done = results(&mut conn);
+    let (lost_a, dup_a) = lost_and_duplicates(&done, "a", JOBS);
+    let (lost_b, dup_b) = lost_and_duplicates(&done, "b", JOBS);
+    assert!(lost_a.is_empty() && lost_b.is_empty() && dup_a.is_empty() && dup_b.is_empty());
+    let (top, a, b) = (
+        peak_all(&done),
+        peak(&done, "conferencia"),
+        peak(&done, "emissao"),
+    );
+    println!(
+        "fleet total cap 3 over two queues: combined peak {top} (conferencia {a}, emissao {b})"
+    );
+    assert!(
+        top <= 3,
+        "combined peak {top} over the fleet total cap of 3"
+    );
+    assert_eq!(top, 3);
+    assert!(a >= 1 && b >= 1);
+}
+
+/// A queue's fleet cap set at runtime in Redis: lowered while three processes run, it is
+/// reached as workers finish their job, and nothing that starts afterwards passes it.
+#[test]
+fn a_fleet_cap_lowered_at_runtime_holds_for_every_job_started_after() {
+    const JOBS: usize = 600;
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-runtime-cap");
+    let admin = Admin::connect(&server.url()).unwrap();
+    push(&mut conn, Q, "k", JOBS, 10);
+    let extra = ["--jobs-per-thread", "10", "--scale-down-delay-ms", "300"];
+    let procs: Vec<Proc> = (0..3)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    wait_until(
+        PATIENCE,
+        "100 results",
+        || result_count(&mut conn) >= 100,
+        || (),
+    );
+    admin.set_fleet_max_threads(Q, Some(2)).unwrap();
+    wait_until(
+        PATIENCE,
+        "the fleet down to 2 slots",
+        || held(&admin).0 <= 2 && admin.queue_counts(Q).unwrap().slots <= 2,
+        || held(&admin),
+    );
+    let capped_from = unix_ms();
+    wait_until(
+        PATIENCE * 2,
+        "every job has a result",
+        || result_count(&mut conn) >= JOBS,
+        || admin_counts(&server),
+    );
+    for p in &procs {
+        p.signal("TERM");
+    }
+    let done = results(&mut conn);
+    let (lost, dups) = lost_and_duplicates(&done, "k", JOBS);
+    assert!(
+        lost.is_empty() && dups.is_empty(),
+        "lost {lost:?} dup {dups:?}"
+    );
+    let before = peak(&done, "conferencia");
+    let after: Vec<Done> = done
+        .iter()
+        .filter(|d| d.started_ms >= capped_from)
+        .cloned()
+        .collect();
+    let top = peak(&after, "conferencia");
+    println!(
+        "runtime fleet cap 2: peak {before} before, {top} for the {} jobs started after",
+        after.len()
+    );
+    assert!(before > 2, "the cap should have lowered something");
+    assert!(top <= 2, "peak {top} over the runtime fleet cap of 2");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

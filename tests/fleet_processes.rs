@@ -187,3 +187,122 @@ fn unix_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// The cost of coordination, measured (not asserted): three processes drain 1,500 jobs of
+/// 20 ms with and without `--no-fleet`, three rounds each, interleaved. Run with
+/// `cargo test --release --test fleet_processes measure_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement for docs/FLEET.md"]
+fn measure_throughput_against_no_fleet() {
+    const JOBS: usize = 1500;
+    let mut rows = Vec::new();
+    for round in 0..3 {
+        for mode in ["fleet", "no-fleet"] {
+            let server = RedisServer::start();
+            let mut conn = server.conn();
+            let scratch = Scratch::new(&format!("fleet-measure-{mode}"));
+            push(&mut conn, Q, "m", JOBS, 20);
+            // 4 threads a process, 12 in all, in both modes: jobs_per_thread 1 asks for more.
+            let mut extra = vec![
+                "--exit-when-idle",
+                "--jobs-per-thread",
+                "1",
+                "--max-threads-per-type",
+                "4",
+            ];
+            if mode == "no-fleet" {
+                extra.push("--no-fleet");
+            } else {
+                extra.extend(["--fleet-max-threads-per-type", "12"]);
+            }
+            let started = Instant::now();
+            let mut procs: Vec<Proc> = (0..3)
+                .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+                .collect();
+            for p in &mut procs {
+                assert!(p.wait_exit(PATIENCE * 3).success());
+            }
+            let took = started.elapsed();
+            let done = results(&mut conn);
+            let first = done.iter().map(|d| d.started_ms).min().unwrap();
+            let last = done.iter().map(|d| d.finished_ms).max().unwrap();
+            let rate = JOBS as f64 / ((last - first) as f64 / 1000.0);
+            println!(
+                "round {round} {mode:>8}: {JOBS} jobs in {} ms from first start to last finish \
+                 ({rate:.0} jobs/s; {took:?} with process start and exit), peak {}",
+                last - first,
+                peak(&done, "conferencia")
+            );
+            rows.push((mode, rate));
+        }
+    }
+    for mode in ["fleet", "no-fleet"] {
+        let rates: Vec<f64> = rows.iter().filter(|r| r.0 == mode).map(|r| r.1).collect();
+        println!("{mode:>8}: {rates:.0?} jobs/s");
+    }
+}
+
+/// Two processes join one that runs the fleet's 7 threads alone: the slots (the threads that
+/// may run a job) become 3, 2, 2 and the first process gives up exactly the 4 the newcomers
+/// take, within about a heartbeat or two, not after its `scale_down_delay` (5 s here). Alive
+/// threads spread within one too (a newcomer may keep an idle one it started before the
+/// third process came, for its own stabilisation window; it holds no slot).
+#[test]
+fn processes_joining_a_busy_fleet_take_their_share_and_move_only_that() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-join");
+    let admin = Admin::connect(&server.url()).unwrap();
+    push(&mut conn, Q, "c", 700, 200);
+    let extra = ["--jobs-per-thread", "100", "--scale-down-delay-ms", "5000"];
+    // (pid, alive, slots) per process.
+    let state = || -> Vec<(u32, usize, usize)> {
+        admin
+            .processes()
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                p.queues
+                    .iter()
+                    .filter(|q| q.key == Q)
+                    .map(|q| (p.pid, q.alive, q.slots))
+            })
+            .collect()
+    };
+    let first = Proc::start(&server, &scratch, "p0", &extra);
+    let alone = || state().iter().map(|s| (s.1, s.2)).collect::<Vec<_>>() == vec![(7, 7)];
+    wait_until(PATIENCE, "7 threads in the first process", alone, state);
+    let joined_at = Instant::now();
+    let others: Vec<Proc> = (1..3)
+        .map(|i| Proc::start(&server, &scratch, &format!("p{i}"), &extra))
+        .collect();
+    let spread = || {
+        let s = state();
+        let mut slots: Vec<usize> = s.iter().map(|s| s.2).collect();
+        slots.sort_unstable();
+        let alive: Vec<usize> = s.iter().map(|s| s.1).collect();
+        let first_alive = s.iter().find(|s| s.0 == first.pid()).map(|s| s.1);
+        slots == vec![2, 2, 3]
+            && first_alive.is_some_and(|a| a <= 3)
+            && alive
+                .iter()
+                .max()
+                .zip(alive.iter().min())
+                .is_some_and(|(h, l)| h - l <= 1)
+    };
+    // Well under the 5 s hold: the first process must not keep its threads for that long.
+    wait_until(
+        std::time::Duration::from_secs(4),
+        "slots spread 3, 2, 2",
+        spread,
+        state,
+    );
+    let took = joined_at.elapsed();
+    println!(
+        "two processes joined: 7 slots -> 3 + 2 + 2 after {took:?} (4 moved); {:?}",
+        state()
+    );
+    for p in others.iter().chain([&first]) {
+        p.signal("TERM");
+    }
+}

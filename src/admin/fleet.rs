@@ -13,8 +13,6 @@ use crate::source::redis::json::{self, Fields};
 /// KEYS: queue, delayed, dead, workers, retired, slots, settings. ARGV: processing prefix.
 /// Returns {backlog, delayed, dead, processing, workers, live slots, paused, jpt, fleet max}.
 const COUNTS: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function card(key, kind, f)
   if redis.call('TYPE', key)['ok'] ~= kind then return 0 end
   return f(key)
@@ -37,7 +35,7 @@ return {
   card(KEYS[3], 'list', function(k) return redis.call('LLEN', k) end),
   processing,
   card(KEYS[4], 'zset', function(k) return redis.call('ZCARD', k) end),
-  card(KEYS[6], 'zset', function(k) return redis.call('ZCOUNT', k, now, '+inf') end),
+  card(KEYS[6], 'zset', function(k) return redis.call('ZCARD', k) end),
   s[1] == '1' and 1 or 0, tonumber(s[2]) or -1, tonumber(s[3]) or -1}
 "#;
 

@@ -179,7 +179,7 @@ pub struct QueueCounts {
     pub dead: usize,
     /// Registered workers of every process (`Q:workers`).
     pub workers: usize,
-    /// Unexpired slots (`Q:slots`).
+    /// Slots held (`Q:slots`; a lapsed one counts until a process removes it).
     pub slots: usize,
     /// Paused fleet-wide.
     pub paused: bool,

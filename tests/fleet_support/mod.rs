@@ -164,9 +164,16 @@ pub fn result_count(conn: &mut redis::Connection) -> usize {
 /// finishes in the millisecond another starts does not overlap it: the slot is freed after
 /// the finish is stamped).
 pub fn peak(done: &[Done], queue: &str) -> usize {
+    peak_of(done.iter().filter(|d| d.queue == queue))
+}
+
+/// The most jobs of every queue together that ran at once.
+pub fn peak_all(done: &[Done]) -> usize {
+    peak_of(done.iter())
+}
+
+fn peak_of<'a>(done: impl Iterator<Item = &'a Done>) -> usize {
     let mut events: Vec<(u64, i64)> = done
-        .iter()
-        .filter(|d| d.queue == queue)
         .flat_map(|d| [(d.started_ms, 1), (d.finished_ms, -1)])
         .collect();
     events.sort_by_key(|&(t, delta)| (t, delta));

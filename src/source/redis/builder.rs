@@ -143,9 +143,10 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
     /// Whether this queue's workers follow the fleet's rule (`true`, the default): all
     /// processes serving the queue together run `ceil(backlog / jobs_per_thread)` threads,
     /// within the fleet caps, and each process its share, within its own
-    /// `max_threads_per_type` / `max_total_threads`. `false`: this process scales on the
-    /// backlog alone (each process reads the whole `LLEN`), publishes nothing and ignores
-    /// pause and the fleet caps.
+    /// `max_threads_per_type` / `max_total_threads`, and workers fetch only while they hold
+    /// a slot (see `docs/FLEET.md`). `false`: this process scales on the backlog alone (each
+    /// process reads the whole `LLEN`) and ignores pause and the fleet caps; it still
+    /// publishes its record (`coordinated: false`).
     pub fn coordinate(mut self, on: bool) -> Self {
         self.fleet.coordinate = on;
         self

@@ -180,7 +180,14 @@ pub(crate) fn coordinate<J>(shared: &Shared<J>, view: &QueueView) -> Option<Flee
 
 /// The keeper's grant for this tick: one script; sets the backlog and the share. Returns
 /// `false` (nothing done) before the monitor's first view, when the keeper reads `LLEN`.
-pub(crate) fn grant<J>(shared: &Shared<J>, conn: &mut Connection) -> Result<bool, SourceError> {
+/// `fresh`: the keeper's beats have landed steadily for a TTL (it may remove lapsed slots);
+/// `beat_ms`: the server's time of its last beat (the script checks it is recent).
+pub(crate) fn grant<J>(
+    shared: &Shared<J>,
+    conn: &mut Connection,
+    fresh: bool,
+    beat_ms: u64,
+) -> Result<bool, SourceError> {
     let fleet = &shared.fleet;
     let Some(view) = fleet.view.lock().clone() else {
         return Ok(false);
@@ -224,6 +231,8 @@ pub(crate) fn grant<J>(shared: &Shared<J>, conn: &mut Connection) -> Result<bool
             .arg(view.scale_down_delay_ms)
             .arg(view.weight)
             .arg(opt(fleet.settings.max_total_threads))
+            .arg(if fresh { "1" } else { "0" })
+            .arg(beat_ms)
             .invoke(conn)
             .map_err(|e| redis_error("cannot compute the fleet's grant", e))?;
     shared.backlog.set(llen, shared.ms_since_epoch());
@@ -285,6 +294,10 @@ pub(crate) fn grant<J>(shared: &Shared<J>, conn: &mut Connection) -> Result<bool
         None => FleetShare::new(0, 0),
     }
     .with_reason(reason);
+    // Holding more of the fleet's room than the share: no local hold on top, so that the room
+    // goes to the processes (or queues) the rule gives it to.
+    let held = usize::try_from(fleet.slots_held.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+    let share = share.with_local_hold(held <= share.hold);
     let _ = (hold, slots);
     fleet.paused.store(paused == 1, Ordering::Release);
     *fleet.grant.lock() = Some(Grant {

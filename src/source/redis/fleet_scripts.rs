@@ -12,10 +12,12 @@ pub(crate) struct FleetScripts {
     /// KEYS: queue, Q:settings, F:fleet:settings, Q:slots, Q:fleet:members, Q:fleet:room,
     /// Q:fleet:history, Q:fleet, F:fleet:queues. ARGV: process id, member ttl ms, room, min,
     /// default jobs_per_thread, default fleet_max_threads ("" none), window ms, weight,
-    /// default fleet total ("" none).
+    /// default fleet total ("" none), fresh ("1": the keeper's view is fresh), server ms of
+    /// the keeper's last beat.
     ///
     /// Registers this process as a member of the queue with its room, drops members whose
-    /// grant lapsed and slots whose lease lapsed, computes the fleet's demand
+    /// grant lapsed and (only on a fresh view, like the reaper) slots whose lease lapsed,
+    /// computes the fleet's demand
     /// (`ceil(LLEN / jobs_per_thread)`, at least the members' minimums, 0 when paused, at most
     /// `fleet_max_threads`), records it in the history and reads the hold (the largest demand
     /// within the window), and stores the target (`max(demand, min(hold, live slots))`, at
@@ -24,9 +26,10 @@ pub(crate) struct FleetScripts {
     /// queues when a total applies (key, demand, hold, slots, weight, ...)}.
     pub(crate) grant: Script,
     /// KEYS: Q:slots, Q:fleet, Q:settings, F:fleet:queues, F:fleet:settings. ARGV: wid, ttl
-    /// ms, default fleet total ("" none). Takes (or renews, after a lost reply) a slot for the
-    /// worker when the queue is not paused, its live slots are below the stored target, and
-    /// the fleet's live slots over all its queues are below the total cap. Returns 1 taken, 0
+    /// ms, default fleet total ("" none). Takes (or renews, while it is still there) a slot
+    /// for the worker when the queue is not paused, its slots are below the stored target,
+    /// and the fleet's slots over all its queues are below the total cap (a lapsed slot
+    /// counts until a grant removes it). Returns 1 taken, 0
     /// refused.
     pub(crate) take: Script,
     /// KEYS: F:fleet:procs, F:fleet:proc:<id>, F:fleet:events, F:fleet:queues. ARGV: process
@@ -62,7 +65,10 @@ for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. now)) 
   redis.call('ZREM', KEYS[5], gone)
   redis.call('HDEL', KEYS[6], gone)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
+-- A lapsed slot still counts until a keeper that can vouch for its view removes it (lease.rs):
+-- after a stall of the server, every lease lapsed at once and nobody may take their room.
+local fresh = ARGV[10] == '1' and now - tonumber(ARGV[11]) <= ttl / 2
+if fresh then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now) end
 local slots = redis.call('ZCARD', KEYS[4])
 local members = {}
 local mins = 0
@@ -96,10 +102,11 @@ redis.call('SADD', KEYS[9], KEYS[1])
 local queues = {}
 if ftotal then
   for _, q in ipairs(redis.call('SMEMBERS', KEYS[9])) do
+    if fresh then redis.call('ZREMRANGEBYSCORE', q .. ':slots', '-inf', '(' .. now) end
     local f = redis.call('HMGET', q .. ':fleet', 'demand', 'hold', 'weight', 'at')
     if f[4] and tonumber(f[4]) >= now - 2 * ttl then
       table.insert(queues, q) table.insert(queues, f[1]) table.insert(queues, f[2])
-      table.insert(queues, tostring(redis.call('ZCOUNT', q .. ':slots', now, '+inf')))
+      table.insert(queues, tostring(redis.call('ZCARD', q .. ':slots')))
       table.insert(queues, f[3])
     end
   end
@@ -115,7 +122,6 @@ check(KEYS[5], 'hash')
 local now = now_ms()
 local deadline = now + tonumber(ARGV[2])
 if redis.call('HGET', KEYS[3], 'paused') == '1' then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[1])
   return 1
@@ -126,7 +132,7 @@ local ftotal = tonumber(redis.call('HGET', KEYS[5], 'max_total_threads')) or ton
 if ftotal then
   local live = 0
   for _, q in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-    live = live + redis.call('ZCOUNT', q .. ':slots', now, '+inf')
+    live = live + redis.call('ZCARD', q .. ':slots')
   end
   if live >= ftotal then return 0 end
 end

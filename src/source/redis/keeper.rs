@@ -196,7 +196,15 @@ impl<J> State<J> {
     fn read_backlog(&mut self) -> Result<(), SourceError> {
         let shared = Arc::clone(&self.shared);
         // A coordinated queue's grant reads `LLEN` too: still one round trip a tick.
-        if shared.fleet.coordinated() && fleet::grant(&shared, self.conn()?)? {
+        // Lapsed slots are removed only on a view this keeper can vouch for, as with reaping.
+        let fresh = self
+            .steady_since
+            .is_some_and(|s| s.elapsed() >= shared.worker_ttl)
+            && self
+                .last_beat
+                .is_some_and(|b| b.elapsed() <= shared.worker_ttl / 2);
+        let beat_ms = self.beat_server_ms;
+        if shared.fleet.coordinated() && fleet::grant(&shared, self.conn()?, fresh, beat_ms)? {
             return Ok(());
         }
         let n: u64 = redis::cmd("LLEN")

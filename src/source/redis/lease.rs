@@ -2,20 +2,26 @@
 //!
 //! # The invariant
 //!
-//! A coordinated worker starts a job only while it holds an unexpired slot in `Q:slots`
-//! (member: its worker id, score: the lease's expiry in the server's time). Taking a slot (the
-//! `take` script) checks, in one script, that the queue is not paused, that its live slots are
-//! below the fleet's target (itself at most `fleet_max_threads`), and that the live slots of
-//! all the fleet's queues are below `fleet_max_total_threads`. So at any server instant the
-//! live slots never pass the caps.
+//! A coordinated worker starts a job only while it holds a slot in `Q:slots` (member: its
+//! worker id, score: the lease's expiry in the server's time). Taking a slot (the `take`
+//! script) checks, in one script, that the queue is not paused, that its slots are below the
+//! fleet's target (itself at most `fleet_max_threads`), and that the slots of all the fleet's
+//! queues are below `fleet_max_total_threads`. A slot counts from the moment it is taken
+//! until it is removed, lapsed or not, so at any server instant the slots never pass the
+//! caps. A slot is removed only by its own worker (leaving, or fenced) or, once its lease has
+//! lapsed by the server's clock, by a grant from a keeper whose view is fresh (its beats
+//! landed steadily for a whole TTL, and its last one is under half a TTL old by the server's
+//! clock: the reaper's rule). So a server stall that lapses every lease at once frees no
+//! room: every process renews its leases (a renewal needs the slot to be there, lapsed or
+//! not) before anyone may remove them. A process frozen or cut off is judged by the others,
+//! whose views are fresh.
 //!
-//! # Why a worker never runs on a lapsed lease
+//! # Why a worker never runs without its slot
 //!
 //! - The worker's id is never reused (a new generation after every fencing), so the id is
 //!   its own fencing token: releasing (`ZREM` of its own id, in the release script) can free
-//!   no one else's slot, and a renewal of a lapsed lease is refused (the heartbeat renews
-//!   only leases whose score is still in the future, in the same script that beats for the
-//!   worker).
+//!   no one else's slot, and a removed slot is never renewed (the heartbeat renews only
+//!   slots still there, in the same script that beats for the worker).
 //! - The worker trusts its lease only until `sent + ttl` by its own monotonic clock, where
 //!   `sent` is when the call that set or renewed it was *sent*: the server set the expiry to
 //!   its time of execution plus the TTL, which is later, so the local bound expires first.
@@ -26,21 +32,60 @@
 //!   blocked across a freeze): a job fetched without a lease goes back to the head of the
 //!   queue untouched, no run counted. The acknowledgement's take of the next job checks the
 //!   lease by the server's clock inside the ack script.
-//! - A job that started under a valid lease and whose lease lapsed while it ran (the process
-//!   froze mid-job) belongs to a worker that was also reaped (its registration has the same
-//!   TTL and is renewed by the same beat), so its acknowledgement is refused and the job runs
-//!   again elsewhere: its result never counts twice, and no result of a job that overlapped
-//!   someone else's slot is kept.
+//! - A settle (ack, retry, dead letter) of a worker whose slot was removed is refused like
+//!   one of a reaped worker, and the job runs again elsewhere: no result is kept of a job
+//!   that may have overlapped someone else's use of its room. (Its slot was there for the
+//!   whole job otherwise, counted against the caps.)
 //!
 //! Lowering a cap at runtime does not revoke slots: the excess workers retire between jobs
 //! (the fleet's target, and so each process's share, falls at once).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use redis::Connection;
 
-use super::{Shared, SlotState, redis_error, scripts};
+use super::{Shared, redis_error, scripts};
 use crate::error::SourceError;
+
+/// The parts of a slot its worker updates on every job: atomics, so the worker never takes the
+/// shared slots lock on its hot path (the keeper reads them once a beat).
+#[derive(Debug, Default)]
+pub(crate) struct SlotState {
+    /// When the job in hand started, in ms since the source's epoch, plus one; 0 when idle.
+    busy_since_ms: AtomicU64,
+    /// Set when the server no longer knows this worker (it was reaped).
+    fenced: AtomicBool,
+    /// Until when (source ms clock) its slot lease surely holds; 0: no slot (lease.rs).
+    pub(crate) lease_until_ms: AtomicU64,
+}
+
+impl SlotState {
+    pub(crate) fn set_busy(&self, since: Option<u64>) {
+        self.busy_since_ms
+            .store(since.map_or(0, |ms| ms + 1), Ordering::Release);
+    }
+
+    /// Milliseconds since the source's epoch when the job in hand started.
+    pub(crate) fn busy_since(&self) -> Option<u64> {
+        match self.busy_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(ms - 1),
+        }
+    }
+
+    pub(crate) fn fence(&self) {
+        self.lease_until_ms.store(0, Ordering::Release); // a new id holds no slot
+        self.fenced.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn unfence(&self) {
+        self.fenced.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+}
 
 impl SlotState {
     /// Whether this worker's lease surely holds at `now_ms` (the source's clock).

@@ -13,13 +13,14 @@ mod fleet_scripts;
 pub(crate) mod json;
 mod keeper;
 mod lease;
+pub(crate) use lease::SlotState;
 mod scripts;
 mod stats;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -70,46 +71,6 @@ impl Keys {
 pub(crate) struct Slot {
     pub(crate) wid: String,
     pub(crate) state: Arc<SlotState>,
-}
-
-/// The parts of a slot its worker updates on every job: atomics, so the worker never takes the
-/// shared slots lock on its hot path (the keeper reads them once a beat).
-#[derive(Debug, Default)]
-pub(crate) struct SlotState {
-    /// When the job in hand started, in ms since the source's epoch, plus one; 0 when idle.
-    busy_since_ms: AtomicU64,
-    /// Set when the server no longer knows this worker (it was reaped).
-    fenced: AtomicBool,
-    /// Until when (source ms clock) its slot lease surely holds; 0: no slot (lease.rs).
-    pub(crate) lease_until_ms: AtomicU64,
-}
-
-impl SlotState {
-    pub(crate) fn set_busy(&self, since: Option<u64>) {
-        self.busy_since_ms
-            .store(since.map_or(0, |ms| ms + 1), Ordering::Release);
-    }
-
-    /// Milliseconds since the source's epoch when the job in hand started.
-    pub(crate) fn busy_since(&self) -> Option<u64> {
-        match self.busy_since_ms.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(ms - 1),
-        }
-    }
-
-    pub(crate) fn fence(&self) {
-        self.lease_until_ms.store(0, Ordering::Release); // a new id holds no slot
-        self.fenced.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn unfence(&self) {
-        self.fenced.store(false, Ordering::Release);
-    }
-
-    pub(crate) fn is_fenced(&self) -> bool {
-        self.fenced.load(Ordering::Acquire)
-    }
 }
 
 #[derive(Debug, Default)]

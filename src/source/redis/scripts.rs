@@ -96,12 +96,9 @@ local function begin(target)
   if state and string.match(state, ':(%d+)$') == ARGV[3] then
     return {0, redis.call('LLEN', KEYS[1]), false, 0}
   end
-  -- A coordinated worker whose slot's lease lapsed is treated as reaped (lease.rs): another
-  -- worker may hold its room now, so its settle must not count.
-  if ARGV[8] == '1' then
-    local lease = redis.call('ZSCORE', KEYS[6], ARGV[1])
-    if not lease or tonumber(lease) < now_ms() then return refuse() end
-  end
+  -- A coordinated worker whose slot was removed (its lease lapsed) is treated as reaped
+  -- (lease.rs): another worker may hold its room now, so its settle must not count.
+  if ARGV[8] == '1' and not redis.call('ZSCORE', KEYS[6], ARGV[1]) then return refuse() end
   if not redis.call('LPOS', KEYS[1], ARGV[2]) then
     return {-2, redis.call('LLEN', KEYS[1]), false, 0}
   end
@@ -203,9 +200,10 @@ for i = 2, #ARGV do
     table.insert(fenced, ARGV[i])
   end
   if KEYS[2] then
-    -- A slot is renewed only while its lease holds: a lapsed one may be someone else's room.
+    -- A slot is renewed while it is there: a lapsed one counts until a grant removes it, and
+    -- once removed its room may be someone else's (lease.rs).
     local lease = redis.call('ZSCORE', KEYS[2], ARGV[i])
-    if live and lease and tonumber(lease) >= now then
+    if live and lease then
       redis.call('ZADD', KEYS[2], 'XX', deadline, ARGV[i])
     else
       if lease then redis.call('ZREM', KEYS[2], ARGV[i]) end
@@ -222,13 +220,11 @@ local r = begin('list') if r then return r end
 if ARGV[7] == '1' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
 local left = finish()
 if left > 0 then return {1, left, false, 0} end
--- A coordinated worker takes the next job only while its slot's lease holds and the queue is
--- not paused (the fleet caps are checked when a slot is taken).
-if ARGV[8] == '1' then
-  local lease = redis.call('ZSCORE', KEYS[6], ARGV[1])
-  if not lease or tonumber(lease) < now_ms() or redis.call('HGET', KEYS[7], 'paused') == '1' then
-    return {1, 0, false, 0}
-  end
+-- A coordinated worker takes the next job only while it holds its slot and the queue is not
+-- paused (the fleet caps are checked when a slot is taken).
+if ARGV[8] == '1' and (not redis.call('ZSCORE', KEYS[6], ARGV[1])
+    or redis.call('HGET', KEYS[7], 'paused') == '1') then
+  return {1, 0, false, 0}
 end
 return {1, 0, redis.call('LMOVE', KEYS[4], KEYS[1], 'LEFT', 'LEFT'), 0}
 "#,
