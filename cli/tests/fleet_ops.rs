@@ -51,7 +51,7 @@ fn status_shows_what_the_processes_run_and_drops_a_killed_one() {
     let extra = ["--jobs-per-thread", "10", "--max-threads-per-type", "3"];
     let a = Worker::start(&redis, &queues, &extra);
     let mut b = Worker::start(&redis, &queues, &extra);
-    push(&redis, "fila:conferencia", &jobs(200, 5000));
+    push(&redis, "fila:conferencia", &jobs(200, 60_000));
     let pids = |s: &Value| -> Vec<u64> {
         let mut p: Vec<u64> = s["processes"]
             .as_array()
