@@ -306,3 +306,43 @@ fn processes_joining_a_busy_fleet_take_their_share_and_move_only_that() {
         p.signal("TERM");
     }
 }
+
+/// An operator's mistake on a fleet key (`Q:slots` made a string) stops fetching with an
+/// error that names the key, loses nothing, and everything completes once it is fixed.
+#[test]
+fn a_wrong_typed_slots_key_is_named_and_loses_nothing() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-wrongtype");
+    push(&mut conn, Q, "w", 100, 5);
+    let slots = format!("{Q}:slots");
+    let _: () = redis::cmd("SET")
+        .arg(&slots)
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let p = Proc::start(&server, &scratch, "p0", &["--exit-when-idle"]);
+    let log = scratch.path("p0.log");
+    let named = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!(
+                "key {slots} holds a string where threadtide keeps a zset"
+            ))
+    };
+    wait_until(PATIENCE, "the wrong key named in the log", named, || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+    });
+    assert_eq!(result_count(&mut conn), 0);
+    let left: usize = redis::cmd("LLEN").arg(Q).query(&mut conn).unwrap();
+    assert_eq!(left, 100, "every job still queued");
+    let _: () = redis::cmd("DEL").arg(&slots).query(&mut conn).unwrap();
+    let mut p = p;
+    assert!(p.wait_exit(PATIENCE).success());
+    let done = results(&mut conn);
+    let (lost, dups) = lost_and_duplicates(&done, "w", 100);
+    assert!(
+        lost.is_empty() && dups.is_empty(),
+        "lost {lost:?} dup {dups:?}"
+    );
+}

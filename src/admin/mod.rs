@@ -18,7 +18,7 @@ use redis::{Client, Connection};
 use crate::error::SourceError;
 use crate::reason::SizeReason;
 use crate::source::redis::fleet_keys::{DEFAULT_FLEET, FleetKeys};
-use crate::source::redis::{redact_url, redis_error};
+use crate::source::redis::{redact_url, redis_error, scrub, secrets};
 
 mod dead;
 mod fleet;
@@ -73,11 +73,26 @@ impl Admin {
     /// message never shows the password.
     pub fn connect(url: &str) -> Result<Admin, SourceError> {
         let shown = redact_url(url);
-        let client =
-            Client::open(url).map_err(|e| redis_error(&format!("invalid Redis URL {shown}"), e))?;
+        let secrets = secrets(url);
+        // The driver's own words may quote the URL: never the password.
+        let hide = |e: SourceError| {
+            let hidden = SourceError::new(scrub(&e.to_string(), &secrets));
+            if e.is_permanent() {
+                hidden.into_permanent()
+            } else {
+                hidden
+            }
+        };
+        let client = Client::open(url)
+            .map_err(|e| hide(redis_error(&format!("invalid Redis URL {shown}"), e)))?;
         let conn = client
             .get_connection_with_timeout(IO_TIMEOUT)
-            .map_err(|e| redis_error(&format!("cannot connect to Redis at {shown}"), e))?;
+            .map_err(|e| {
+                hide(redis_error(
+                    &format!("cannot connect to Redis at {shown}"),
+                    e,
+                ))
+            })?;
         conn.set_read_timeout(Some(IO_TIMEOUT))
             .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
             .map_err(|e| redis_error("cannot set socket timeouts", e))?;
@@ -253,4 +268,21 @@ pub struct ScaleRecord {
     pub change: String,
     /// Jobs waiting when it was taken.
     pub backlog: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_never_show_the_password() {
+        for url in [
+            "redis://:s3cret-pw@127.0.0.1:1/",
+            "redis://user:s3cret-pw@127.0.0.1:notaport/",
+            "bogus://:s3cret-pw@host/",
+        ] {
+            let e = Admin::connect(url).expect_err(url).to_string();
+            assert!(!e.contains("s3cret-pw"), "{url}: {e}");
+        }
+    }
 }

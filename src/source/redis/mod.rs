@@ -32,7 +32,7 @@ use crate::source::{JobSource, PoolInfo, SourceMetrics, WorkerInfo};
 
 pub use builder::RedisSourceBuilder;
 use conn::{Link, Role};
-pub(crate) use conn::{redact_url, redis_error};
+pub(crate) use conn::{redact_url, redis_error, scrub, secrets};
 pub use consumer::RedisConsumer;
 use keeper::Keeper;
 use scripts::Scripts;
