@@ -101,7 +101,19 @@ impl Global {
     /// The admin connection of the library (`threadtide::admin`), fleet `"threadtide"`.
     pub(crate) fn admin(&self) -> Result<Admin, CliError> {
         let url = self.url()?;
-        Admin::connect(url).map_err(|e| self.source_error(e))
+        // A URL that does not parse is bad usage, not a refusal.
+        redis::Client::open(url)
+            .map_err(|e| CliError::Usage(format!("--redis {}: {}", redact(url), e.category())))?;
+        // Connecting fails either on credentials the server refuses (permanent) or because
+        // it cannot be reached.
+        Admin::connect(url).map_err(|e| {
+            let text = self.hide(&e.to_string());
+            if e.is_permanent() {
+                CliError::Refused(text)
+            } else {
+                CliError::Unreachable(text)
+            }
+        })
     }
 
     /// Sorts an admin error like [`redis_error`](Self::redis_error): by the Redis error

@@ -21,6 +21,9 @@ enum Command {
     List {
         #[command(flatten)]
         filter: Filter,
+        /// Start scanning at this position of the list (the `next_offset` of a previous page).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
     },
     /// Show one dead letter whole (INDEX from `dead list`).
     Show {
@@ -83,16 +86,17 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
     let admin = global.admin()?;
     let err = |e| global.source_error(e);
     match args.command {
-        Command::List { filter } => {
+        Command::List { filter, offset } => {
             let limit = filter.limit.unwrap_or(50);
             let page = admin
-                .dead_page(&filter.queue, &filter.to_admin(), 0, limit)
+                .dead_page(&filter.queue, &filter.to_admin(), offset, limit)
                 .map_err(err)?;
             if global.json {
                 let letters: Vec<Value> = page.letters.iter().map(letter_json).collect();
                 let doc = json!({
                     "queue": filter.queue, "total": page.total,
-                    "more": page.next_offset.is_some(), "letters": letters,
+                    "more": page.next_offset.is_some(), "next_offset": page.next_offset,
+                    "letters": letters,
                 });
                 println!("{doc}");
                 return Ok(());
@@ -126,10 +130,9 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
                 page.letters.len(),
                 page.total,
                 filter.queue,
-                if page.next_offset.is_some() {
-                    " (more match: raise --limit)"
-                } else {
-                    ""
+                match page.next_offset {
+                    Some(next) => format!(" (more may match: --offset {next})"),
+                    None => String::new(),
                 }
             );
         }

@@ -46,6 +46,7 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
     }
     let mut seen: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
     let mut since = events.last().map_or_else(now_ms, |e| e.time_ms);
+    let mut header_shown = !events.is_empty();
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let newer = admin
@@ -58,7 +59,10 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
         if let Some(last) = fresh.last() {
             since = last.time_ms;
         }
-        print_events(global, &fresh, false);
+        if !fresh.is_empty() {
+            print_events(global, &fresh, !header_shown);
+            header_shown = true;
+        }
     }
 }
 

@@ -106,6 +106,15 @@ fn result_ids(redis: &RedisServer, n: usize) -> Vec<String> {
     ids
 }
 
+/// `connected_clients` of `INFO clients`.
+fn info_clients(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("clients").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
 fn ids(kind: &str, n: usize) -> Vec<String> {
     let mut v: Vec<String> = (0..n).map(|i| format!("{kind}{i}")).collect();
     v.sort();
@@ -149,6 +158,25 @@ fn requeue_moves_exactly_the_filtered_jobs_byte_for_byte_and_they_complete() {
     assert_eq!(listed["letters"].as_array().unwrap().len(), 5);
     assert_eq!(listed["letters"][0]["reason"], "attempts_exhausted");
     assert_eq!(listed["more"], true);
+    // The next page starts where this one stopped, and holds other records.
+    let next = listed["next_offset"].as_u64().unwrap().to_string();
+    let page2 = json(
+        &url,
+        &[
+            "dead",
+            "list",
+            "--queue",
+            Q,
+            "--reason",
+            "attempts_exhausted",
+            "--limit",
+            "5",
+            "--offset",
+            &next,
+        ],
+    );
+    assert_eq!(page2["letters"].as_array().unwrap().len(), 5);
+    assert!(page2["letters"][0]["index"].as_u64() > listed["letters"][4]["index"].as_u64());
 
     let report = json(
         &url,
@@ -224,8 +252,32 @@ fn a_requeue_killed_halfway_loses_nothing_duplicates_nothing_and_a_rerun_finishe
     child.wait().unwrap();
     slow.store(false, Ordering::Relaxed);
     slower.join().unwrap();
-    let queued: Vec<Vec<u8>> = conn.lrange(Q, 0, -1).unwrap();
-    let dead = dead_payloads(&url);
+    // The server may still run a script the killed command had already sent; wait until it
+    // has dropped that connection (ours is the only one left), then look at both lists in
+    // one atomic read.
+    wait_until(
+        PATIENCE,
+        "the killed command's connection to close",
+        || info_clients(&mut conn) == 1,
+        || {
+            redis::cmd("CLIENT")
+                .arg("LIST")
+                .query::<String>(&mut redis.conn())
+        },
+    );
+    let (queued, records): (Vec<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+        .atomic()
+        .lrange(Q, 0, -1)
+        .lrange(format!("{Q}:dead"), 0, -1)
+        .query(&mut conn)
+        .unwrap();
+    let dead: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r).unwrap();
+            v["payload"].as_str().unwrap().as_bytes().to_vec()
+        })
+        .collect();
     assert!(
         !queued.is_empty() && queued.len() < 1000,
         "killed part-way: {} of 1000 moved",

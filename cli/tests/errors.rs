@@ -125,4 +125,11 @@ fn keys_that_are_not_queues_are_exit_1_and_bad_usage_is_exit_2() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 2, "no --redis: {}", all_text(&out));
+    let out = threadtide("not-a-url", &["status"]);
+    assert_eq!(
+        code(&out),
+        2,
+        "a URL that does not parse: {}",
+        all_text(&out)
+    );
 }

@@ -51,7 +51,7 @@ fn status_shows_what_the_processes_run_and_drops_a_killed_one() {
     let extra = ["--jobs-per-thread", "10", "--max-threads-per-type", "3"];
     let a = Worker::start(&redis, &queues, &extra);
     let mut b = Worker::start(&redis, &queues, &extra);
-    push(&redis, "fila:conferencia", &jobs(200, 5000));
+    push(&redis, "fila:conferencia", &jobs(200, 60_000));
     let pids = |s: &Value| -> Vec<u64> {
         let mut p: Vec<u64> = s["processes"]
             .as_array()
@@ -115,6 +115,34 @@ fn status_shows_what_the_processes_run_and_drops_a_killed_one() {
     );
     let human = ok(&url, &["status"]);
     assert!(human.contains("fila:conferencia: backlog 194"), "{human}");
+
+    // The scaling history: each process's scale-up of conferencia, newest last.
+    let events = json(
+        &url,
+        &["events", "--queue", "fila:conferencia", "--since", "1h"],
+    );
+    let ups: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["from"] == 0 && e["to"].as_u64().is_some_and(|t| t > 0))
+        .collect();
+    let mut from: Vec<&str> = ups.iter().map(|e| e["process"].as_str().unwrap()).collect();
+    from.sort();
+    from.dedup();
+    assert_eq!(from.len(), 2, "one scale-up per process: {events}");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["queue"] == "fila:conferencia")
+    );
+    let table = ok(&url, &["events", "--queue", "fila:conferencia"]);
+    assert!(
+        table.starts_with("TIME") && table.contains("0 -> "),
+        "{table}"
+    );
 
     b.kill(); // kill -9
     let alone = vec![u64::from(a.pid())];

@@ -112,6 +112,7 @@ struct Row<'a> {
     init: crate::histogram::Cumulative,
     events: QueueEvents,
     source: SourceMetrics,
+    reason: crate::SizeReason,
 }
 
 /// The whole exposition document for the pool.
@@ -157,6 +158,10 @@ pub(crate) fn render(
                 init: q.init_times.cumulative(),
                 events: recorder.snapshot(q.name()),
                 source,
+                reason: crate::SizeReason::ALL
+                    .get(usize::from(q.size_reason.load(Ordering::Relaxed)))
+                    .copied()
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -183,7 +188,22 @@ pub(crate) fn render(
     );
     let cap = pool.config.max_threads_per_type as f64;
     type Gauge<'a> = (&'a str, &'a str, fn(&Row<'_>) -> Option<f64>);
-    let per_queue: [Gauge<'_>; 10] = [
+    let per_queue: [Gauge<'_>; 13] = [
+        (
+            "threadtide_queue_fleet_max_threads",
+            "The fleet's cap on the queue's threads over every process (queue-level; absent: no cap).",
+            |r| r.source.fleet_max_threads.map(|v| v as f64),
+        ),
+        (
+            "threadtide_fleet_max_total_threads",
+            "The fleet's cap on the threads of all its queues together (absent: no cap).",
+            |r| r.source.fleet_max_total_threads.map(|v| v as f64),
+        ),
+        (
+            "threadtide_queue_paused",
+            "1 while the queue is paused fleet-wide (queue-level).",
+            |r| r.source.paused.map(|v| if v { 1.0 } else { 0.0 }),
+        ),
         (
             "threadtide_workers",
             "Worker threads serving the queue in this process, idle or busy.",
@@ -246,6 +266,21 @@ pub(crate) fn render(
         t.family(name, "gauge", help);
         for (queue, v) in values {
             t.sample(name, &[("queue", queue)], v);
+        }
+    }
+    t.family(
+        "threadtide_queue_size_reason",
+        "gauge",
+        "1 for the reason the queue has its size in this process now (no_backlog, at_demand, queue_cap, total_cap, fleet_cap, fleet_total_cap, paused, stabilising, memory, source_unreachable), 0 for the others.",
+    );
+    for r in &rows {
+        for reason in crate::SizeReason::ALL {
+            let on = if reason == r.reason { 1.0 } else { 0.0 };
+            t.sample(
+                "threadtide_queue_size_reason",
+                &[("queue", r.name), ("reason", reason.as_str())],
+                on,
+            );
         }
     }
     t.family(

@@ -45,4 +45,11 @@ pub struct SourceMetrics {
     pub recovered: Option<u64>,
     /// Completions refused because the worker had been fenced.
     pub acks_refused: Option<u64>,
+    /// The fleet's cap on the queue's threads over every process (`None`: no cap, or the
+    /// source has no fleet).
+    pub fleet_max_threads: Option<u64>,
+    /// The fleet's cap on the threads of all its queues together.
+    pub fleet_max_total_threads: Option<u64>,
+    /// Paused fleet-wide (queue-level).
+    pub paused: Option<bool>,
 }

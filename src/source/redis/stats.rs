@@ -88,6 +88,7 @@ pub(super) fn fill_metrics<J: Send + 'static>(
     }
     match source.summary() {
         Ok(q) => {
+            fill_fleet(source, out);
             out.reachable = Some(true);
             out.delayed = Some(q.delayed as u64);
             out.processing = Some(q.processing as u64);
@@ -95,5 +96,34 @@ pub(super) fn fill_metrics<J: Send + 'static>(
             out.registered_workers = Some(q.workers as u64);
         }
         Err(_) => out.reachable = Some(false),
+    }
+}
+
+/// The fleet's caps and pause as set now: the runtime settings in Redis (`Q:settings`,
+/// `F:fleet:settings`) over the builder's. One pipelined round trip; left out on an error.
+fn fill_fleet<J: Send + 'static>(source: &super::RedisSource<J>, out: &mut crate::SourceMetrics) {
+    let shared = &source.shared;
+    let fleet = &shared.fleet;
+    let read = shared.with_conn(|conn| {
+        redis::pipe()
+            .cmd("HMGET")
+            .arg(&fleet.queue.settings)
+            .arg("fleet_max_threads")
+            .arg("paused")
+            .cmd("HGET")
+            .arg(&fleet.keys.settings)
+            .arg("max_total_threads")
+            .query::<(Vec<Option<u64>>, Option<u64>)>(conn)
+            .map_err(|e| super::redis_error("cannot read the fleet settings", e))
+    });
+    if let Ok((q, total)) = read {
+        let as_u64 = |n: Option<usize>| n.map(|n| n as u64);
+        out.fleet_max_threads = q
+            .first()
+            .copied()
+            .flatten()
+            .or(as_u64(fleet.settings.max_threads));
+        out.paused = Some(q.get(1).copied().flatten() == Some(1));
+        out.fleet_max_total_threads = total.or(as_u64(fleet.settings.max_total_threads));
     }
 }
