@@ -13,7 +13,6 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 mod common;
-mod simulate;
 mod dashboard;
 mod dead;
 mod events;
@@ -21,6 +20,7 @@ mod explain;
 mod pause;
 mod retries;
 mod set;
+mod simulate;
 mod status;
 
 use common::{CliError, Global};
