@@ -260,17 +260,23 @@ fn explain_names_the_reason_for_each_case() {
         &[("fleet", "fila:fleet"), ("paused", "fila:paused")],
         &["--jobs-per-thread", "10"],
     );
+    // The per-queue cap of a coordinated process: its share is its room.
+    let _d = Worker::start(
+        &redis,
+        &[("ccap", "fila:ccap")],
+        &["--max-threads-per-type", "2", "--jobs-per-thread", "10"],
+    );
     // Queues that exist before their first job (so the commands accept them).
     let mut conn = redis.conn();
     wait_until(
         PATIENCE,
-        "the three processes in status",
+        "the four processes in status",
         || {
             json(&url, &["status"])["processes"]
                 .as_array()
                 .unwrap()
                 .len()
-                == 3
+                == 4
         },
         || json(&url, &["status"]),
     );
@@ -286,6 +292,7 @@ fn explain_names_the_reason_for_each_case() {
     ok(&url, &["pause", "fila:paused"]);
     ok(&url, &["set", "fila:fleet", "fleet-max-threads", "1"]);
     push(&redis, "fila:capped", &jobs(100, 20_000));
+    push(&redis, "fila:ccap", &jobs(100, 20_000));
     push(&redis, "fila:fleet", &jobs(100, 20_000));
     push(&redis, "fila:paused", &jobs(100, 20_000));
     push(&redis, "fila:t1", &jobs(100, 20_000));
@@ -296,6 +303,11 @@ fn explain_names_the_reason_for_each_case() {
         ("fila:idle", "no_backlog", "no backlog"),
         (
             "fila:capped",
+            "queue_cap",
+            "at this process's per-queue cap",
+        ),
+        (
+            "fila:ccap",
             "queue_cap",
             "at this process's per-queue cap",
         ),

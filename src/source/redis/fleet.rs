@@ -287,10 +287,20 @@ pub(crate) fn grant<J>(
     }
     let rooms: Vec<Member> = ms.iter().map(|(_, m)| *m).collect();
     let share = match me {
-        Some(i) => FleetShare::new(
-            split(fleet_demand, &rooms)[i],
-            split(fleet_target, &rooms)[i],
-        ),
+        Some(i) => {
+            let mine = split(fleet_demand, &rooms)[i];
+            // The fleet wants more than every process's room and this one is full: its own
+            // caps bind (the per-queue cap, or the total cap when that is the smaller).
+            let all_room: usize = rooms.iter().map(|m| m.room).sum();
+            if reason.is_none() && fleet_demand > all_room && mine >= rooms[i].room {
+                reason = Some(if view.max_threads <= view.max_total_threads {
+                    SizeReason::QueueCap
+                } else {
+                    SizeReason::TotalCap
+                });
+            }
+            FleetShare::new(mine, split(fleet_target, &rooms)[i])
+        }
         None => FleetShare::new(0, 0),
     }
     .with_reason(reason);
