@@ -239,9 +239,18 @@ async function loadDead() {
   const d = state.dead;
   if (!d.queue) return;
   const q = new URLSearchParams({ ...deadParams(), offset: d.offset, limit: d.limit });
+  // Only the newest request draws: an older one (say a refresh's, with the filter as it was)
+  // that answers late must not overwrite what a newer one showed.
+  const seq = (d.seq = (d.seq || 0) + 1);
+  let page;
   try {
-    d.page = await getJSON("/api/dead?" + q);
-  } catch (e) { $("dead-info").textContent = "dead letters: " + e.message; return; }
+    page = await getJSON("/api/dead?" + q);
+  } catch (e) {
+    if (seq === d.seq) $("dead-info").textContent = "dead letters: " + e.message;
+    return;
+  }
+  if (seq !== d.seq) return;
+  d.page = page;
   const p = d.page;
   const rows = p.items.map((it) => el("tr", { "data-index": it.index },
     el("td", { class: "num", text: it.index }), el("td", { text: fmtTime(it.time_ms) }),
