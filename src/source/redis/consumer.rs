@@ -319,6 +319,14 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             }
             let taken = self.taken_next.take();
             let (checked_own, entry) = match taken {
+                // Handed over by the ack, which checked the slot by the server's clock then;
+                // the worker may have frozen since (SIGSTOP past the TTL): the local lease
+                // decides as after a `BLMOVE`, else it goes back untouched.
+                Some(entry) if !self.lease_holds() => {
+                    self.taken_next = Some(entry);
+                    self.suspend()?;
+                    continue;
+                }
                 Some(entry) => (false, Some(entry)),
                 None if !self.check_own && !self.may_fetch()? => {
                     // No slot (the fleet is at its target or a cap) or paused: look again

@@ -221,8 +221,10 @@ if ARGV[7] == '1' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
 local left = finish()
 if left > 0 then return {1, left, false, 0} end
 -- A coordinated worker takes the next job only while it holds its slot and the queue is not
--- paused (the fleet caps are checked when a slot is taken).
-if ARGV[8] == '1' and (not redis.call('ZSCORE', KEYS[6], ARGV[1])
+-- paused (the fleet caps are checked when a slot is taken). A lapsed lease is no lease: the
+-- slot may be removed by another process's grant at any moment.
+local lease = ARGV[8] == '1' and tonumber(redis.call('ZSCORE', KEYS[6], ARGV[1]))
+if ARGV[8] == '1' and (not lease or lease <= now_ms()
     or redis.call('HGET', KEYS[7], 'paused') == '1') then
   return {1, 0, false, 0}
 end
