@@ -19,7 +19,9 @@
 //! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
 //! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
 //! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
-//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
+//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution; with
+//! `--exec-log-finish`, also the same line with `finished_ms` appended when it finishes,
+//! failed or not, kept or not),
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
 //! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
 //! `--metrics-addr HOST:PORT` serves Prometheus `/metrics` and `/healthz` there (needs
@@ -66,6 +68,7 @@ struct Args {
     recycle_after: Option<u64>,
     metrics_addr: Option<String>,
     no_fleet: bool,
+    exec_log_finish: bool,
     fleet: Option<String>,
     fleet_max_threads_per_type: Option<usize>,
     fleet_max_total_threads: Option<usize>,
@@ -85,6 +88,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if flag == "--no-fleet" {
             args.no_fleet = true;
+            continue;
+        }
+        if flag == "--exec-log-finish" {
+            args.exec_log_finish = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -276,6 +283,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         let source = source.build()?;
         sources.push(source.clone());
         let (queue, log, init_ms) = (name.clone(), exec_log.clone(), args.init_ms);
+        let log_finish = args.exec_log_finish;
         let def = Queue::new(
             name.as_str(),
             source,
@@ -305,6 +313,18 @@ fn run() -> Result<(), Box<dyn Error>> {
                     _ => {}
                 }
                 std::thread::sleep(Duration::from_millis(job.ms));
+                if let Some(log) = log.as_ref().filter(|_| log_finish) {
+                    // The same run again, its finish appended: a run's start and finish are
+                    // both on record, whether or not its result is kept.
+                    let line = format!(
+                        "{queue} {} {} {started_ms} {} {}\n",
+                        job.id,
+                        session.worker,
+                        std::process::id(),
+                        now_ms()
+                    );
+                    let _ = log.lock().write_all(line.as_bytes());
+                }
                 if job.fail.as_deref() == Some("error") {
                     return Err(JobError::retryable(format!("job {} asked to fail", job.id)));
                 }
