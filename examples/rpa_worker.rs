@@ -23,7 +23,8 @@
 //! `--exec-log-finish`, also the same line with `finished_ms` appended when it finishes,
 //! failed or not, kept or not),
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
-//! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
+//! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs),
+//! `--min-threads N` (threads each queue keeps when idle).
 //! `--metrics-addr HOST:PORT` serves Prometheus `/metrics` and `/healthz` there (needs
 //! `--features metrics`).
 //!
@@ -66,6 +67,7 @@ struct Args {
     tls_ca: Option<String>,
     block_ms: Option<u64>,
     recycle_after: Option<u64>,
+    min_threads: Option<usize>,
     metrics_addr: Option<String>,
     no_fleet: bool,
     exec_log_finish: bool,
@@ -124,6 +126,7 @@ fn parse_args() -> Result<Args, String> {
             "--tls-ca" => args.tls_ca = Some(value),
             "--block-ms" => args.block_ms = Some(num(&value)?),
             "--recycle-after" => args.recycle_after = Some(num(&value)?),
+            "--min-threads" => args.min_threads = Some(num(&value)? as usize),
             "--metrics-addr" => args.metrics_addr = Some(value),
             "--fleet" => args.fleet = Some(value),
             "--fleet-max-threads-per-type" => {
@@ -339,6 +342,10 @@ fn run() -> Result<(), Box<dyn Error>> {
                 Ok(result.to_string().into_bytes())
             },
         );
+        let def = match args.min_threads {
+            Some(n) => def.min_threads(n),
+            None => def,
+        };
         builder = builder.add_queue(match args.recycle_after {
             Some(n) => def.recycle_after(n),
             None => def,

@@ -390,7 +390,7 @@ fn the_strictest_builder_cap_of_the_live_processes_holds() {
 
 /// A job past `job_timeout` is left to the reaper (it runs again elsewhere), but its thread
 /// still runs: its slot stays counted until the thread returns, so with a fleet cap of 1
-/// nothing else runs meanwhile.
+/// nothing else runs meanwhile (while the other process's thread asks for a slot).
 #[test]
 fn a_job_past_job_timeout_keeps_its_slot_until_its_thread_returns() {
     let server = RedisServer::start();
@@ -407,10 +407,13 @@ fn a_job_past_job_timeout_keeps_its_slot_until_its_thread_returns() {
         "300",
         "--max-attempts",
         "1",
+        // Every process keeps a thread: the other one waits for a slot the whole time.
+        "--min-threads",
+        "1",
         "--scale-down-delay-ms",
         "300",
     ];
-    let procs = [
+    let mut procs = [
         Proc::start(&server, &scratch, "p0", &extra),
         Proc::start(&server, &scratch, "p1", &extra),
     ];
@@ -422,6 +425,10 @@ fn a_job_past_job_timeout_keeps_its_slot_until_its_thread_returns() {
     );
     for p in &procs {
         p.signal("TERM");
+    }
+    // A drained exit: every run's finish is on record.
+    for p in &mut procs {
+        assert!(p.wait_exit(PATIENCE).success());
     }
     let all = runs(&scratch);
     let long = all
