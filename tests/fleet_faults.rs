@@ -78,8 +78,10 @@ fn a_fleet_cap_of_6_holds_through_kill_9_sigstop_and_a_redis_restart() {
         || (),
     );
     let frozen = procs[1].pid();
-    let stopped_ms = unix_ms();
     procs[1].signal("STOP");
+    // Once `kill` returned: a run the process started up to here (even in the same
+    // millisecond) was stopped with it.
+    let stopped_ms = unix_ms();
     wait_until(
         PATIENCE,
         "the frozen process's workers reaped",
@@ -121,10 +123,10 @@ fn a_fleet_cap_of_6_holds_through_kill_9_sigstop_and_a_redis_restart() {
     let (frozen_runs, _): (Vec<_>, Vec<_>) = all.iter().partition(|d| d.pid == pid);
     let spanning = frozen_runs
         .iter()
-        .filter(|d| d.started_ms < stopped_ms && d.finished_ms > stopped_ms)
+        .filter(|d| d.started_ms <= stopped_ms && d.finished_ms > stopped_ms)
         .count();
     for d in all.iter_mut().filter(|d| d.pid == pid) {
-        if d.started_ms < stopped_ms && d.finished_ms > stopped_ms {
+        if d.started_ms <= stopped_ms && d.finished_ms > stopped_ms {
             d.finished_ms = stopped_ms;
         }
     }
