@@ -19,9 +19,12 @@
 //! Extra options, for tests and tuning: `--max-attempts N`, `--retry-backoff-ms N`,
 //! `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N`, `--scale-down-delay-ms N`,
 //! `--shutdown-timeout-ms N` (default 30000), `--init-ms N` (simulated login, default 50),
-//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution),
+//! `--exec-log PATH` (appends `queue id worker started_ms pid` for every execution; with
+//! `--exec-log-finish`, also the same line with `finished_ms` appended when it finishes,
+//! failed or not, kept or not),
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
-//! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs).
+//! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs),
+//! `--min-threads N` (threads each queue keeps when idle).
 //! `--metrics-addr HOST:PORT` serves Prometheus `/metrics` and `/healthz` there (needs
 //! `--features metrics`).
 //!
@@ -64,8 +67,10 @@ struct Args {
     tls_ca: Option<String>,
     block_ms: Option<u64>,
     recycle_after: Option<u64>,
+    min_threads: Option<usize>,
     metrics_addr: Option<String>,
     no_fleet: bool,
+    exec_log_finish: bool,
     fleet: Option<String>,
     fleet_max_threads_per_type: Option<usize>,
     fleet_max_total_threads: Option<usize>,
@@ -85,6 +90,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if flag == "--no-fleet" {
             args.no_fleet = true;
+            continue;
+        }
+        if flag == "--exec-log-finish" {
+            args.exec_log_finish = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -117,6 +126,7 @@ fn parse_args() -> Result<Args, String> {
             "--tls-ca" => args.tls_ca = Some(value),
             "--block-ms" => args.block_ms = Some(num(&value)?),
             "--recycle-after" => args.recycle_after = Some(num(&value)?),
+            "--min-threads" => args.min_threads = Some(num(&value)? as usize),
             "--metrics-addr" => args.metrics_addr = Some(value),
             "--fleet" => args.fleet = Some(value),
             "--fleet-max-threads-per-type" => {
@@ -276,6 +286,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         let source = source.build()?;
         sources.push(source.clone());
         let (queue, log, init_ms) = (name.clone(), exec_log.clone(), args.init_ms);
+        let log_finish = args.exec_log_finish;
         let def = Queue::new(
             name.as_str(),
             source,
@@ -305,6 +316,18 @@ fn run() -> Result<(), Box<dyn Error>> {
                     _ => {}
                 }
                 std::thread::sleep(Duration::from_millis(job.ms));
+                if let Some(log) = log.as_ref().filter(|_| log_finish) {
+                    // The same run again, its finish appended: a run's start and finish are
+                    // both on record, whether or not its result is kept.
+                    let line = format!(
+                        "{queue} {} {} {started_ms} {} {}\n",
+                        job.id,
+                        session.worker,
+                        std::process::id(),
+                        now_ms()
+                    );
+                    let _ = log.lock().write_all(line.as_bytes());
+                }
                 if job.fail.as_deref() == Some("error") {
                     return Err(JobError::retryable(format!("job {} asked to fail", job.id)));
                 }
@@ -319,6 +342,10 @@ fn run() -> Result<(), Box<dyn Error>> {
                 Ok(result.to_string().into_bytes())
             },
         );
+        let def = match args.min_threads {
+            Some(n) => def.min_threads(n),
+            None => def,
+        };
         builder = builder.add_queue(match args.recycle_after {
             Some(n) => def.recycle_after(n),
             None => def,

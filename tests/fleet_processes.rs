@@ -87,7 +87,7 @@ fn a_runtime_jobs_per_thread_reaches_every_process_and_shares_spread() {
     admin.set_jobs_per_thread(Q, 40).unwrap();
     // Jobs go on finishing meanwhile: 15 threads for up to ~560 jobs, 14 just after.
     wait_until(
-        PATIENCE,
+        PROPAGATION,
         "jobs_per_thread 40 in every process",
         || {
             let t = targets();
@@ -345,4 +345,68 @@ fn a_wrong_typed_slots_key_is_named_and_loses_nothing() {
         lost.is_empty() && dups.is_empty(),
         "lost {lost:?} dup {dups:?}"
     );
+}
+
+/// Settings are whole numbers: a cap of 0 is refused by `Admin` (naming the value), a cap
+/// written by hand as `2.5` is 2, and another queue's slots key of the wrong type (with a
+/// fleet total cap, whose check reads every queue's slots) stops nothing here.
+#[test]
+fn settings_are_whole_numbers_and_a_broken_queue_does_not_stop_the_others() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-whole");
+    let admin = Admin::connect(&server.url()).unwrap();
+    let e = admin.set_fleet_max_threads(Q, Some(0)).unwrap_err();
+    assert!(e.to_string().contains("got 0"), "{e}");
+    let e = admin.set_fleet_max_total_threads(Some(0)).unwrap_err();
+    assert!(e.to_string().contains("got 0"), "{e}");
+    let set = |key: &str, field: &str, value: &str, conn: &mut redis::Connection| {
+        let _: () = redis::cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .query(conn)
+            .unwrap();
+    };
+    set(
+        &format!("{Q}:settings"),
+        "fleet_max_threads",
+        "2.5",
+        &mut conn,
+    );
+    set(
+        "threadtide:fleet:settings",
+        "max_total_threads",
+        "10.7",
+        &mut conn,
+    );
+    let _: () = redis::cmd("SET")
+        .arg(format!("{Q2}:slots"))
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg("threadtide:fleet:queues")
+        .arg(Q2)
+        .query(&mut conn)
+        .unwrap();
+    push(&mut conn, Q, "w", 150, 10);
+    let extra = ["--jobs-per-thread", "10", "--scale-down-delay-ms", "300"];
+    let p = Proc::start(&server, &scratch, "p0", &extra);
+    wait_until(
+        PATIENCE,
+        "every job done",
+        || result_count(&mut conn) >= 150,
+        || result_count(&mut server.conn()),
+    );
+    p.signal("TERM");
+    let done = results(&mut conn);
+    let (lost, dups) = lost_and_duplicates(&done, "w", 150);
+    assert!(
+        lost.is_empty() && dups.is_empty(),
+        "lost {lost:?} dup {dups:?}"
+    );
+    let top = peak(&runs(&scratch), "conferencia");
+    println!("fleet_max_threads 2.5: peak {top}");
+    assert_eq!(top, 2, "a cap of 2.5 is 2");
 }

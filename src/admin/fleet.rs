@@ -222,8 +222,14 @@ impl Admin {
     ///
     /// # Errors
     ///
-    /// When Redis cannot be reached or answers with an error.
+    /// `Some(0)` (a cap of 0 runs nothing: pause the queue instead, `Admin::pause`), or Redis
+    /// cannot be reached or answers with an error.
     pub fn set_fleet_max_threads(&self, key: &str, n: Option<usize>) -> Result<(), SourceError> {
+        if n == Some(0) {
+            return Err(SourceError::new(
+                "fleet_max_threads must be at least 1, got 0 (to stop the queue, pause it)",
+            ));
+        }
         self.set_setting(key, "fleet_max_threads", n)
     }
 
@@ -232,8 +238,13 @@ impl Admin {
     ///
     /// # Errors
     ///
-    /// When Redis cannot be reached or answers with an error.
+    /// `Some(0)`, or Redis cannot be reached or answers with an error.
     pub fn set_fleet_max_total_threads(&self, n: Option<usize>) -> Result<(), SourceError> {
+        if n == Some(0) {
+            return Err(SourceError::new(
+                "fleet_max_total_threads must be at least 1, got 0",
+            ));
+        }
         self.with("cannot change the fleet's settings", |c| match n {
             Some(n) => redis::cmd("HSET")
                 .arg(&self.keys.settings)

@@ -20,6 +20,12 @@ pub const RESULTS: &str = "fila:resultados";
 pub const HEARTBEAT_MS: u64 = 100;
 pub const TTL_MS: u64 = 500;
 
+/// How soon a change must reach every process (a runtime setting, a killed process's share
+/// taken up): it takes a grant, a TTL or a heartbeat or two; this is several times that, so a
+/// loaded 2-core machine passes, and a change that never propagates (or waits for something
+/// slower) fails.
+pub const PROPAGATION: Duration = Duration::from_millis(3 * TTL_MS + 10 * HEARTBEAT_MS);
+
 /// A directory for the processes' logs, removed on drop (printed when the test fails).
 pub struct Scratch(PathBuf);
 
@@ -69,6 +75,8 @@ impl Proc {
             .args(["--worker-ttl-ms", &TTL_MS.to_string()])
             .args(["--init-ms", "10", "--block-ms", "100"])
             .args(["--retry-backoff-ms", "20"])
+            .args(["--exec-log", scratch.path(EXEC_LOG).to_str().unwrap()])
+            .arg("--exec-log-finish")
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")
@@ -132,6 +140,49 @@ pub fn push(conn: &mut redis::Connection, queue: &str, prefix: &str, n: usize, m
     }
 }
 
+/// Every process's execution log (`rpa_worker --exec-log`), in the scratch directory.
+pub const EXEC_LOG: &str = "exec.log";
+
+/// Every run any process started, kept or not (a refused settle, a killed process): from the
+/// execution log's start and finish lines. A run with no finish line (its process was killed,
+/// or is still running it) counts as running until the last line its process wrote.
+pub fn runs(scratch: &Scratch) -> Vec<Done> {
+    let text = std::fs::read_to_string(scratch.path(EXEC_LOG)).unwrap_or_default();
+    let mut started: Vec<(String, String, String, u64, String)> = Vec::new();
+    let mut finished: HashMap<(String, String, String, u64, String), u64> = HashMap::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 5 {
+            continue; // a line cut by a kill -9
+        }
+        let Ok(start) = f[3].parse::<u64>() else {
+            continue;
+        };
+        let key = (f[0].into(), f[1].into(), f[2].into(), start, f[4].into());
+        let seen = last.entry(f[4].to_owned()).or_default();
+        *seen = (*seen).max(start);
+        match f.get(5).and_then(|t| t.parse::<u64>().ok()) {
+            Some(end) => {
+                *seen = (*seen).max(end);
+                finished.insert(key, end);
+            }
+            None if f.len() == 5 => started.push(key),
+            None => {}
+        }
+    }
+    started
+        .into_iter()
+        .map(|key| Done {
+            finished_ms: finished.get(&key).copied().unwrap_or(last[&key.4]),
+            id: key.1,
+            queue: key.0,
+            started_ms: key.3,
+            pid: key.4,
+        })
+        .collect()
+}
+
 /// One success, from the results list.
 #[derive(Debug, Clone)]
 pub struct Done {
@@ -139,6 +190,8 @@ pub struct Done {
     pub queue: String,
     pub started_ms: u64,
     pub finished_ms: u64,
+    /// The process that ran it (empty when read from the results).
+    pub pid: String,
 }
 
 pub fn results(conn: &mut redis::Connection) -> Vec<Done> {
@@ -151,6 +204,7 @@ pub fn results(conn: &mut redis::Connection) -> Vec<Done> {
                 queue: v["queue"].as_str().unwrap().to_owned(),
                 started_ms: v["started_ms"].as_u64().unwrap(),
                 finished_ms: v["finished_ms"].as_u64().unwrap(),
+                pid: String::new(),
             }
         })
         .collect()
@@ -183,6 +237,26 @@ fn peak_of<'a>(done: impl Iterator<Item = &'a Done>) -> usize {
         max = max.max(now);
     }
     max as usize
+}
+
+/// The runs of `queue` going on at the first instant the peak was reached (for a failure's
+/// message).
+pub fn at_peak(done: &[Done], queue: &str) -> Vec<Done> {
+    let of: Vec<&Done> = done.iter().filter(|d| d.queue == queue).collect();
+    let top = peak_of(of.iter().copied());
+    let mut starts: Vec<u64> = of.iter().map(|d| d.started_ms).collect();
+    starts.sort_unstable();
+    for t in starts {
+        let on: Vec<Done> = of
+            .iter()
+            .filter(|d| d.started_ms <= t && t < d.finished_ms)
+            .map(|d| (*d).clone())
+            .collect();
+        if on.len() >= top {
+            return on;
+        }
+    }
+    Vec::new()
 }
 
 /// Ids missing from `done` among `prefix0..prefix{n-1}`, and ids with more than one result.

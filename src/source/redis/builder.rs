@@ -152,8 +152,10 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
         self
     }
 
-    /// A cap on this queue's threads over the whole fleet (every process together), never
-    /// exceeded: a worker fetches only while it holds one of the queue's slots. Unlike
+    /// A cap on this queue's threads over the whole fleet (every process together): a worker
+    /// starts a job only while it holds one of the queue's slots (the exceptions for jobs
+    /// already running are in `docs/FLEET.md`). Processes whose values differ follow the
+    /// strictest of the live ones. Unlike
     /// [`Builder::max_threads_per_type`](crate::Builder::max_threads_per_type) (per process:
     /// one host's memory) this is a limit of the service (a target site's). Defaults to none;
     /// 0 is a `build()` error. A value set at runtime in Redis
@@ -163,9 +165,10 @@ impl<J: Send + 'static> RedisSourceBuilder<J> {
         self
     }
 
-    /// A cap on the threads of all the fleet's queues together, over every process, never
-    /// exceeded; shared between the queues by weight. Defaults to none; 0 is a `build()`
-    /// error. The value in Redis (`F:fleet:settings max_total_threads`, set with
+    /// A cap on the threads of all the fleet's queues together, over every process (held
+    /// like [`fleet_max_threads`](Self::fleet_max_threads)); shared between the queues by
+    /// weight; processes whose values differ follow the strictest of the queue's live ones.
+    /// Defaults to none; 0 is a `build()` error. The value in Redis (`F:fleet:settings max_total_threads`, set with
     /// [`Admin::set_fleet_max_total_threads`](crate::admin::Admin::set_fleet_max_total_threads))
     /// wins over this one.
     pub fn fleet_max_total_threads(mut self, n: usize) -> Self {

@@ -116,6 +116,14 @@ impl<J> RedisConsumer<J> {
         }
     }
 
+    /// Gives up the connection after an error that may have broken it. The local lease goes
+    /// too: Redis may have restarted having lost the slot's latest renewal (or the slot), so
+    /// the worker takes its slot again (`take`, by the server's state) before it fetches.
+    fn drop_conn(&mut self) {
+        self.conn = None;
+        self.state.lease_until_ms.store(0, Ordering::Release);
+    }
+
     /// The worker's connection, made anew after an error.
     fn connection(&mut self) -> Result<&mut Connection, SourceError> {
         if self.conn.is_none() {
@@ -144,7 +152,7 @@ impl<J> RedisConsumer<J> {
             let released = release(&shared, self.connection()?, &old, None);
             if let Err(e) = released {
                 if super::conn::breaks(&e) {
-                    self.conn = None;
+                    self.drop_conn();
                 }
                 return Err(e);
             }
@@ -175,7 +183,7 @@ impl<J> RedisConsumer<J> {
                 .invoke(conn);
             if let Err(e) = registered {
                 if is_broken(&e) {
-                    self.conn = None;
+                    self.drop_conn();
                 }
                 return Err(script_error("cannot register the worker", e));
             }
@@ -254,7 +262,7 @@ impl<J> RedisConsumer<J> {
             }
             Err(e) => {
                 if is_broken(&e) {
-                    self.conn = None;
+                    self.drop_conn();
                 }
                 self.check_own = true;
                 Err(redis_error("cannot fetch", e))
@@ -287,7 +295,7 @@ impl<J> RedisConsumer<J> {
         if let Err(e) = &taken
             && super::conn::breaks(e)
         {
-            self.conn = None;
+            self.drop_conn();
         }
         taken
     }
@@ -319,6 +327,14 @@ impl<J: 'static> Consumer for RedisConsumer<J> {
             }
             let taken = self.taken_next.take();
             let (checked_own, entry) = match taken {
+                // Handed over by the ack, which checked the slot by the server's clock then;
+                // the worker may have frozen since (SIGSTOP past the TTL): the local lease
+                // decides as after a `BLMOVE`, else it goes back untouched.
+                Some(entry) if !self.lease_holds() => {
+                    self.taken_next = Some(entry);
+                    self.suspend()?;
+                    continue;
+                }
                 Some(entry) => (false, Some(entry)),
                 None if !self.check_own && !self.may_fetch()? => {
                     // No slot (the fleet is at its target or a cap) or paused: look again

@@ -15,21 +15,26 @@ pub(crate) struct FleetScripts {
     /// default fleet total ("" none), fresh ("1": the keeper's view is fresh), server ms of
     /// the keeper's last beat.
     ///
-    /// Registers this process as a member of the queue with its room, drops members whose
+    /// Registers this process as a member of the queue with its room and builder caps
+    /// (`room:min:cap:total`), drops members whose
     /// grant lapsed and (only on a fresh view, like the reaper) slots whose lease lapsed,
     /// computes the fleet's demand
     /// (`ceil(LLEN / jobs_per_thread)`, at least the members' minimums, 0 when paused, at most
-    /// `fleet_max_threads`), records it in the history and reads the hold (the largest demand
+    /// `fleet_max_threads`: Redis's setting, else the strictest builder cap of the live
+    /// members), records it in the history and reads the hold (the largest demand
     /// within the window), and stores the target (`max(demand, min(hold, live slots))`, at
     /// most the cap) where the slot script reads it. Returns {now, llen, paused, jpt, fleet
     /// max or -1, fleet total or -1, demand, hold, slots, target, members (id, room, min, ...),
     /// queues when a total applies (key, demand, hold, slots, weight, ...)}.
     pub(crate) grant: Script,
     /// KEYS: Q:slots, Q:fleet, Q:settings, F:fleet:queues, F:fleet:settings. ARGV: wid, ttl
-    /// ms, default fleet total ("" none). Takes (or renews, while it is still there) a slot
-    /// for the worker when the queue is not paused, its slots are below the stored target,
-    /// and the fleet's slots over all its queues are below the total cap (a lapsed slot
-    /// counts until a grant removes it). Returns 1 taken, 0
+    /// ms, this process's fleet total ("" none), its fleet_max_threads ("" none). Takes (or
+    /// renews, while it is still there) a slot for the worker when the queue is not paused,
+    /// its slots are below the stored target and below the cap (Redis's setting, else this
+    /// process's own), and the fleet's slots over all its queues are below the total cap
+    /// (Redis's setting, else the smaller of this process's and the one the last grant
+    /// stored: the strictest of the members'). A lapsed slot counts until a grant removes
+    /// it; another queue's slots key of the wrong type is skipped. Returns 1 taken, 0
     /// refused.
     pub(crate) take: Script,
     /// KEYS: F:fleet:procs, F:fleet:proc:<id>, F:fleet:events, F:fleet:queues. ARGV: process
@@ -39,8 +44,16 @@ pub(crate) struct FleetScripts {
     pub(crate) publish: Script,
 }
 
+/// A count read from a setting: a whole number (`"2.5"` is 2), or `nil` when not a number.
+const WHOLE: &str = r#"
+local function whole(v)
+  local n = tonumber(v)
+  return n and math.floor(n)
+end
+"#;
+
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}{body}"))
+    Script::new(&format!("{PRELUDE}{WHOLE}{body}"))
 }
 
 impl FleetScripts {
@@ -54,13 +67,14 @@ local now = now_ms()
 local llen = redis.call('LLEN', KEYS[1])
 local s = redis.call('HMGET', KEYS[2], 'paused', 'jobs_per_thread', 'fleet_max_threads')
 local paused = s[1] == '1'
-local jpt = tonumber(s[2])
+local jpt = whole(s[2])
 if not jpt or jpt < 1 then jpt = tonumber(ARGV[5]) end
-local fmax = tonumber(s[3]) or tonumber(ARGV[6])
-local ftotal = tonumber(redis.call('HGET', KEYS[3], 'max_total_threads')) or tonumber(ARGV[9])
+-- A cap set in Redis wins; without one, the strictest builder cap of the queue's live members.
+local fset = whole(s[3])
+local tset = whole(redis.call('HGET', KEYS[3], 'max_total_threads'))
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[5], now + ttl, ARGV[1])
-redis.call('HSET', KEYS[6], ARGV[1], ARGV[3] .. ':' .. ARGV[4])
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[6] .. ':' .. ARGV[9])
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. now)) do
   redis.call('ZREM', KEYS[5], gone)
   redis.call('HDEL', KEYS[6], gone)
@@ -72,12 +86,18 @@ if fresh then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now) end
 local slots = redis.call('ZCARD', KEYS[4])
 local members = {}
 local mins = 0
+local mcap, mtot
 for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
   local r = redis.call('HGET', KEYS[6], id) or '0:0'
-  local room, min = string.match(r, '^(%d+):(%d+)$')
+  local room, min, cap, tot = string.match(r, '^(%d+):(%d+):?(%d*):?(%d*)$')
   table.insert(members, id) table.insert(members, room or '0') table.insert(members, min or '0')
   mins = mins + (tonumber(min) or 0)
+  cap, tot = tonumber(cap), tonumber(tot)
+  if cap and (not mcap or cap < mcap) then mcap = cap end
+  if tot and (not mtot or tot < mtot) then mtot = tot end
 end
+local fmax = fset or mcap
+local ftotal = tset or mtot
 local demand = 0
 if not paused then
   demand = math.ceil(llen / jpt)
@@ -97,17 +117,23 @@ local target = math.min(hold, slots)
 if demand > target then target = demand end
 if fmax and target > fmax then target = fmax end
 redis.call('HSET', KEYS[8], 'demand', demand, 'hold', hold, 'target', target, 'slots', slots,
-  'weight', ARGV[8], 'at', now)
+  'weight', ARGV[8], 'at', now, 'total', ftotal or '')
 redis.call('SADD', KEYS[9], KEYS[1])
 local queues = {}
 if ftotal then
   for _, q in ipairs(redis.call('SMEMBERS', KEYS[9])) do
-    if fresh then redis.call('ZREMRANGEBYSCORE', q .. ':slots', '-inf', '(' .. now) end
-    local f = redis.call('HMGET', q .. ':fleet', 'demand', 'hold', 'weight', 'at')
-    if f[4] and tonumber(f[4]) >= now - 2 * ttl then
-      table.insert(queues, q) table.insert(queues, f[1]) table.insert(queues, f[2])
-      table.insert(queues, tostring(redis.call('ZCARD', q .. ':slots')))
-      table.insert(queues, f[3])
+    -- Another queue's key of the wrong type is that queue's own error (its processes name
+    -- it): skipped here, so it does not stop this queue.
+    local st = redis.call('TYPE', q .. ':slots')['ok']
+    local ft = redis.call('TYPE', q .. ':fleet')['ok']
+    if (st == 'zset' or st == 'none') and (ft == 'hash' or ft == 'none') then
+      if fresh then redis.call('ZREMRANGEBYSCORE', q .. ':slots', '-inf', '(' .. now) end
+      local f = redis.call('HMGET', q .. ':fleet', 'demand', 'hold', 'weight', 'at')
+      if f[4] and tonumber(f[4]) >= now - 2 * ttl then
+        table.insert(queues, q) table.insert(queues, f[1]) table.insert(queues, f[2])
+        table.insert(queues, tostring(redis.call('ZCARD', q .. ':slots')))
+        table.insert(queues, f[3])
+      end
     end
   end
 end
@@ -126,13 +152,25 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[1])
   return 1
 end
+-- The stored target (at most the strictest cap the members ask for), and this process's own
+-- cap too: a grant of a member without one may have stored a higher target just now.
 local target = tonumber(redis.call('HGET', KEYS[2], 'target'))
+local cap = whole(redis.call('HGET', KEYS[3], 'fleet_max_threads')) or tonumber(ARGV[4])
+if target and cap and cap < target then target = cap end
 if not target or redis.call('ZCARD', KEYS[1]) >= target then return 0 end
-local ftotal = tonumber(redis.call('HGET', KEYS[5], 'max_total_threads')) or tonumber(ARGV[3])
+local ftotal = whole(redis.call('HGET', KEYS[5], 'max_total_threads'))
+if not ftotal then
+  ftotal = tonumber(ARGV[3])
+  local stored = tonumber(redis.call('HGET', KEYS[2], 'total'))
+  if stored and (not ftotal or stored < ftotal) then ftotal = stored end
+end
 if ftotal then
   local live = 0
   for _, q in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-    live = live + redis.call('ZCARD', q .. ':slots')
+    -- Another queue's key of the wrong type holds no slot of ours (that queue reports it).
+    if redis.call('TYPE', q .. ':slots')['ok'] == 'zset' then
+      live = live + redis.call('ZCARD', q .. ':slots')
+    end
   end
   if live >= ftotal then return 0 end
 end

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, bounded, select};
 use redis::Connection;
 
+use super::Shared;
 use super::conn::{Link, RECONNECT, Role, redis_error};
 use super::scripts::{self, OrphanSweep};
-use super::{Shared, Slot};
 use super::{fleet, lease};
 use crate::backoff::Backoff;
 use crate::error::SourceError;
@@ -224,18 +224,21 @@ impl<J> State<J> {
             .job_timeout
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         let now_ms = self.shared.ms_since_epoch();
-        let wids: Vec<String> = self
-            .shared
-            .slots
-            .lock()
-            .values()
-            .filter(|s| !s.state.is_fenced())
-            .filter(|s| match (limit_ms, s.state.busy_since()) {
+        // A worker past `job_timeout` is left to the reaper, but its thread still runs: its
+        // fleet slot stays renewed until the thread returns and releases it (the caps count
+        // every running thread).
+        let (mut wids, mut timed_out) = (Vec::new(), Vec::new());
+        for s in self.shared.slots.lock().values() {
+            if s.state.is_fenced() {
+                continue;
+            }
+            let within = match (limit_ms, s.state.busy_since()) {
                 (Some(limit), Some(since)) => now_ms.saturating_sub(since) <= limit,
                 _ => true,
-            })
-            .map(|s: &Slot| s.wid.clone())
-            .collect();
+            };
+            if within { &mut wids } else { &mut timed_out }.push(s.wid.clone());
+        }
+
         let shared = Arc::clone(&self.shared);
         let sent = Instant::now();
         let sent_ms = shared.ms_since_epoch();
@@ -245,7 +248,9 @@ impl<J> State<J> {
         }
         let (server_ms, fenced, lost): (u64, Vec<String>, Vec<String>) = beat
             .arg(scripts::ttl_ms(&shared))
+            .arg(wids.len())
             .arg(&wids)
+            .arg(&timed_out)
             .invoke(self.conn()?)
             .map_err(|e| redis_error("heartbeat failed", e))?;
         let landed = Instant::now();

@@ -1,4 +1,5 @@
-//! Slots as leases: the hard guarantee that a queue's fleet caps are never exceeded.
+//! Slots as leases: the hard guarantee that a queue's fleet caps hold for every job started
+//! (the exceptions for running jobs are in `docs/FLEET.md`, "Where the caps can be passed").
 //!
 //! # The invariant
 //!
@@ -31,7 +32,12 @@
 //! - It checks before each fetch (`BLMOVE`) and again when the fetch returns (a `BLMOVE` that
 //!   blocked across a freeze): a job fetched without a lease goes back to the head of the
 //!   queue untouched, no run counted. The acknowledgement's take of the next job checks the
-//!   lease by the server's clock inside the ack script.
+//!   lease by the server's clock inside the ack script (the slot there and its score not
+//!   lapsed), and the worker checks its local lease again before starting that job.
+//! - A worker that gives up its connection drops its local lease (Redis may have restarted
+//!   having lost the slot), so it takes its slot again before fetching.
+//! - A worker past `job_timeout` is left to the reaper, but its slot is renewed until its
+//!   thread returns and releases it: the thread still runs.
 //! - A settle (ack, retry, dead letter) of a worker whose slot was removed is refused like
 //!   one of a reaped worker, and the job runs again elsewhere: no result is kept of a job
 //!   that may have overlapped someone else's use of its room. (Its slot was there for the
@@ -153,6 +159,12 @@ pub(crate) fn take<J>(
         .arg(wid)
         .arg(scripts::ttl_ms(shared))
         .arg(total)
+        .arg(
+            fleet
+                .settings
+                .max_threads
+                .map_or_else(String::new, |n| n.to_string()),
+        )
         .invoke(conn)
         .map_err(|e| redis_error("cannot take a slot", e))?;
     if taken == 1 {

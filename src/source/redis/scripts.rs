@@ -130,9 +130,11 @@ pub(crate) struct Scripts {
     /// deadline (the server's time plus this process's TTL) and removes the id from `retired`
     /// (an id re-registered after a reap must not be swept as retired while it lives).
     pub(crate) register: Script,
-    /// KEYS: workers, and `Q:slots` for a coordinated queue. ARGV: ttl ms, then wids. Moves
-    /// the live ones' deadline to the server's time plus the TTL, and renews their slots whose
-    /// lease still holds; returns `{server ms, wids no longer registered, wids that hold no
+    /// KEYS: workers, and `Q:slots` for a coordinated queue. ARGV: ttl ms, n, then n wids,
+    /// then the wids of workers past `job_timeout` (their slot only). Moves the live ones'
+    /// deadline to the server's time plus the TTL, and renews their slots that are still
+    /// there; renews the slots (not the registrations) of the timed-out ones, whose threads
+    /// still run and use their room until they return and release it; returns `{server ms, wids no longer registered, wids that hold no
     /// live slot}` (the first were reaped: they are fenced; the others must take a slot
     /// before they fetch again).
     pub(crate) heartbeat: Script,
@@ -192,7 +194,11 @@ if KEYS[2] then check(KEYS[2], 'zset') end
 local now = now_ms()
 local deadline = now + tonumber(ARGV[1])
 local fenced, lost = {}, {}
-for i = 2, #ARGV do
+local n = tonumber(ARGV[2])
+if KEYS[2] then
+  for i = n + 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', deadline, ARGV[i]) end
+end
+for i = 3, n + 2 do
   local live = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if live then
     redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
@@ -221,8 +227,10 @@ if ARGV[7] == '1' then redis.call('RPUSH', KEYS[3], ARGV[6]) end
 local left = finish()
 if left > 0 then return {1, left, false, 0} end
 -- A coordinated worker takes the next job only while it holds its slot and the queue is not
--- paused (the fleet caps are checked when a slot is taken).
-if ARGV[8] == '1' and (not redis.call('ZSCORE', KEYS[6], ARGV[1])
+-- paused (the fleet caps are checked when a slot is taken). A lapsed lease is no lease: the
+-- slot may be removed by another process's grant at any moment.
+local lease = ARGV[8] == '1' and tonumber(redis.call('ZSCORE', KEYS[6], ARGV[1]))
+if ARGV[8] == '1' and (not lease or lease <= now_ms()
     or redis.call('HGET', KEYS[7], 'paused') == '1') then
   return {1, 0, false, 0}
 end

@@ -78,7 +78,7 @@ impl<J> RedisConsumer<J> {
             Ok(reply) => reply,
             Err(e) => {
                 if is_broken(&e) {
-                    self.conn = None;
+                    self.drop_conn();
                 }
                 self.check_own = true;
                 return Err(script_error("cannot settle a job", e));
@@ -90,7 +90,7 @@ impl<J> RedisConsumer<J> {
             if let Err(e) = self.wait_for_replicas() {
                 // An error reply (`WAIT` refused by an ACL, say) leaves the connection in step.
                 if crate::source::redis::conn::breaks(&e) {
-                    self.conn = None;
+                    self.drop_conn();
                 }
                 self.check_own = true;
                 return Err(e);
