@@ -214,9 +214,17 @@ fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
     if !hex.len().is_multiple_of(2) {
         return Err("payload_hex of odd length".into());
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| "bad payload_hex".to_owned()))
+    // Over bytes, not `&str` slices: a non-ASCII character would put a slice boundary
+    // inside it and panic; here any non-hex byte is simply "bad payload_hex".
+    fn nibble(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    hex.as_bytes()
+        .chunks_exact(2)
+        .map(|p| match (nibble(p[0]), nibble(p[1])) {
+            (Some(h), Some(l)) => Ok(h << 4 | l),
+            _ => Err("bad payload_hex".to_owned()),
+        })
         .collect()
 }
 
@@ -547,6 +555,12 @@ mod tests {
             );
             assert_eq!(d.error, "bad \"x\"\n");
             assert_eq!(d.worker, "rpa-q-1");
+        }
+        // Non-ASCII "hex" whose pairs cut a character is unreadable, not a panic.
+        for hex in ["0\u{e9}0", "00\u{20ac}0"] {
+            let rec = format!(r#"{{"queue":"q","reason":"permanent","payload_hex":"{hex}"}}"#);
+            let d = DeadLetter::read(0, rec.into_bytes());
+            assert_eq!(d.unreadable.as_deref(), Some("bad payload_hex"), "{hex}");
         }
         let bad = DeadLetter::read(0, b"not json".to_vec());
         assert!(bad.unreadable.is_some());

@@ -256,8 +256,16 @@ fn with_admin<T>(
     })
 }
 
+/// Answers one request. A panic while routing (a bug) answers 500 instead of ending this
+/// handler thread: there are only four, and one bad request must not take one away.
 fn handle(global: &Global, shared: &Shared, mut req: Request) {
-    let reply = route(global, shared, &mut req).unwrap_or_else(|r| r);
+    let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        route(global, shared, &mut req)
+    }));
+    let reply = match routed {
+        Ok(r) => r.unwrap_or_else(|r| r),
+        Err(_) => http::error(500, "internal error (a bug): the request was not completed"),
+    };
     let _ = req.respond(reply);
 }
 
