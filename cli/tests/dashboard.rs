@@ -302,6 +302,63 @@ fn changes_need_the_token_and_a_requeue_from_the_page_completes() {
         &format!("{body}&token=nope"),
     );
     assert_eq!(code, 401);
+    // The right token in the form is not enough: only the header is read (before the body).
+    let (code, _) = dash.request(
+        "POST",
+        "/api/dead/purge",
+        &[],
+        &format!("{body}&token={TOKEN}"),
+    );
+    assert_eq!(code, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    // One record is named by index and digest; either field present but empty is a 400, never
+    // the unfiltered purge of everything.
+    for form in [
+        "queue=fila:conferencia&index=",
+        "queue=fila:conferencia&index=&record_sha1=",
+        "queue=fila:conferencia&record_sha1=",
+        "queue=fila:conferencia&index=0&record_sha1=",
+    ] {
+        let (code, text) = dash.request("POST", "/api/dead/purge", &auth, form);
+        assert_eq!(code, 400, "{form}: {text}");
+    }
+    assert_eq!(
+        llen(&mut conn, "fila:conferencia:dead"),
+        7,
+        "a bad one-record form purged"
+    );
+    // `limit` bounds what a change counts (and moves): the page sends its dry-run count.
+    let (code, text) = dash.request(
+        "POST",
+        "/api/dead/requeue",
+        &auth,
+        &format!("{body}&dry_run=1&limit=2"),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["matched"],
+        2,
+        "{text}"
+    );
+    // A page from another site that a DNS name rebinds to 127.0.0.1 sends its own Host.
+    let port = dash.base.rsplit_once(':').unwrap().1.to_owned();
+    let (code, _) = dash.request_host(
+        &format!("evil.example:{port}"),
+        "GET",
+        "/api/snapshot",
+        &[],
+        "",
+    );
+    assert_eq!(code, 421);
+    let (code, _) = dash.request_host(
+        &format!("localhost:{port}"),
+        "GET",
+        "/api/snapshot",
+        &[],
+        "",
+    );
+    assert_eq!(code, 200);
 
     // Through the page, without the token: an error, and nothing moves.
     chrome.click("#dead-contains");
