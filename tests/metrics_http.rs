@@ -294,3 +294,52 @@ fn every_metric_the_alert_rules_use_is_exported_by_a_redis_pool() {
     }
     pool.shutdown_timeout(PATIENCE).unwrap();
 }
+
+#[test]
+fn a_client_that_drips_bytes_cannot_hold_the_server() {
+    let jobs: MemorySource<u32> = MemorySource::builder().build().unwrap();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("md")
+        .metrics_addr("127.0.0.1:0")
+        .queue(
+            "pdf",
+            jobs,
+            |_| Ok::<_, Infallible>(()),
+            |_, _: &u32| Ok(()),
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    let addr = pool.metrics_local_addr().unwrap();
+    // One byte every 200 ms: each read is well inside any per-read timeout, and the head never
+    // ends. It drips until the server drops it (or the test is over).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    let dripper = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if slow.write_all(b"x").is_err() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            false
+        })
+    };
+    // Stops the dripper however this test ends (else a failure would hang the shutdown).
+    struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let guard = StopOnDrop(std::sync::Arc::clone(&stop));
+    // Served within the 10 s read timeout of `http` only if the dripper is dropped first.
+    let (status, text) = http(addr, "GET", "/metrics");
+    drop(guard);
+    assert_eq!(status, 200, "{text}");
+    dripper.join().unwrap();
+    pool.shutdown_timeout(PATIENCE).unwrap();
+}

@@ -289,7 +289,8 @@ function bulk(requeue) {
     const what = requeue ? "Requeue" : "Purge";
     ask(`${what} ${dry.matched} dead letter(s) of ${d.queue}` +
       (d.reason || d.contains ? " matching the filter" : "") + "?", async () => {
-      const r = await post(path, deadParams());
+      // Exactly the counted records: a record that came to match meanwhile is not moved.
+      const r = await post(path, { ...deadParams(), limit: dry.matched });
       say(`${what}d ${r.moved} of ${r.matched} dead letter(s) of ${d.queue}` +
         (r.unreadable ? `, ${r.unreadable} unreadable left alone` : "") + (r.gone ? `, ${r.gone} gone meanwhile` : ""));
       d.offset = 0; await loadDead();
@@ -303,7 +304,7 @@ function single(requeue) {
     const what = requeue ? "Requeue" : "Purge";
     ask(`${what} dead letter #${it.index} of ${state.dead.queue}?`, async () => {
       const r = await post(requeue ? "/api/dead/requeue" : "/api/dead/purge",
-        { queue: state.dead.queue, index: it.index, record_hex: it.record_hex });
+        { queue: state.dead.queue, index: it.index, record_sha1: it.record_sha1 });
       say(r.moved ? `${what}d dead letter #${it.index}` : `dead letter #${it.index} had changed: nothing done`, r.moved > 0);
       state.detail = null; renderDetail(); await loadDead();
     });

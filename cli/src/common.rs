@@ -79,11 +79,7 @@ impl Global {
     /// Sorts a Redis error into unreachable / refused / failed, with the password hidden.
     pub(crate) fn redis_error(&self, e: redis::RedisError) -> CliError {
         let url = self.redacted_url();
-        let password = self.redis.as_deref().and_then(password_of);
-        let mut text = e.to_string();
-        if let Some(p) = password.filter(|p| !p.is_empty()) {
-            text = text.replace(p, "***");
-        }
+        let text = self.hide(&e.to_string());
         let code = e.code().unwrap_or("");
         if matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
             || e.kind() == redis::ErrorKind::AuthenticationFailed
@@ -132,10 +128,11 @@ impl Global {
     }
 
     fn hide(&self, text: &str) -> String {
-        match self.redis.as_deref().and_then(password_of) {
-            Some(p) if !p.is_empty() => text.replace(p, "***"),
-            _ => text.to_owned(),
+        let mut text = text.to_owned();
+        for p in self.redis.as_deref().map(secrets_of).unwrap_or_default() {
+            text = text.replace(&p, "***");
         }
+        text
     }
 
     fn redis_error_kind(&self, e: &redis::RedisError) -> Kind {
@@ -274,23 +271,93 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// The password part of a `redis://user:password@host` URL.
-fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let auth = rest.rsplit_once('@')?.0;
-    Some(auth.split_once(':').map_or(auth, |(_, p)| p))
+// The rule of the library's `redact_url` / `secrets` (src/source/redis/conn.rs, crate-private
+// there): the user-info password and the `pass` / `password` query parameters (the form
+// `redis+unix:///path?pass=P` takes), each also percent-decoded.
+
+/// Where the user-info after `://` ends: its last `@` before the path.
+fn user_info_end(rest: &str) -> Option<usize> {
+    let path = rest.find('/').unwrap_or(rest.len());
+    rest[..path].rfind('@')
 }
 
-/// `url` with its password (if any) replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.split_once("://"), password_of(url)) {
-        (Some((scheme, rest)), Some(_)) => {
-            let (auth, host) = rest.rsplit_once('@').unwrap_or(("", rest));
-            let user = auth.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
+/// `%XX` decoding (anything else kept as is).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |x: u8| (x as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
-        _ => url.to_owned(),
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn is_secret_param(k: &str) -> bool {
+    k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password")
+}
+
+/// Every secret a URL carries, as written and percent-decoded (empty ones left out).
+fn secrets_of(url: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some((_, rest)) = url.split_once("://") {
+        if let Some(at) = user_info_end(rest)
+            && let Some((_, pass)) = rest[..at].split_once(':')
+        {
+            found.push(pass.to_owned());
+        }
+        if let Some((_, query)) = rest.split_once('?') {
+            for p in query.split('&') {
+                if let Some((k, v)) = p.split_once('=')
+                    && is_secret_param(k)
+                {
+                    found.push(v.to_owned());
+                }
+            }
+        }
+    }
+    let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
+    found.extend(decoded);
+    found.retain(|s| !s.is_empty());
+    // Longest first, so a secret containing another is replaced whole.
+    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    found.dedup();
+    found
+}
+
+/// `url` with its password and `pass=` / `password=` query values replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let start = scheme_end + 3;
+        if let Some(at) = user_info_end(&out[start..]) {
+            let at = start + at;
+            if let Some(colon) = out[start..at].find(':') {
+                out.replace_range(start + colon + 1..at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", params.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -302,7 +369,20 @@ mod tests {
         assert_eq!(redact("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact("redis://u:p@ss@h:1"), "redis://u:***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
-        assert_eq!(password_of("redis://u:p@ss@h:1"), Some("p@ss"));
+        assert_eq!(secrets_of("redis://u:p@ss@h:1"), ["p@ss"]);
+        // The query forms (redis+unix takes its password only so).
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact("redis://h:1/0?password=s%33cret"),
+            "redis://h:1/0?password=***"
+        );
+        assert_eq!(
+            secrets_of("redis://h:1/0?password=s%33cret"),
+            ["s%33cret", "s3cret"]
+        );
     }
 
     #[test]

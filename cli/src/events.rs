@@ -45,7 +45,18 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
         return Ok(());
     }
     let mut seen: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
-    let mut since = events.last().map_or_else(now_ms, |e| e.time_ms);
+    // Resume from the last entry's stream id (the server's clock), not its `time_ms` (the
+    // clock of the process that wrote it, which may run ahead and would skip entries); the
+    // id's millisecond is read again and already-seen ids are dropped, so it is exclusive.
+    // With nothing shown yet: the --since start, else a minute back (nothing newer matched).
+    let mut since = events.last().map_or_else(
+        || {
+            filter
+                .since_ms
+                .unwrap_or_else(|| now_ms().saturating_sub(60_000))
+        },
+        id_ms,
+    );
     let mut header_shown = !events.is_empty();
     loop {
         std::thread::sleep(Duration::from_secs(1));
@@ -57,7 +68,7 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
             .filter(|e| seen.insert(e.id.clone()))
             .collect();
         if let Some(last) = fresh.last() {
-            since = last.time_ms;
+            since = id_ms(last);
         }
         if !fresh.is_empty() {
             print_events(global, &fresh, !header_shown);
@@ -111,4 +122,12 @@ fn print_events(global: &Global, events: &[ScaleRecord], header: bool) {
         // Without repeating the header.
         print!("{}", text.split_once('\n').map_or("", |(_, rest)| rest));
     }
+}
+
+/// The millisecond part of an entry's stream id (`MS-SEQ`, the Redis server's clock).
+fn id_ms(e: &ScaleRecord) -> u64 {
+    e.id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(e.time_ms)
 }

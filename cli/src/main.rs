@@ -31,7 +31,7 @@ use common::{CliError, Global};
 struct Cli {
     /// The Redis server the fleet uses (`redis://[user:password@]host:port[/db]`). The password
     /// is never printed.
-    #[arg(long, global = true, env = "THREADTIDE_REDIS")]
+    #[arg(long, global = true, env = "THREADTIDE_REDIS", hide_env_values = true)]
     redis: Option<String>,
     /// Machine-readable output: one JSON document on stdout.
     #[arg(long, global = true)]

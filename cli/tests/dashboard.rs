@@ -271,7 +271,17 @@ fn changes_need_the_token_and_a_requeue_from_the_page_completes() {
         if n == 7 { Ok(()) } else { Err(n) }
     });
 
-    let dash = Dashboard::start(&url, &["--allow-actions", "--token", TOKEN]);
+    let dash = Dashboard::start(
+        &url,
+        // A queue no worker serves (it sorts after conferencia, the page's first queue).
+        &[
+            "--allow-actions",
+            "--token",
+            TOKEN,
+            "--queue",
+            "fila:x-bytes",
+        ],
+    );
     let chrome = Chrome::launch();
     chrome.open(&dash.base);
     wait_until(PATIENCE, "the page to show 7 dead letters", || {
@@ -302,6 +312,111 @@ fn changes_need_the_token_and_a_requeue_from_the_page_completes() {
         &format!("{body}&token=nope"),
     );
     assert_eq!(code, 401);
+    // The right token in the form is not enough: only the header is read (before the body).
+    let (code, _) = dash.request(
+        "POST",
+        "/api/dead/purge",
+        &[],
+        &format!("{body}&token={TOKEN}"),
+    );
+    assert_eq!(code, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    // One record is named by index and digest; either field present but empty is a 400, never
+    // the unfiltered purge of everything.
+    for form in [
+        "queue=fila:conferencia&index=",
+        "queue=fila:conferencia&index=&record_sha1=",
+        "queue=fila:conferencia&record_sha1=",
+        "queue=fila:conferencia&index=0&record_sha1=",
+    ] {
+        let (code, text) = dash.request("POST", "/api/dead/purge", &auth, form);
+        assert_eq!(code, 400, "{form}: {text}");
+    }
+    assert_eq!(
+        llen(&mut conn, "fila:conferencia:dead"),
+        7,
+        "a bad one-record form purged"
+    );
+    // `limit` bounds what a change counts (and moves): the page sends its dry-run count.
+    let (code, text) = dash.request(
+        "POST",
+        "/api/dead/requeue",
+        &auth,
+        &format!("{body}&dry_run=1&limit=2"),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["matched"],
+        2,
+        "{text}"
+    );
+    // A dead letter whose payload is not UTF-8 (stored as payload_hex) goes back byte-exact,
+    // named by the record_sha1 that /api/dead/show gives.
+    let raw: Vec<u8> = vec![0xff, 0x00, b'a', 0xc3, 0x28, b'"', b'\\', 0x80];
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let rec = serde_json::json!({
+        "queue": "bytes", "reason": "permanent", "error": "x", "attempts": 1,
+        "worker": "w", "worker_id": "i", "time_ms": now, "payload_hex": hex,
+    })
+    .to_string();
+    let _: () = redis::cmd("RPUSH")
+        .arg("fila:x-bytes:dead")
+        .arg(&rec)
+        .query(&mut conn)
+        .unwrap();
+    wait_until(PATIENCE, "fila:x-bytes in the snapshot", || {
+        let snap = dash.get_json("/api/snapshot");
+        let found = snap["queues"]
+            .as_array()
+            .is_some_and(|qs| qs.iter().any(|q| q["key"] == "fila:x-bytes"));
+        if found {
+            Ok(())
+        } else {
+            Err(snap["queues"].to_string())
+        }
+    });
+    let shown = dash.get_json("/api/dead/show?queue=fila:x-bytes&index=0");
+    assert_eq!(shown["utf8"], false, "{shown}");
+    let sha = shown["record_sha1"].as_str().unwrap().to_owned();
+    let (code, text) = dash.request(
+        "POST",
+        "/api/dead/requeue",
+        &auth,
+        &format!("queue=fila:x-bytes&index=0&record_sha1={sha}"),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["moved"],
+        1,
+        "{text}"
+    );
+    let queued: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg("fila:x-bytes")
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, vec![raw], "the payload came back changed");
+    assert_eq!(llen(&mut conn, "fila:x-bytes:dead"), 0);
+    // A page from another site that a DNS name rebinds to 127.0.0.1 sends its own Host.
+    let port = dash.base.rsplit_once(':').unwrap().1.to_owned();
+    let (code, _) = dash.request_host(
+        &format!("evil.example:{port}"),
+        "GET",
+        "/api/snapshot",
+        &[],
+        "",
+    );
+    assert_eq!(code, 421);
+    let (code, _) = dash.request_host(
+        &format!("localhost:{port}"),
+        "GET",
+        "/api/snapshot",
+        &[],
+        "",
+    );
+    assert_eq!(code, 200);
 
     // Through the page, without the token: an error, and nothing moves.
     chrome.click("#dead-contains");
@@ -316,12 +431,26 @@ fn changes_need_the_token_and_a_requeue_from_the_page_completes() {
         let n = chrome.eval("document.querySelectorAll('#dead tbody tr').length");
         if n == 5 { Ok(()) } else { Err(n) }
     });
+    // Counts the page's answered POSTs, so Redis is checked only after both were refused.
+    chrome.eval(
+        "window.__posts = 0; const f0 = window.fetch; window.fetch = async (u, o) => \
+         { try { return await f0(u, o); } finally { if (o && o.method === 'POST') window.__posts++; } }",
+    );
     chrome.click("#dead-requeue-all");
     chrome.click("section.queue[data-key=\"fila:conferencia\"] button.pause");
-    wait_until(PATIENCE, "the page to report the refusal", || {
-        let t = chrome.text("#error");
-        if t.contains("token") { Ok(()) } else { Err(t) }
-    });
+    wait_until(
+        PATIENCE,
+        "both POSTs answered and the refusal shown",
+        || {
+            let n = chrome.eval("window.__posts");
+            let t = chrome.text("#error");
+            if n == 2 && t.contains("token") {
+                Ok(())
+            } else {
+                Err((n, t))
+            }
+        },
+    );
     assert_eq!(
         chrome.eval("document.getElementById('confirm').hidden"),
         true

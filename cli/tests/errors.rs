@@ -133,3 +133,47 @@ fn keys_that_are_not_queues_are_exit_1_and_bad_usage_is_exit_2() {
         all_text(&out)
     );
 }
+
+#[test]
+fn help_does_not_print_the_redis_url_from_the_environment() {
+    for args in [
+        &["--help"][..],
+        &["status", "--help"],
+        &["dashboard", "--help"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_threadtide"))
+            .args(args)
+            .env("THREADTIDE_REDIS", "redis://:hunter5pw@127.0.0.1:6379/0")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{args:?}: {}", all_text(&out));
+        let text = all_text(&out);
+        assert!(text.contains("THREADTIDE_REDIS"), "{text}");
+        assert!(
+            !text.contains("hunter5pw"),
+            "{args:?}: password printed: {text}"
+        );
+    }
+}
+
+#[test]
+fn passwords_in_the_query_are_never_printed() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for url in [
+        format!("redis://127.0.0.1:{closed}/0?password=hunter3pw"),
+        format!("redis://127.0.0.1:{closed}/0?db=0&pass=hunter3pw"),
+        "redis+unix:///nonexistent/threadtide.sock?pass=hunter3pw".to_owned(),
+    ] {
+        let out = threadtide(&url, &["--json", "status"]);
+        let text = all_text(&out);
+        assert_ne!(code(&out), 0, "{url}: {text}");
+        assert!(
+            !text.contains("hunter3pw"),
+            "{url}: password printed: {text}"
+        );
+        assert!(text.contains("***"), "{url}: {text}");
+    }
+}

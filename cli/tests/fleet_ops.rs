@@ -306,11 +306,7 @@ fn explain_names_the_reason_for_each_case() {
             "queue_cap",
             "at this process's per-queue cap",
         ),
-        (
-            "fila:ccap",
-            "queue_cap",
-            "at this process's per-queue cap",
-        ),
+        ("fila:ccap", "queue_cap", "at this process's per-queue cap"),
         (
             "fila:stab",
             "stabilising",

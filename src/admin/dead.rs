@@ -214,9 +214,17 @@ fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
     if !hex.len().is_multiple_of(2) {
         return Err("payload_hex of odd length".into());
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| "bad payload_hex".to_owned()))
+    // Over bytes, not `&str` slices: a non-ASCII character would put a slice boundary
+    // inside it and panic; here any non-hex byte is simply "bad payload_hex".
+    fn nibble(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    hex.as_bytes()
+        .chunks_exact(2)
+        .map(|p| match (nibble(p[0]), nibble(p[1])) {
+            (Some(h), Some(l)) => Ok(h << 4 | l),
+            _ => Err("bad payload_hex".to_owned()),
+        })
         .collect()
 }
 
@@ -412,7 +420,9 @@ impl Admin {
     /// design note): an interrupted call loses and duplicates nothing, and calling it again
     /// moves what is left. Unreadable records stay.
     ///
-    /// Cost: one `LRANGE` per 500 records scanned, one script per 200 jobs moved.
+    /// Cost: one `LRANGE` per 500 records scanned, one script per 200 jobs moved. A scan that
+    /// moved something is followed by another (until one moves nothing), so records removed
+    /// by someone else meanwhile, which shift the list, cannot make it skip a match.
     ///
     /// # Errors
     ///
@@ -458,58 +468,103 @@ impl Admin {
         self.with_conn(|conn| {
             check_queue(conn, key, &self.keys.queues)?;
             let now = server_ms(conn)?;
-            let mut report = MoveReport {
+            // A pass scans by offset; a record someone else removes meanwhile shifts the
+            // rest down, so a pass can skip matches. Passes repeat until one moves nothing
+            // and finds nothing gone: what is still there and matches is then moved.
+            let mut total = MoveReport {
                 dry_run,
                 ..MoveReport::default()
             };
-            let mut at = 0;
             loop {
-                let page = read_page(conn, &dead, at)?;
-                let len = page.len();
-                let mut chosen = Vec::new();
-                for (i, record) in page.into_iter().enumerate() {
-                    if report.matched == limit {
-                        break;
-                    }
-                    let d = DeadLetter::read(at + i, record);
-                    if !filter.matches(&d, now) {
-                        continue;
-                    }
-                    report.matched += 1;
-                    if action == Action::Requeue && d.unreadable.is_some() {
-                        report.unreadable += 1;
-                        continue;
-                    }
-                    chosen.push(d);
-                }
-                let mut moved_here = 0;
-                if !dry_run {
-                    for batch in chosen.chunks(BATCH) {
-                        let mut inv = script.key(&dead);
-                        if action == Action::Requeue {
-                            inv.key(key);
-                        }
-                        for d in batch {
-                            inv.arg(&d.record[..]);
-                            if action == Action::Requeue {
-                                inv.arg(&d.payload[..]);
-                            }
-                        }
-                        let n: usize = inv
-                            .invoke(conn)
-                            .map_err(|e| redis_error("cannot move dead letters", e))?;
-                        moved_here += n;
-                        report.gone += batch.len() - n;
-                    }
-                }
-                report.moved += moved_here;
-                // Records removed from this page shift the rest of the list down.
-                at += len - moved_here;
-                if len < PAGE || report.matched == limit {
-                    return Ok(report);
+                let done = total.moved + total.gone;
+                let pass = scan_pass(
+                    conn,
+                    &script,
+                    &dead,
+                    key,
+                    filter,
+                    now,
+                    limit - done,
+                    dry_run,
+                    action,
+                )?;
+                total.moved += pass.moved;
+                total.gone += pass.gone;
+                if dry_run || pass.moved + pass.gone == 0 || total.moved + total.gone >= limit {
+                    total.matched = done + pass.matched;
+                    total.unreadable = pass.unreadable;
+                    return Ok(total);
                 }
             }
         })
+    }
+}
+
+/// One scan of the dead list from index 0 (see [`Admin::dead_requeue`]).
+#[allow(clippy::too_many_arguments)]
+fn scan_pass(
+    conn: &mut Connection,
+    script: &redis::Script,
+    dead: &str,
+    key: &str,
+    filter: &DeadFilter,
+    now: u64,
+    limit: usize,
+    dry_run: bool,
+    action: Action,
+) -> Result<MoveReport, SourceError> {
+    let mut report = MoveReport {
+        dry_run,
+        ..MoveReport::default()
+    };
+    let mut at = 0;
+    loop {
+        let page = read_page(conn, dead, at)?;
+        let len = page.len();
+        let mut chosen = Vec::new();
+        for (i, record) in page.into_iter().enumerate() {
+            if report.matched == limit {
+                break;
+            }
+            let d = DeadLetter::read(at + i, record);
+            if !filter.matches(&d, now) {
+                continue;
+            }
+            report.matched += 1;
+            if action == Action::Requeue && d.unreadable.is_some() {
+                report.unreadable += 1;
+                continue;
+            }
+            chosen.push(d);
+        }
+        let (mut moved_here, mut gone_here) = (0, 0);
+        if !dry_run {
+            for batch in chosen.chunks(BATCH) {
+                let mut inv = script.key(dead);
+                if action == Action::Requeue {
+                    inv.key(key);
+                }
+                for d in batch {
+                    inv.arg(&d.record[..]);
+                    if action == Action::Requeue {
+                        inv.arg(&d.payload[..]);
+                    }
+                }
+                let n: usize = inv
+                    .invoke(conn)
+                    .map_err(|e| redis_error("cannot move dead letters", e))?;
+                moved_here += n;
+                gone_here += batch.len() - n;
+            }
+        }
+        report.moved += moved_here;
+        report.gone += gone_here;
+        // Records removed from this page (by us, or gone: by someone else) shift the rest of
+        // the list down.
+        at += len.saturating_sub(moved_here + gone_here);
+        if len < PAGE || report.matched == limit {
+            return Ok(report);
+        }
     }
 }
 
@@ -547,6 +602,12 @@ mod tests {
             );
             assert_eq!(d.error, "bad \"x\"\n");
             assert_eq!(d.worker, "rpa-q-1");
+        }
+        // Non-ASCII "hex" whose pairs cut a character is unreadable, not a panic.
+        for hex in ["0\u{e9}0", "00\u{20ac}0"] {
+            let rec = format!(r#"{{"queue":"q","reason":"permanent","payload_hex":"{hex}"}}"#);
+            let d = DeadLetter::read(0, rec.into_bytes());
+            assert_eq!(d.unreadable.as_deref(), Some("bad payload_hex"), "{hex}");
         }
         let bad = DeadLetter::read(0, b"not json".to_vec());
         assert!(bad.unreadable.is_some());

@@ -11,11 +11,15 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A slow or silent client is dropped after this, so it holds the one thread at most this long.
+/// A whole request (read and answer) gets this long: a slow or dripping client is dropped
+/// after it, so it holds the one thread at most this long.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed `accept` (out of file descriptors, say), the wait before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest request head read; a longer one is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -31,6 +35,8 @@ pub(crate) trait Pages: Send + 'static {
 pub(crate) struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// Dropped on stop: wakes the back-off wait after a failed accept.
+    wake: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -44,6 +50,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let (wake, woken) = mpsc::channel::<()>();
         let thread = thread::Builder::new().name(name).spawn(move || {
             for stream in listener.incoming() {
                 if flag.load(Ordering::Acquire) {
@@ -55,7 +62,15 @@ impl Server {
                             log::debug!("metrics: a request failed: {e}");
                         }
                     }
-                    Err(e) => log::debug!("metrics: accept failed: {e}"),
+                    Err(e) => {
+                        // Errors such as EMFILE repeat at once: wait before the next accept
+                        // (waking at once on stop) instead of spinning.
+                        log::debug!("metrics: accept failed: {e}");
+                        match woken.recv_timeout(ACCEPT_BACKOFF) {
+                            Err(RecvTimeoutError::Timeout) => {}
+                            _ => break,
+                        }
+                    }
                 }
             }
         })?;
@@ -63,6 +78,7 @@ impl Server {
         Ok(Server {
             addr,
             stop,
+            wake: Some(wake),
             thread: Some(thread),
         })
     }
@@ -78,6 +94,7 @@ impl Server {
             return;
         };
         self.stop.store(true, Ordering::Release);
+        drop(self.wake.take());
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
             wake.set_ip(match wake.ip() {
@@ -102,9 +119,51 @@ impl Drop for Server {
     }
 }
 
-fn serve(mut stream: TcpStream, pages: &impl Pages) -> io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+/// A stream whose reads and writes all end by one deadline: each sets its timeout to what is
+/// left, so a client that drips a byte at a time cannot stretch the request past it.
+struct Deadline {
+    stream: TcpStream,
+    until: Instant,
+}
+
+impl Deadline {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_write_timeout(Some(left))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+fn serve(stream: TcpStream, pages: &impl Pages) -> io::Result<()> {
+    let mut stream = Deadline {
+        stream,
+        until: Instant::now() + CLIENT_TIMEOUT,
+    };
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -170,7 +229,7 @@ fn serve(mut stream: TcpStream, pages: &impl Pages) -> io::Result<()> {
 }
 
 fn respond(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     status: &str,
     content_type: &str,
     body: &str,

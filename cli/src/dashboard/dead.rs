@@ -25,6 +25,29 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-1 of a record's bytes, in hex: how a change names one record (a big record's hex
+/// would not fit a request body).
+pub(crate) fn sha1(bytes: &[u8]) -> String {
+    sha1_smol::Sha1::from(bytes).digest().to_string()
+}
+
+/// How a request names the one record it changes.
+pub(crate) enum RecordId {
+    /// `record_sha1`: the SHA-1 of its bytes (what the page sends).
+    Sha1(String),
+    /// `record_hex`: its bytes in hex (kept for scripts written against it).
+    Hex(String),
+}
+
+impl RecordId {
+    fn is(&self, record: &[u8]) -> bool {
+        match self {
+            RecordId::Sha1(s) => s.eq_ignore_ascii_case(&sha1(record)),
+            RecordId::Hex(h) => h.eq_ignore_ascii_case(&hex(record)),
+        }
+    }
+}
+
 /// The JSON of one record; `full` adds the whole payload (text and hex) and the record.
 pub(crate) fn letter_json(d: &DeadLetter, full: bool) -> Value {
     let text = String::from_utf8_lossy(&d.payload);
@@ -43,6 +66,7 @@ pub(crate) fn letter_json(d: &DeadLetter, full: bool) -> Value {
         v["payload_hex"] = Value::from(hex(&d.payload));
         v["record"] = Value::from(String::from_utf8_lossy(&d.record).into_owned());
         v["record_hex"] = Value::from(hex(&d.record));
+        v["record_sha1"] = Value::from(sha1(&d.record));
     }
     v
 }
@@ -84,17 +108,17 @@ pub(crate) fn report_json(queue: &str, action: &str, r: &MoveReport) -> Value {
 }
 
 /// Requeues (payload to the tail of the queue, byte for byte) or purges the record at
-/// `index` if it still holds exactly `record_hex`; reports 0 moved when it does not.
+/// `index` if it still holds exactly the record `id` names; reports 0 moved when it does not.
 pub(crate) fn one(
     admin: &Admin,
     conn: &mut redis::Connection,
     queue: &str,
     index: usize,
-    record_hex: &str,
+    id: &RecordId,
     requeue: bool,
 ) -> Result<Value, SourceError> {
     let current = admin.dead_show(queue, index)?;
-    let Some(d) = current.filter(|d| hex(&d.record) == record_hex) else {
+    let Some(d) = current.filter(|d| id.is(&d.record)) else {
         return Ok(json!({"queue": queue, "matched": 0, "moved": 0, "gone": 1}));
     };
     if requeue && d.unreadable.is_some() {

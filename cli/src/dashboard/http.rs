@@ -80,8 +80,15 @@ pub(crate) fn target(req: &Request) -> (String, HashMap<String, String>) {
     (path.to_owned(), params(query))
 }
 
-/// The form body (`application/x-www-form-urlencoded`), at most 64 KiB.
+/// The form body (`application/x-www-form-urlencoded`), at most 64 KiB. Read only after the
+/// token was checked; a body without a `Content-Length` (chunked), or a longer one, is refused
+/// before a byte of it is read.
 pub(crate) fn form(req: &mut Request) -> Result<HashMap<String, String>, String> {
+    match req.body_length() {
+        None => return Err("Content-Length: required".into()),
+        Some(n) if n as u64 > MAX_BODY => return Err("body larger than 64 KiB".into()),
+        Some(_) => {}
+    }
     let mut body = String::new();
     req.as_reader()
         .take(MAX_BODY + 1)
@@ -93,13 +100,13 @@ pub(crate) fn form(req: &mut Request) -> Result<HashMap<String, String>, String>
     Ok(params(&body))
 }
 
-/// The token a request carries: `Authorization: Bearer T`, else the form field `token`.
-pub(crate) fn token_of<'a>(req: &'a Request, form: &'a HashMap<String, String>) -> Option<&'a str> {
+/// The token a request carries: `Authorization: Bearer T` only (a header, so it is checked
+/// before any body is read).
+pub(crate) fn token_of(req: &Request) -> Option<&str> {
     req.headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
         .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
-        .or_else(|| form.get("token").map(String::as_str))
 }
 
 /// Compares without an early exit, so the time taken does not tell how much of a guess was

@@ -12,6 +12,7 @@ mod http;
 mod state;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -40,7 +41,7 @@ pub(crate) struct Args {
     /// every POST gets 403 and changes nothing. Needs --token.
     #[arg(long, requires = "token")]
     allow_actions: bool,
-    /// The token every change must carry (`Authorization: Bearer T`, or a form field `token`).
+    /// The token every change must carry (`Authorization: Bearer T`).
     /// Only with --allow-actions. Never printed.
     #[arg(
         long,
@@ -71,6 +72,9 @@ struct Shared {
     conn: Mutex<Option<redis::Connection>>,
     actions: bool,
     token: Option<String>,
+    /// The `Host` values served when listening on loopback (a page of another site that a
+    /// DNS name rebinds to 127.0.0.1 sends its own name and is refused); `None` otherwise.
+    hosts: Option<Vec<String>>,
     keys: state::Keys,
     redis: String,
     refresh_ms: u64,
@@ -122,6 +126,7 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
         conn: Mutex::new(None),
         actions: args.allow_actions,
         token: args.token,
+        hosts: allowed_hosts(args.listen, &addr),
         keys: state::Keys {
             fleet: args.fleet,
             extra_queues: args.queues,
@@ -223,6 +228,36 @@ fn publish(shared: &Shared, mut doc: Value) {
     *lock(&shared.snapshot) = Arc::new(doc.to_string());
 }
 
+/// `Host` values a loopback listener answers: the address it printed and the loopback names
+/// with its port. Any `Host` when told to listen on a non-loopback address.
+fn allowed_hosts(listen: SocketAddr, printed: &str) -> Option<Vec<String>> {
+    if !listen.ip().is_loopback() {
+        return None;
+    }
+    let port = printed
+        .rsplit_once(':')
+        .map_or(listen.port().to_string(), |(_, p)| p.to_owned());
+    Some(vec![
+        printed.to_owned(),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ])
+}
+
+fn host_allowed(shared: &Shared, req: &Request) -> bool {
+    let Some(hosts) = shared.hosts.as_ref() else {
+        return true;
+    };
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .is_some_and(|h| {
+            let v = h.value.as_str().trim();
+            hosts.iter().any(|a| a.eq_ignore_ascii_case(v))
+        })
+}
+
 fn status_of(e: &CliError) -> u16 {
     match e {
         CliError::Unreachable(_) => 503,
@@ -256,10 +291,42 @@ fn with_admin<T>(
     })
 }
 
+/// Answers one request. A panic while routing (a bug) answers 500 instead of ending this
+/// handler thread: there are only four, and one bad request must not take one away.
 fn handle(global: &Global, shared: &Shared, mut req: Request) {
-    let reply = route(global, shared, &mut req).unwrap_or_else(|r| r);
+    let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        route(global, shared, &mut req)
+    }));
+    let reply = match routed {
+        Ok(r) => r.unwrap_or_else(|r| r),
+        Err(_) => http::error(500, "internal error (a bug): the request was not completed"),
+    };
+    // tiny_http reads whatever is left of a body when the request is dropped (bodies over
+    // 1 KiB), and sets no socket timeout: a refused request whose body trickles in would hold
+    // this thread. Such requests are answered and dropped on a thread of their own (at most
+    // DRAINERS at once), so the four handler threads stay free.
+    let refused = reply.status_code().0 >= 400 && req.body_length().is_some_and(|n| n > 1024);
+    if refused && DRAINING.fetch_add(1, Ordering::SeqCst) < DRAINERS {
+        let spawned = std::thread::Builder::new()
+            .name("dashboard-drain".into())
+            .spawn(move || {
+                let _ = req.respond(reply);
+                DRAINING.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            DRAINING.fetch_sub(1, Ordering::SeqCst);
+        }
+        return;
+    }
+    if refused {
+        DRAINING.fetch_sub(1, Ordering::SeqCst);
+    }
     let _ = req.respond(reply);
 }
+
+/// Refused requests being answered on their own threads, and the most at once.
+static DRAINING: AtomicUsize = AtomicUsize::new(0);
+const DRAINERS: usize = 64;
 
 fn known_queue(shared: &Shared, q: &str) -> bool {
     let snap: Value = serde_json::from_str(&lock(&shared.snapshot)).unwrap_or(Value::Null);
@@ -289,6 +356,12 @@ fn filter_of(p: &std::collections::HashMap<String, String>) -> threadtide::admin
 }
 
 fn route(global: &Global, shared: &Shared, req: &mut Request) -> Result<Reply, Reply> {
+    if !host_allowed(shared, req) {
+        return Err(http::error(
+            421,
+            "Host not served: use the address the dashboard printed (or localhost:PORT)",
+        ));
+    }
     let (path, query) = http::target(req);
     match (req.method(), path.as_str()) {
         (Method::Get, "/" | "/index.html") => {
@@ -350,9 +423,10 @@ fn route(global: &Global, shared: &Shared, req: &mut Request) -> Result<Reply, R
                     "read-only: the dashboard was started without --allow-actions",
                 ));
             }
-            let form = http::form(req).map_err(|e| http::error(400, &e))?;
+            // The token (a header) before the body: a request without it is answered at once
+            // and never holds a handler thread while its body trickles in.
             let expected = shared.token.as_deref().unwrap_or_default();
-            let ok = http::token_of(req, &form)
+            let ok = http::token_of(req)
                 .is_some_and(|t| http::same_token(t.as_bytes(), expected.as_bytes()));
             if !ok || expected.is_empty() {
                 return Err(http::error(
@@ -360,6 +434,7 @@ fn route(global: &Global, shared: &Shared, req: &mut Request) -> Result<Reply, R
                     "a valid token is required (Authorization: Bearer T)",
                 ));
             }
+            let form = http::form(req).map_err(|e| http::error(400, &e))?;
             let q = form
                 .get("queue")
                 .ok_or_else(|| http::error(400, "queue: missing"))?;
@@ -394,14 +469,25 @@ fn action(
         "/api/dead/requeue" | "/api/dead/purge" => {
             let requeue = path == "/api/dead/requeue";
             let action = if requeue { "requeue" } else { "purge" };
-            if form.get("index").is_some_and(|v| !v.is_empty()) {
-                let index = num_param(form, "index", 0)? as usize;
-                let record = form.get("record_hex").ok_or_else(|| {
-                    http::error(
-                        400,
-                        "record_hex: missing (the record as /api/dead/show gave it)",
-                    )
-                })?;
+            // One record whenever either of its fields is present, even empty: an empty
+            // `index` must never fall through to the filter (which, unfiltered, is everything).
+            let sha = form.get("record_sha1").or_else(|| form.get("record_hex"));
+            if form.contains_key("index") || sha.is_some() {
+                let index = match form.get("index").filter(|v| !v.is_empty()) {
+                    Some(_) => num_param(form, "index", 0)? as usize,
+                    None => return Err(http::error(400, "index: missing or empty")),
+                };
+                let id = match (form.get("record_sha1"), form.get("record_hex")) {
+                    (Some(s), _) if !s.is_empty() => dead::RecordId::Sha1(s.clone()),
+                    (None, Some(h)) if !h.is_empty() => dead::RecordId::Hex(h.clone()),
+                    _ => {
+                        return Err(http::error(
+                            400,
+                            "record_sha1: missing or empty (as /api/dead/show gave it)",
+                        ));
+                    }
+                };
+                let record = &id;
                 let mut conn = lock(&shared.conn);
                 if conn.is_none() {
                     *conn = Some(
@@ -422,7 +508,11 @@ fn action(
                 return Ok(http::json(200, &v));
             }
             let dry_run = form.get("dry_run").is_some_and(|v| v == "1" || v == "true");
-            let f = filter_of(form);
+            let mut f = filter_of(form);
+            // The page sends the count its dry run showed, so exactly that many move.
+            if form.get("limit").is_some_and(|v| !v.is_empty()) {
+                f = f.limit(num_param(form, "limit", 0)? as usize);
+            }
             let r = with_admin(global, shared, &shared.changes, |a| {
                 if requeue {
                     a.dead_requeue(q, &f, dry_run)

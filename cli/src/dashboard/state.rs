@@ -81,7 +81,9 @@ impl Fleet {
         queues.extend(extra.iter().cloned());
         // The first read mirrors the whole stream (about 10,000 entries at most); later ones
         // start at the newest event held (inclusive: duplicates are dropped by id).
-        let mut filter = EventFilter::default();
+        // No count limit (the default keeps only the newest 100, too few for the 24 h view):
+        // the stream's MAXLEN bounds what is read.
+        let mut filter = EventFilter::default().limit(0);
         if let Some(ms) = self.last_event_ms {
             // A few seconds back: an event's time is its process's clock, the stream's ids the
             // server's.

@@ -159,10 +159,23 @@ impl Dashboard {
         body: &str,
     ) -> (u16, String) {
         let addr = self.base.strip_prefix("http://").unwrap();
+        self.request_host(addr, method, path, headers, body)
+    }
+
+    /// As [`request`](Self::request) with the `Host` header given.
+    pub fn request_host(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let addr = self.base.strip_prefix("http://").unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n",
             body.len()
         );
         if !body.is_empty() {
