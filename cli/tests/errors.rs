@@ -31,6 +31,7 @@ fn unreachable_redis_is_exit_3() {
         &["status"][..],
         &["dead", "list", "--queue", "q"],
         &["pause", "q"],
+        &["explain", "q"],
     ] {
         let out = threadtide(&url, args);
         assert_eq!(code(&out), 3, "{args:?}: {}", all_text(&out));
