@@ -245,8 +245,16 @@ pub fn rpa_worker() -> PathBuf {
                 .to_path_buf();
             let profile_dir = deps.parent().unwrap().to_path_buf();
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "--example", "rpa_worker"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            // `-p threadtide`: the command's tests (cli/) include this file by `#[path]`.
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "threadtide",
+                "--example",
+                "rpa_worker",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
