@@ -14,8 +14,8 @@ use std::time::Duration;
 use redis::{Connection, Script};
 
 use super::Admin;
-use super::record::{Value, parse_flat};
 use crate::error::SourceError;
+use crate::source::redis::json::{Value, parse_flat};
 use crate::source::redis::redis_error;
 
 /// Records read per `LRANGE`.

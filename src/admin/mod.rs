@@ -22,7 +22,6 @@ use crate::source::redis::{redis_error, scrub, secrets};
 
 mod dead;
 mod fleet;
-mod record;
 mod retries;
 
 pub use dead::{DeadFilter, DeadLetter, DeadPage, MoveReport};
