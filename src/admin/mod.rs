@@ -22,9 +22,11 @@ use crate::source::redis::{redis_error, scrub, secrets};
 
 mod dead;
 mod fleet;
+mod letter;
 mod retries;
 
-pub use dead::{DeadFilter, DeadLetter, DeadPage, MoveReport};
+pub use dead::{DeadPage, MoveReport};
+pub use letter::{DeadFilter, DeadLetter};
 pub use retries::DelayedRetry;
 
 /// `url` with its password replaced by `***`: the user-info password
