@@ -11,7 +11,7 @@ use crate::event::ScaleReason;
 
 mod wait;
 
-pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer};
+pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer, window};
 
 /// The pool-wide limits the plan must respect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
