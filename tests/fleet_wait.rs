@@ -108,6 +108,7 @@ fn three_processes_size_by_the_fleet_wait_and_a_restart_starts_from_what_they_le
 
     // A restart of the whole fleet: one process, jobs of 10 s.
     push(&mut conn, Q, "r", 400, 10_000);
+    let started = Instant::now();
     let _one = Proc::start(&server, &scratch, "restarted", &common);
     let admin = Admin::connect(&server.url()).unwrap();
     wait_until(
@@ -117,6 +118,10 @@ fn three_processes_size_by_the_fleet_wait_and_a_restart_starts_from_what_they_le
         || record(&admin),
     );
     let q = record(&admin).unwrap();
+    println!(
+        "restarted: the stored estimate in its record {:?} after its start",
+        started.elapsed()
+    );
     let d = q.job_duration_estimate.unwrap().as_secs_f64();
     assert!(
         (d - 0.1).abs() <= 0.1 / 16.0,
@@ -140,6 +145,12 @@ fn three_processes_size_by_the_fleet_wait_and_a_restart_starts_from_what_they_le
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    println!(
+        "restarted: {} runs started, {} finished, {:?} after its start",
+        seen.0,
+        seen.1,
+        started.elapsed()
+    );
     assert!(
         seen.0 >= 8 && seen.1 == 0,
         "runs started / finished of the 10 s jobs: {seen:?} (the record: {:?})",
