@@ -11,7 +11,9 @@ use crate::event::ScaleReason;
 
 mod wait;
 
-pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer, window};
+#[cfg(feature = "redis")]
+pub(crate) use wait::window;
+pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer};
 
 /// The pool-wide limits the plan must respect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
