@@ -15,12 +15,14 @@ use support::redis::RedisServer;
 use support::{PATIENCE, wait_until};
 use threadtide::admin::{Admin, ProcessQueue};
 
-/// The queue's record in the first live process that serves it.
-fn record(admin: &Admin) -> Option<ProcessQueue> {
+/// The queue's record in the first live process that serves it (of process `pid` if given:
+/// the records of processes that just exited live on for a TTL).
+fn record_of(admin: &Admin, pid: Option<u32>) -> Option<ProcessQueue> {
     admin
         .processes()
         .ok()?
         .into_iter()
+        .filter(|p| pid.is_none_or(|pid| p.pid == pid))
         .flat_map(|p| p.queues)
         .find(|q| q.key == Q)
 }
@@ -109,15 +111,16 @@ fn three_processes_size_by_the_fleet_wait_and_a_restart_starts_from_what_they_le
     // A restart of the whole fleet: one process, jobs of 10 s.
     push(&mut conn, Q, "r", 400, 10_000);
     let started = Instant::now();
-    let _one = Proc::start(&server, &scratch, "restarted", &common);
+    let one = Proc::start(&server, &scratch, "restarted", &common);
+    let pid = Some(one.pid());
     let admin = Admin::connect(&server.url()).unwrap();
     wait_until(
         PATIENCE,
         "the restarted process's record shows a duration estimate",
-        || record(&admin).is_some_and(|q| q.job_duration_estimate.is_some()),
-        || record(&admin),
+        || record_of(&admin, pid).is_some_and(|q| q.job_duration_estimate.is_some()),
+        || record_of(&admin, pid),
     );
-    let q = record(&admin).unwrap();
+    let q = record_of(&admin, pid).unwrap();
     println!(
         "restarted: the stored estimate in its record {:?} after its start",
         started.elapsed()
@@ -154,7 +157,7 @@ fn three_processes_size_by_the_fleet_wait_and_a_restart_starts_from_what_they_le
     assert!(
         seen.0 >= 8 && seen.1 == 0,
         "runs started / finished of the 10 s jobs: {seen:?} (the record: {:?})",
-        record(&admin)
+        record_of(&admin, pid)
     );
 }
 
@@ -173,26 +176,27 @@ fn the_stored_duration_ages_out() {
         "--scale-down-delay-ms",
         "300",
     ];
-    let stored = |admin: &Admin| -> Option<f64> {
-        // The record of a live process; between runs the hashes in Redis.
-        record(admin).and_then(|q| q.job_duration_estimate.map(|d| d.as_secs_f64()))
+    let stored = |admin: &Admin, pid: u32| -> Option<f64> {
+        record_of(admin, Some(pid)).and_then(|q| q.job_duration_estimate.map(|d| d.as_secs_f64()))
     };
     push(&mut conn, Q, "a", 150, 100);
     let mut p = Proc::start(&server, &scratch, "slow", &extra);
+    let pid = p.pid();
     wait_until(
         PATIENCE,
         "the record shows about 0.1 s",
-        || stored(&admin).is_some_and(|d| (d - 0.1).abs() <= 0.1 / 16.0),
-        || stored(&admin),
+        || stored(&admin, pid).is_some_and(|d| (d - 0.1).abs() <= 0.1 / 16.0),
+        || stored(&admin, pid),
     );
     assert!(p.wait_exit(PATIENCE * 2).success());
     push(&mut conn, Q, "b", 300, 20);
     let mut p = Proc::start(&server, &scratch, "fast", &extra);
+    let pid = p.pid();
     wait_until(
         PATIENCE,
         "the record shows about 0.02 s",
-        || stored(&admin).is_some_and(|d| (d - 0.02).abs() <= 0.02 / 16.0),
-        || stored(&admin),
+        || stored(&admin, pid).is_some_and(|d| (d - 0.02).abs() <= 0.02 / 16.0),
+        || stored(&admin, pid),
     );
     assert!(p.wait_exit(PATIENCE * 2).success());
     let jobs = |key: String, conn: &mut redis::Connection| -> u64 {

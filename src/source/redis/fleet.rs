@@ -164,7 +164,10 @@ pub(crate) fn coordinate<J>(shared: &Shared<J>, view: &QueueView) -> Option<Flee
         if pending.len() >= 1000 {
             pending.remove(0);
         }
-        pending.push((unix_ms(), view.clone()));
+        // The histogram is not needed for the stream: not kept 1000 times over.
+        let mut event = view.clone();
+        event.durations = Vec::new();
+        pending.push((unix_ms(), event));
     }
     *fleet.view.lock() = Some(view.clone());
     if !fleet.coordinated() {
