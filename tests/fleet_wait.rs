@@ -50,7 +50,7 @@ fn starts_and_finishes(scratch: &Scratch, prefix: &str) -> (usize, usize) {
 /// give one thread (`--jobs-per-thread 1000`). The fleet's numbers ask for about
 /// `600 x 0.1 / 4 = 15` threads over the fleet (more as the jobs age): the fleet runs about
 /// that, spread over the processes, and not the 3 x 12 that each process sizing on the whole
-/// backlog by itself would start. Then every process is killed and one is started on jobs of
+/// backlog by itself would start. Then, with every process gone, one is started on jobs of
 /// 10 s: its record shows the 0.1 s the fleet learned, and it starts threads for it, before
 /// its first job finishes.
 #[test]
@@ -108,7 +108,7 @@ fn three_processes_size_by_the_fleet_wait_and_a_restart_starts_from_what_they_le
         conn.hgetall(format!("{Q}:fleet:durations:prev")).unwrap();
     assert!(prev.get("jobs").is_some_and(|&n| n >= 64), "{prev:?}");
 
-    // A restart of the whole fleet: one process, jobs of 10 s.
+    // A restart of the whole fleet (every process has exited): one process, jobs of 10 s.
     push(&mut conn, Q, "r", 400, 10_000);
     let started = Instant::now();
     let one = Proc::start(&server, &scratch, "restarted", &common);
