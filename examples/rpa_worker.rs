@@ -25,6 +25,9 @@
 //! `--tls-ca PEM` (the CA of a `rediss://` server; needs `--features tls`).
 //! `--block-ms N` (longest `BLMOVE` and fetch), `--recycle-after N` (rebuild a session after N jobs),
 //! `--min-threads N` (threads each queue keeps when idle).
+//! `--target-wait SECS` sizes every queue by a wait target instead of `--jobs-per-thread`
+//! (`Queue::target_wait`; fractions allowed); `--target-wait NAME=SECS` only queue `NAME`.
+//! Coordinated copies measure together (docs/SCALING.md, "A fleet").
 //! `--metrics-addr HOST:PORT` serves Prometheus `/metrics` and `/healthz` there (needs
 //! `--features metrics`).
 //!
@@ -74,6 +77,8 @@ struct Args {
     fleet: Option<String>,
     fleet_max_threads_per_type: Option<usize>,
     fleet_max_total_threads: Option<usize>,
+    /// `--target-wait`: (queue name, or `None` for every queue; seconds).
+    target_wait: Vec<(Option<String>, f64)>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -129,6 +134,20 @@ fn parse_args() -> Result<Args, String> {
             "--min-threads" => args.min_threads = Some(num(&value)? as usize),
             "--metrics-addr" => args.metrics_addr = Some(value),
             "--fleet" => args.fleet = Some(value),
+            "--target-wait" => {
+                let (name, secs) = match value.split_once('=') {
+                    Some((n, v)) => (Some(n.to_owned()), v),
+                    None => (None, value.as_str()),
+                };
+                let secs: f64 = secs
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| {
+                        format!("--target-wait: not a positive number of seconds: {value}")
+                    })?;
+                args.target_wait.push((name, secs));
+            }
             "--fleet-max-threads-per-type" => {
                 args.fleet_max_threads_per_type = Some(num(&value)? as usize)
             }
@@ -342,6 +361,17 @@ fn run() -> Result<(), Box<dyn Error>> {
                 Ok(result.to_string().into_bytes())
             },
         );
+        // The last `--target-wait` for this queue (or for every queue) wins.
+        let target = args
+            .target_wait
+            .iter()
+            .rev()
+            .find(|(n, _)| n.as_deref().is_none_or(|n| n == name))
+            .map(|(_, secs)| Duration::from_secs_f64(*secs));
+        let def = match target {
+            Some(t) => def.target_wait(t),
+            None => def,
+        };
         let def = match args.min_threads {
             Some(n) => def.min_threads(n),
             None => def,

@@ -135,7 +135,9 @@ impl Queue {
     /// longer (a delay of zero still scales down at once), never below the threads that keep the estimated wait under `target / 4`.
     /// Until the first job is timed, `jobs_per_thread` decides. The learned divisor (`target / D`) and
     /// the estimated wait are in [`QueueStats`](crate::QueueStats) and in the log line of
-    /// every decision. The reasoning is in `docs/SCALING.md`.
+    /// every decision. On a coordinated Redis source (the default) the processes of the fleet
+    /// measure together and the rule sizes the whole fleet on its numbers; the learned
+    /// duration is kept in Redis across restarts. The reasoning is in `docs/SCALING.md`.
     ///
     /// Less than 1 ms or more than one day is refused by `build()`.
     ///

@@ -56,6 +56,15 @@ pub struct QueueView {
     pub reason: SizeReason,
     /// The scaling decision the last rebalance took for this queue, if it changed the target.
     pub scaled: Option<ScaleEvent>,
+    /// The queue's [`Queue::target_wait`](crate::Queue::target_wait) (`None`: it scales by
+    /// `jobs_per_thread`). A coordinating source sizes the fleet by it when set.
+    pub target_wait: Option<std::time::Duration>,
+    /// Jobs this process has taken from the queue so far (finished and running), at the
+    /// previous rebalance: the fleet adds them up to infer its arrival rate.
+    pub jobs_started: u64,
+    /// Executor times of the jobs timed so far: jobs per log bucket of the stats histogram
+    /// (cumulative, at the previous rebalance). Crate-private: its layout is not an API.
+    pub(crate) durations: Vec<u64>,
 }
 
 /// This process's part of a queue's fleet-wide demand, returned by a coordinating source.
@@ -84,7 +93,18 @@ pub struct FleetShare {
     /// would for its own demand): `false` while it holds more of the fleet's room than its
     /// share, so that the room goes where the fleet's rule puts it. Defaults to `true`.
     pub local_hold: bool,
+    /// The fleet's measurements of a queue with a wait target (duration, wait, learned
+    /// divisor), shown in `stats()` instead of this process's own. Set by the Redis source.
+    pub(crate) figures: Option<Figures>,
 }
+
+/// The fleet's measurements of a queue, carried by a [`FleetShare`] to the monitor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Figures(pub(crate) crate::estimate::View);
+
+// The figures are for display; shares compare equal when their numbers are bit for bit equal
+// (so `FleetShare` stays `Eq`).
+impl Eq for Figures {}
 
 impl FleetShare {
     /// A share of `demand` threads, keeping up to `hold` (raised to `demand` if lower).
@@ -94,12 +114,20 @@ impl FleetShare {
             hold: hold.max(demand),
             reason: None,
             local_hold: true,
+            figures: None,
         }
     }
 
     /// The same share, saying whether the local stabilisation may keep more than `hold`.
     pub fn with_local_hold(mut self, allowed: bool) -> FleetShare {
         self.local_hold = allowed;
+        self
+    }
+
+    /// The same share, with the fleet's measurements (Redis source).
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_figures(mut self, figures: Option<crate::estimate::View>) -> FleetShare {
+        self.figures = figures.map(Figures);
         self
     }
 
@@ -257,6 +285,7 @@ impl Coordinator {
         &mut self,
         pool: &PoolShared,
         runners: &[Arc<dyn Runner>],
+        meters: &[crate::estimate::Meter],
     ) -> Vec<Option<FleetShare>> {
         let stats = crate::stats::collect(pool);
         let c = &pool.config;
@@ -264,8 +293,9 @@ impl Coordinator {
             .iter()
             .zip(runners)
             .zip(stats.queues)
+            .zip(meters)
             .enumerate()
-            .map(|(i, ((q, runner), st))| {
+            .map(|(i, (((q, runner), st), meter))| {
                 let view = QueueView {
                     queue: st.name,
                     alive: st.workers,
@@ -283,6 +313,9 @@ impl Coordinator {
                     jobs_panicked: st.jobs_panicked,
                     reason: st.size_reason,
                     scaled: self.scaled[i].take(),
+                    target_wait: q.config.target_wait,
+                    jobs_started: meter.started(),
+                    durations: meter.seen().to_vec(),
                 };
                 match catch_unwind(AssertUnwindSafe(|| runner.coordinate(&view))) {
                     Ok(share) => share,

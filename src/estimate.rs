@@ -281,6 +281,8 @@ pub(crate) struct Meter {
     /// The queue's duration histogram at the previous reading.
     seen: Vec<u64>,
     seen_jobs: u64,
+    /// Jobs taken at the previous reading (finished and running).
+    started: u64,
 }
 
 impl Meter {
@@ -289,6 +291,7 @@ impl Meter {
             estimator: Estimator::new(horizon),
             seen: vec![0; BUCKETS],
             seen_jobs: 0,
+            started: 0,
         }
     }
 
@@ -318,7 +321,18 @@ impl Meter {
             self.seen.copy_from_slice(buckets);
             self.seen_jobs = timed;
         }
+        self.started = done + running as u64;
         self.estimator.observe(now, backlog, done, running);
+    }
+
+    /// The queue's duration histogram at the previous reading (jobs per bucket, cumulative).
+    pub(crate) fn seen(&self) -> &[u64] {
+        &self.seen
+    }
+
+    /// Jobs taken (finished and running) at the previous reading.
+    pub(crate) fn started(&self) -> u64 {
+        self.started
     }
 }
 

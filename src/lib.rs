@@ -172,6 +172,8 @@ mod counters;
 mod error;
 mod estimate;
 mod event;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+mod fleet_estimate;
 mod histogram;
 mod manager;
 #[cfg(feature = "metrics")]

@@ -37,8 +37,6 @@ pub(crate) struct Monitor {
     /// Each queue's measurements (duration, rates) for the wait-target rule and the stats.
     meters: Vec<Meter>,
     started: Instant,
-    /// Per queue: the warning that a coordinated queue's wait target is unused was logged.
-    wait_unused_logged: Vec<bool>,
     workers: Vec<JoinHandle<()>>,
     /// Last backlog logged per queue, to log "steady" at debug only when something moved.
     logged_backlog: Vec<Option<usize>>,
@@ -69,7 +67,6 @@ impl Monitor {
                 .map(|q| Meter::new(q.config.target_wait.unwrap_or(DIVISOR_HORIZON)))
                 .collect(),
             started: Instant::now(),
-            wait_unused_logged: vec![false; n],
             name: threads::thread_name(&pool.config.thread_name_prefix, None, "monitor"),
             pool,
             runners,
@@ -205,7 +202,9 @@ impl Monitor {
         let holds = self.stabilizer.holds(now, queues.len());
         // A coordinated queue plans with this process's share of the fleet's demand, and
         // holds its share of the fleet's stabilised target (the fleet's window, in Redis).
-        let shares = self.coordinator.shares(&self.pool, &self.runners);
+        let shares = self
+            .coordinator
+            .shares(&self.pool, &self.runners, &self.meters);
         let inputs: Vec<QueueInput> = queues
             .iter()
             .zip(holds)
@@ -215,8 +214,9 @@ impl Monitor {
                 let backlog = q.backlog.load(Ordering::Relaxed);
                 meter.read(q, elapsed, backlog);
                 match share {
-                    // A coordinated queue follows the fleet's share (the divisor rule applied
-                    // to the fleet); its wait target is not used (docs/FLEET.md, "Limits").
+                    // A coordinated queue follows the fleet's share: the fleet's demand by the
+                    // queue's own rule (the divisor, or the wait target on the fleet's
+                    // measurements: docs/FLEET.md), split over the processes.
                     Some(s) => QueueInput {
                         backlog: s.demand.saturating_mul(c.jobs_per_thread),
                         min: q.config.min_threads,
@@ -248,23 +248,23 @@ impl Monitor {
                 }
             })
             .collect();
-        for (i, q) in queues.iter().enumerate() {
-            if shares[i].is_some() && q.config.target_wait.is_some() && !self.wait_unused_logged[i]
-            {
-                self.wait_unused_logged[i] = true;
-                log::warn!(
-                    "queue {}: its source coordinates with a fleet, which sizes it by \
-                     jobs_per_thread: its target_wait is not used (docs/FLEET.md)",
-                    q.name()
-                );
-            }
-        }
         let plan = scaling::decide(&mut self.stabilizer, now, &inputs, &limits).plan;
-        for ((q, meter), input) in queues.iter().zip(&self.meters).zip(&inputs) {
-            *q.estimate.lock() =
+        for (((q, meter), input), share) in
+            queues.iter().zip(&self.meters).zip(&inputs).zip(&shares)
+        {
+            let own =
                 meter
                     .estimator
                     .view(elapsed, input.backlog, input.current, q.config.target_wait);
+            // A coordinated queue with a wait target shows the fleet's figures (its own
+            // completion rate kept): what the fleet's size was decided on.
+            *q.estimate.lock() = match share.and_then(|s| s.figures) {
+                Some(f) => crate::estimate::View {
+                    completion_per_s: own.completion_per_s,
+                    ..f.0
+                },
+                None => own,
+            };
         }
         for (i, (q, &to)) in queues.iter().zip(&plan).enumerate() {
             let from = q.target.swap(to, Ordering::AcqRel);

@@ -11,6 +11,8 @@ use crate::event::ScaleReason;
 
 mod wait;
 
+#[cfg(feature = "redis")]
+pub(crate) use wait::window;
 pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer};
 
 /// The pool-wide limits the plan must respect.

@@ -149,12 +149,15 @@ pub struct QueueStats {
     pub target_wait: Option<Duration>,
     /// The job duration the scaling policy uses: a median over windows of 16 jobs, smoothed
     /// (`init` excluded; see `docs/SCALING.md`). `None` before the first timed job, and in
-    /// [`PoolStats::total`]. Measured for every queue, whatever its rule.
+    /// [`PoolStats::total`]. Measured for every queue, whatever its rule. For a queue with a
+    /// wait target on a coordinated Redis source, the fleet's: the median of the fleet's last
+    /// 64 to 128 jobs, kept in Redis (so known before this process finishes a job).
     pub job_duration_estimate: Option<Duration>,
     /// Jobs arriving per second, inferred from the backlog and the jobs taken: the median of
     /// the rates of the last 8 windows of a quarter of the wait target each (of 15 s for a
     /// queue on the divisor rule), so a one-off burst does not move it. `None` before the
-    /// first window closes; the sum over queues in [`PoolStats::total`].
+    /// first window closes; the sum over queues in [`PoolStats::total`]. Fleet-wide (measured
+    /// at each heartbeat) for a queue with a wait target on a coordinated Redis source.
     pub arrival_rate: Option<f64>,
     /// Jobs finished per second, an exponential average over the wait target (a minute for a
     /// queue on the divisor rule). `None` before the monitor's second reading.
@@ -162,7 +165,8 @@ pub struct QueueStats {
     /// The longest wait among the jobs waiting now, at the current speed: the larger of the
     /// first in line's (its age plus one job) and the last's (its age plus
     /// `backlog x job_duration_estimate / workers`); one worker assumed when there is none.
-    /// `None` without a duration estimate, and in [`PoolStats::total`].
+    /// `None` without a duration estimate, and in [`PoolStats::total`]. For a queue with a
+    /// wait target on a coordinated Redis source, the fleet's: its backlog on its slots.
     pub estimated_wait: Option<Duration>,
     /// The divisor the wait-target rule has learned: `target_wait / job_duration_estimate`,
     /// the jobs one thread clears within the target (what `jobs_per_thread` is to the

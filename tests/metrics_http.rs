@@ -343,3 +343,90 @@ fn a_client_that_drips_bytes_cannot_hold_the_server() {
     dripper.join().unwrap();
     pool.shutdown_timeout(PATIENCE).unwrap();
 }
+
+/// A coordinated Redis queue with a wait target exports the fleet's duration estimate, its
+/// estimated wait, the learned divisor and the target, and the document passes
+/// `promtool check metrics` (Debian's `prometheus` package).
+#[cfg(feature = "redis")]
+#[test]
+fn a_wait_target_queue_exports_its_fleet_estimates_and_promtool_accepts_them() {
+    use std::io::Write as _;
+    use support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let source = threadtide::RedisSource::builder(redis.url(), "fila:wait")
+        .build()
+        .unwrap();
+    let jobs: Vec<Vec<u8>> = (0..20).map(|i| vec![i]).collect();
+    source.push(&jobs).unwrap();
+    let pool = ThreadPoolManager::builder()
+        .thread_name_prefix("mw")
+        .add_queue(
+            threadtide::Queue::new(
+                "conferencia",
+                source,
+                |_| Ok::<_, Infallible>(()),
+                |_, _: &Vec<u8>| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    Ok::<_, JobError>(Vec::new())
+                },
+            )
+            .target_wait(Duration::from_secs(2)),
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    let learned = r#"threadtide_queue_learned_jobs_per_thread{queue="conferencia"}"#;
+    wait_until(
+        PATIENCE,
+        "the learned divisor exported",
+        || value(&pool.metrics_text(), learned).is_some(),
+        || pool.metrics_text(),
+    );
+    let text = pool.metrics_text();
+    let d = value(
+        &text,
+        r#"threadtide_queue_job_duration_estimate_seconds{queue="conferencia"}"#,
+    )
+    .unwrap();
+    assert!((d - 0.02).abs() <= 0.02 / 8.0, "{text}");
+    assert_eq!(
+        value(
+            &text,
+            r#"threadtide_queue_target_wait_seconds{queue="conferencia"}"#
+        ),
+        Some(2.0)
+    );
+    assert!(
+        (value(&text, learned).unwrap() - 2.0 / d).abs() < 1e-6,
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            r#"threadtide_queue_estimated_wait_seconds{queue="conferencia"}"#
+        )
+        .is_some(),
+        "{text}"
+    );
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install it (Debian: apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pool.shutdown_timeout(PATIENCE).unwrap();
+}

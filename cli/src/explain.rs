@@ -28,9 +28,14 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
         let lines: Vec<_> = serving
             .iter()
             .map(|(p, q)| {
+                let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
                 json!({
                     "process": p.id, "alive": q.alive, "busy": q.busy, "target": q.target,
                     "reason": q.reason.as_str(), "text": q.reason.describe(),
+                    "target_wait_s": secs(q.target_wait),
+                    "estimated_wait_s": secs(q.estimated_wait),
+                    "job_duration_s": secs(q.job_duration_estimate),
+                    "learned_jobs_per_thread": q.learned_jobs_per_thread(),
                 })
             })
             .collect();
@@ -52,12 +57,43 @@ pub(crate) fn run(global: &Global, args: Args) -> Result<(), CliError> {
     }
     for (p, q) in serving {
         println!(
-            "{}: {} worker(s), target {}: {}",
+            "{}: {} worker(s), target {}: {}{}",
             p.id,
             q.alive,
             q.target,
-            q.reason.describe()
+            q.reason.describe(),
+            wait_note(q)
         );
     }
     Ok(())
+}
+
+/// The wait-target part of a process's line: the target, the fleet's estimated wait, its job
+/// duration and the divisor learned from it (empty for a queue on `jobs_per_thread`).
+fn wait_note(q: &threadtide::admin::ProcessQueue) -> String {
+    let Some(target) = q.target_wait else {
+        return String::new();
+    };
+    let scope = if q.coordinated {
+        "fleet-wide"
+    } else {
+        "this process"
+    };
+    match (
+        q.estimated_wait,
+        q.job_duration_estimate,
+        q.learned_jobs_per_thread(),
+    ) {
+        (Some(wait), Some(d), Some(div)) => format!(
+            "; wait target {:.1}s, estimated wait {:.1}s ({scope}), jobs of {:.2}s: \
+             learned {div:.1} jobs per thread",
+            target.as_secs_f64(),
+            wait.as_secs_f64(),
+            d.as_secs_f64()
+        ),
+        _ => format!(
+            "; wait target {:.1}s, no job timed yet: jobs_per_thread decides",
+            target.as_secs_f64()
+        ),
+    }
 }

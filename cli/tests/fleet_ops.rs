@@ -337,3 +337,40 @@ fn explain_names_the_reason_for_each_case() {
         || (reasons(&url, "fila:t1"), reasons(&url, "fila:t2")),
     );
 }
+
+/// explain shows, for a coordinated queue with a wait target, the target, the fleet's
+/// estimated wait, its job duration and the divisor learned from it (`target / duration`).
+#[test]
+fn explain_shows_the_wait_target_the_estimated_wait_and_the_learned_divisor() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let _w = Worker::start(
+        &redis,
+        &[("wait", "fila:wait")],
+        &["--target-wait", "4", "--jobs-per-thread", "1000"],
+    );
+    // 20 jobs of 100 ms are timed; then jobs of a minute keep a backlog (and never finish,
+    // so the estimate stays the 100 ms one).
+    push(&redis, "fila:wait", &jobs(20, 100));
+    push(&redis, "fila:wait", &jobs(40, 60_000));
+    let process = || json(&url, &["explain", "fila:wait"])["processes"][0].clone();
+    wait_until(
+        PATIENCE,
+        "explain to show the learned divisor",
+        || process()["learned_jobs_per_thread"].is_number(),
+        process,
+    );
+    let p = process();
+    assert_eq!(p["target_wait_s"], 4.0, "{p}");
+    let d = p["job_duration_s"].as_f64().unwrap();
+    assert!((d - 0.1).abs() <= 0.1 / 16.0, "{p}");
+    let learned = p["learned_jobs_per_thread"].as_f64().unwrap();
+    assert!((learned - 4.0 / d).abs() < 1e-6, "{p}");
+    assert!(p["estimated_wait_s"].as_f64().unwrap() > 0.0, "{p}");
+    let line = ok(&url, &["explain", "fila:wait"]);
+    assert!(
+        line.contains("wait target 4.0s, estimated wait ")
+            && line.contains("(fleet-wide), jobs of 0.10s: learned "),
+        "{line}"
+    );
+}

@@ -276,6 +276,15 @@ impl Admin {
     }
 }
 
+/// A duration in microseconds, `None` when the field is absent.
+fn micros(
+    q: &std::collections::BTreeMap<String, json::Value>,
+    key: &str,
+) -> Option<std::time::Duration> {
+    q.contains_key(key)
+        .then(|| std::time::Duration::from_micros(q.number(key)))
+}
+
 fn parse_record(id: &str, fields: &HashMap<String, String>) -> Option<ProcessRecord> {
     let p = json::parse(fields.get("process")?)?;
     let mut queues: Vec<ProcessQueue> = fields
@@ -297,6 +306,9 @@ fn parse_record(id: &str, fields: &HashMap<String, String>) -> Option<ProcessRec
                 jobs_panicked: q.number("jobs_panicked"),
                 reason: SizeReason::parse(&q.text("reason")).unwrap_or_default(),
                 coordinated: q.flag("coordinated"),
+                target_wait: micros(&q, "target_wait_us"),
+                job_duration_estimate: micros(&q, "job_duration_us"),
+                estimated_wait: micros(&q, "estimated_wait_us"),
             })
         })
         .collect();

@@ -211,6 +211,26 @@ pub struct ProcessQueue {
     pub reason: SizeReason,
     /// Whether the queue follows the fleet's rule in this process.
     pub coordinated: bool,
+    /// The queue's wait target in this process (`Queue::target_wait`), `None` when it scales
+    /// by `jobs_per_thread` (and in records of versions before it was published).
+    pub target_wait: Option<std::time::Duration>,
+    /// The fleet's job-duration estimate for a coordinated queue with a wait target: the
+    /// median of the fleet's last 64 to 128 timed jobs, kept in Redis
+    /// (`Q:fleet:durations`), so it is there before this process finishes a job. `None`
+    /// before the fleet timed one, and for other queues.
+    pub job_duration_estimate: Option<std::time::Duration>,
+    /// The fleet's estimated wait for such a queue: the longest wait among the jobs waiting
+    /// at the fleet's current threads (its slots). `None` as for `job_duration_estimate`.
+    pub estimated_wait: Option<std::time::Duration>,
+}
+
+impl ProcessQueue {
+    /// The divisor the wait rule learned: `target_wait / job_duration_estimate`, the jobs one
+    /// thread clears within the target. `None` when either is unknown.
+    pub fn learned_jobs_per_thread(&self) -> Option<f64> {
+        let d = self.job_duration_estimate?.as_secs_f64();
+        (d > 0.0).then(|| self.target_wait.map(|t| t.as_secs_f64() / d))?
+    }
 }
 
 /// A queue's counts and runtime settings, read in one round trip.

@@ -113,6 +113,8 @@ struct Row<'a> {
     events: QueueEvents,
     source: SourceMetrics,
     reason: crate::SizeReason,
+    target_wait: Option<std::time::Duration>,
+    estimate: crate::estimate::View,
 }
 
 /// The whole exposition document for the pool.
@@ -162,6 +164,8 @@ pub(crate) fn render(
                     .get(usize::from(q.size_reason.load(Ordering::Relaxed)))
                     .copied()
                     .unwrap_or_default(),
+                target_wait: q.config.target_wait,
+                estimate: *q.estimate.lock(),
             }
         })
         .collect();
@@ -188,7 +192,7 @@ pub(crate) fn render(
     );
     let cap = pool.config.max_threads_per_type as f64;
     type Gauge<'a> = (&'a str, &'a str, fn(&Row<'_>) -> Option<f64>);
-    let per_queue: [Gauge<'_>; 13] = [
+    let per_queue: [Gauge<'_>; 17] = [
         (
             "threadtide_queue_fleet_max_threads",
             "The fleet's cap on the queue's threads over every process (queue-level; absent: no cap).",
@@ -248,6 +252,26 @@ pub(crate) fn render(
             "threadtide_queue_registered_workers",
             "Workers of all processes registered on the queue's server (queue-level; max by (queue)).",
             |r| r.source.registered_workers.map(|v| v as f64),
+        ),
+        (
+            "threadtide_queue_target_wait_seconds",
+            "The queue's wait target (absent: it scales by jobs_per_thread).",
+            |r| r.target_wait.map(|t| t.as_secs_f64()),
+        ),
+        (
+            "threadtide_queue_job_duration_estimate_seconds",
+            "The job duration the scaling policy uses (fleet-wide for a coordinated queue with a wait target; absent before a job is timed).",
+            |r| r.estimate.duration.map(|d| d.as_secs_f64()),
+        ),
+        (
+            "threadtide_queue_estimated_wait_seconds",
+            "The longest wait among the jobs waiting now at the current threads (fleet-wide for a coordinated queue with a wait target; absent without a duration estimate).",
+            |r| r.estimate.estimated_wait.map(|d| d.as_secs_f64()),
+        ),
+        (
+            "threadtide_queue_learned_jobs_per_thread",
+            "The divisor the wait rule learned: target_wait / job duration estimate (absent without a wait target or a duration).",
+            |r| r.estimate.learned_jobs_per_thread,
         ),
         (
             "threadtide_source_up",

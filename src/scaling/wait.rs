@@ -97,13 +97,21 @@ pub(crate) fn stabilizer(scale_down_delay: Duration, targets: &[Option<Duration>
     Stabilizer::per_queue(
         targets
             .iter()
-            .map(|t| {
-                t.map_or(scale_down_delay, |t| {
-                    scale_down_delay.max((t / 2).min(FLAP_WINDOW))
-                })
-            })
+            .map(|t| window(scale_down_delay, *t))
             .collect(),
     )
+}
+
+/// One queue's scale-down window: `scale_down_delay`, or for a queue with a wait target at
+/// least half the target (at most [`FLAP_WINDOW`]). The fleet applies the same window to its
+/// history in Redis.
+pub(crate) fn window(scale_down_delay: Duration, target: Option<Duration>) -> Duration {
+    if scale_down_delay.is_zero() {
+        return Duration::ZERO;
+    }
+    target.map_or(scale_down_delay, |t| {
+        scale_down_delay.max((t / 2).min(FLAP_WINDOW))
+    })
 }
 
 /// One decision: the plan, and each queue's own demand (for the log and the stabiliser).

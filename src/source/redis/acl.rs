@@ -53,6 +53,10 @@ const COMMANDS: &[&str] = &[
     "smembers",
     "pexpire",
     "xadd",
+    // The fleet's wait measurements (a coordinated queue with a wait target).
+    "hincrby",
+    "hgetall",
+    "rename",
 ];
 
 /// The probes of a coordinated queue's fleet keys (fleet_scripts.rs and the lease calls).
@@ -79,6 +83,15 @@ fn fleet_probes(fleet: &FleetState) -> Vec<Vec<String>> {
         out.push(v(&["hmget", hash, "x"]));
         out.push(v(&["hdel", hash, "x"]));
     }
+    for hash in [&q.wait, &q.durations, &q.durations_prev] {
+        out.push(v(&["type", hash]));
+        out.push(v(&["hset", hash, "x", "1"]));
+        out.push(v(&["hget", hash, "x"]));
+        out.push(v(&["hdel", hash, "x"]));
+        out.push(v(&["hincrby", hash, "x", "1"]));
+        out.push(v(&["hgetall", hash]));
+    }
+    out.push(v(&["rename", &q.durations, &q.durations_prev]));
     out.push(v(&["pexpire", &record, "1"]));
     out.push(v(&["type", &f.queues]));
     out.push(v(&["sadd", &f.queues, "x"]));

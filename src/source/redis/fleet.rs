@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use redis::Connection;
 
 use super::fleet_keys::{DEFAULT_FLEET, FleetKeys, QueueFleetKeys};
+use super::fleet_wait::{self, Granted, WaitState};
 use super::json::Object;
 use super::{Shared, redis_error, scripts};
 use crate::coordination::{FleetQueue, FleetShare, Member, QueueView, share_total, split};
@@ -123,6 +124,8 @@ pub(crate) struct FleetState {
     /// Scaling decisions not yet written to the stream.
     pub(crate) pending: Mutex<Vec<(u64, QueueView)>>,
     pub(crate) grant: Mutex<Option<Grant>>,
+    /// The fleet's measurements of a queue with a wait target (`fleet_wait.rs`).
+    pub(crate) wait: Mutex<WaitState>,
 }
 
 impl FleetState {
@@ -138,6 +141,7 @@ impl FleetState {
             view: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
             grant: Mutex::new(None),
+            wait: Mutex::new(WaitState::default()),
         }
     }
 
@@ -160,7 +164,10 @@ pub(crate) fn coordinate<J>(shared: &Shared<J>, view: &QueueView) -> Option<Flee
         if pending.len() >= 1000 {
             pending.remove(0);
         }
-        pending.push((unix_ms(), view.clone()));
+        // The histogram is not needed for the stream: not kept 1000 times over.
+        let mut event = view.clone();
+        event.durations = Vec::new();
+        pending.push((unix_ms(), event));
     }
     *fleet.view.lock() = Some(view.clone());
     if !fleet.coordinated() {
@@ -195,6 +202,15 @@ pub(crate) fn grant<J>(
     let q = &fleet.queue;
     let opt = |v: Option<usize>| v.map_or_else(String::new, |n| n.to_string());
     let room = view.max_threads.min(view.max_total_threads);
+    // The wait rule on the fleet's numbers as of the last grant and beat (one tick old).
+    let proposal = view
+        .target_wait
+        .and_then(|t| fleet.wait.lock().numbers(t, None))
+        .and_then(|n| n.demand());
+    let window = crate::scaling::window(
+        std::time::Duration::from_millis(view.scale_down_delay_ms),
+        view.target_wait,
+    );
     type Reply = (
         i64,
         u64,
@@ -222,17 +238,19 @@ pub(crate) fn grant<J>(
             .key(&q.history)
             .key(&q.state)
             .key(&fleet.keys.queues)
+            .key(&q.wait)
             .arg(fleet.process)
             .arg(scripts::ttl_ms(shared))
             .arg(room)
             .arg(view.min_threads.min(room))
             .arg(view.jobs_per_thread)
             .arg(opt(fleet.settings.max_threads))
-            .arg(view.scale_down_delay_ms)
+            .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
             .arg(view.weight)
             .arg(opt(fleet.settings.max_total_threads))
             .arg(if fresh { "1" } else { "0" })
             .arg(beat_ms)
+            .arg(opt(proposal))
             .invoke(conn)
             .map_err(|e| redis_error("cannot compute the fleet's grant", e))?;
     shared.backlog.set(llen, shared.ms_since_epoch());
@@ -254,10 +272,29 @@ pub(crate) fn grant<J>(
     ms.sort_by(|a, b| a.0.cmp(b.0));
     let me = ms.iter().position(|(id, _)| *id == fleet.process);
     let (mut fleet_demand, mut fleet_target) = (to(demand), to(target));
+    let fmax_n = usize::try_from(fmax).ok();
+    let mut figures = None;
+    let mut wanted = to(llen.div_ceil(jpt.max(1)));
+    if let Some(t) = view.target_wait {
+        let mut wait = fleet.wait.lock();
+        wait.granted(Granted {
+            backlog: to(llen),
+            slots: to(slots),
+            mins: ms.iter().map(|(_, m)| m.min).sum(),
+            cap: fmax_n.unwrap_or_else(|| ms.iter().map(|(_, m)| m.room).sum()),
+        });
+        if let Some(n) = wait.numbers(t, None) {
+            figures = Some(n.view());
+            // The demand before the fleet cap, for the reason.
+            if let Some(w) = wait.numbers(t, Some(usize::MAX)).and_then(|n| n.demand()) {
+                wanted = w;
+            }
+        }
+    }
     let mut reason = None;
     if paused == 1 {
         reason = Some(SizeReason::Paused);
-    } else if fmax >= 0 && llen.div_ceil(jpt.max(1)) > u64::try_from(fmax).unwrap_or(0) {
+    } else if fmax_n.is_some_and(|cap| wanted > cap) {
         reason = Some(SizeReason::FleetCap);
     }
     if ftotal >= 0 {
@@ -303,7 +340,8 @@ pub(crate) fn grant<J>(
         }
         None => FleetShare::new(0, 0),
     }
-    .with_reason(reason);
+    .with_reason(reason)
+    .with_figures(figures);
     // Holding more of the fleet's room than the share: no local hold on top, so that the room
     // goes to the processes (or queues) the rule gives it to.
     let held = usize::try_from(fleet.slots_held.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
@@ -333,7 +371,14 @@ pub(crate) fn publish<J>(shared: &Shared<J>, conn: &mut Connection) -> Result<()
         .number("heartbeat_ms", unix_ms())
         .finish();
     let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-    let queue = Object::new()
+    let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let outgoing = fleet.wait.lock().outgoing(&view);
+    // The fleet's figures for a coordinated queue with a wait target (explain reads them).
+    let figures = view.target_wait.and_then(|t| {
+        let wait = fleet.wait.lock();
+        wait.numbers(t, None).map(|n| n.view())
+    });
+    let mut queue = Object::new()
         .text("queue", &view.queue)
         .text("key", &shared.keys.queue)
         .number("alive", n(view.alive))
@@ -346,8 +391,19 @@ pub(crate) fn publish<J>(shared: &Shared<J>, conn: &mut Connection) -> Result<()
         .number("jobs_failed", view.jobs_failed)
         .number("jobs_panicked", view.jobs_panicked)
         .text("reason", view.reason.as_str())
-        .bool("coordinated", fleet.coordinated())
-        .finish();
+        .bool("coordinated", fleet.coordinated());
+    if let Some(t) = view.target_wait {
+        queue = queue.number("target_wait_us", us(t));
+    }
+    if let Some(v) = figures.filter(|_| fleet.coordinated()) {
+        if let Some(d) = v.duration {
+            queue = queue.number("job_duration_us", us(d));
+        }
+        if let Some(w) = v.estimated_wait {
+            queue = queue.number("estimated_wait_us", us(w));
+        }
+    }
+    let queue = queue.finish();
     let pending: Vec<(u64, QueueView)> = std::mem::take(&mut *fleet.pending.lock());
     let mut inv = shared.fleet_scripts.publish.prepare_invoke();
     inv.key(&fleet.keys.procs)
@@ -357,8 +413,27 @@ pub(crate) fn publish<J>(shared: &Shared<J>, conn: &mut Connection) -> Result<()
         .arg(fleet.process)
         .arg(scripts::ttl_ms(shared))
         .arg(process)
+        .key(&fleet.queue.wait)
+        .key(&fleet.queue.durations)
+        .key(&fleet.queue.durations_prev)
+        .key(&shared.keys.queue)
         .arg(&shared.keys.queue)
         .arg(queue);
+    // Only a coordinated queue measures with the fleet.
+    let outgoing = outgoing.filter(|_| fleet.coordinated());
+    match &outgoing {
+        Some(out) => {
+            inv.arg(crate::fleet_estimate::FLEET_WINDOW_JOBS)
+                .arg(out.started)
+                .arg(out.buckets.len());
+            for (i, jobs) in &out.buckets {
+                inv.arg(i).arg(jobs);
+            }
+        }
+        None => {
+            inv.arg("").arg(0).arg(0);
+        }
+    }
     for (at, v) in &pending {
         let Some(e) = &v.scaled else { continue };
         let change = match e.reason {
@@ -375,14 +450,21 @@ pub(crate) fn publish<J>(shared: &Shared<J>, conn: &mut Connection) -> Result<()
             .arg(e.backlog)
             .arg(change);
     }
-    let published: redis::RedisResult<i64> = inv.invoke(conn);
-    if let Err(e) = published {
-        // Not lost: the decisions go out with the next beat.
-        let mut back = fleet.pending.lock();
-        let newer = std::mem::take(&mut *back);
-        *back = pending;
-        back.extend(newer);
-        return Err(redis_error("cannot publish the process's record", e));
+    let published: redis::RedisResult<fleet_wait::Reply> = inv.invoke(conn);
+    match published {
+        Err(e) => {
+            // Not lost: the decisions (and the jobs timed) go out with the next beat.
+            let mut back = fleet.pending.lock();
+            let newer = std::mem::take(&mut *back);
+            *back = pending;
+            back.extend(newer);
+            Err(redis_error("cannot publish the process's record", e))
+        }
+        Ok(reply) => {
+            if let (Some(t), Some(out)) = (view.target_wait, outgoing) {
+                fleet.wait.lock().landed(t, out, reply);
+            }
+            Ok(())
+        }
     }
-    Ok(())
 }

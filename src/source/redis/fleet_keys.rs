@@ -51,6 +51,13 @@ pub(crate) struct QueueFleetKeys {
     pub(crate) room: String,
     /// `Q:fleet:history`: zset, demand -> last time (server ms) the fleet saw it.
     pub(crate) history: String,
+    /// `Q:fleet:wait`: hash, `started` (jobs the fleet took) and per process id its
+    /// wait-rule demand `demand:server ms`.
+    pub(crate) wait: String,
+    /// `Q:fleet:durations`: hash, the fleet's current duration window: bucket -> jobs, `jobs`.
+    pub(crate) durations: String,
+    /// `Q:fleet:durations:prev`: hash, the previous window (same fields).
+    pub(crate) durations_prev: String,
 }
 
 impl QueueFleetKeys {
@@ -62,6 +69,9 @@ impl QueueFleetKeys {
             members: format!("{queue}:fleet:members"),
             room: format!("{queue}:fleet:room"),
             history: format!("{queue}:fleet:history"),
+            wait: format!("{queue}:fleet:wait"),
+            durations: format!("{queue}:fleet:durations"),
+            durations_prev: format!("{queue}:fleet:durations:prev"),
         }
     }
 }

@@ -10,10 +10,17 @@ use super::scripts::PRELUDE;
 /// The fleet scripts, built once per source.
 pub(crate) struct FleetScripts {
     /// KEYS: queue, Q:settings, F:fleet:settings, Q:slots, Q:fleet:members, Q:fleet:room,
-    /// Q:fleet:history, Q:fleet, F:fleet:queues. ARGV: process id, member ttl ms, room, min,
-    /// default jobs_per_thread, default fleet_max_threads ("" none), window ms, weight,
-    /// default fleet total ("" none), fresh ("1": the keeper's view is fresh), server ms of
-    /// the keeper's last beat.
+    /// Q:fleet:history, Q:fleet, F:fleet:queues, Q:fleet:wait. ARGV: process id, member ttl
+    /// ms, room, min, default jobs_per_thread, default fleet_max_threads ("" none), window
+    /// ms, weight, default fleet total ("" none), fresh ("1": the keeper's view is fresh),
+    /// server ms of the keeper's last beat, this process's wait-rule demand ("" none).
+    ///
+    /// A queue with a wait target: each process computes the fleet's demand with the wait
+    /// rule (in Rust, `fleet_estimate.rs`) and proposes it; the proposal is kept in
+    /// `Q:fleet:wait` (`<process id>` -> `demand:server ms`) and the fleet's demand is the
+    /// largest proposal of a live member made within the TTL, so processes that computed
+    /// from slightly different readings agree on one figure. Without a proposal the divisor
+    /// rule applies.
     ///
     /// Registers this process as a member of the queue with its room and builder caps
     /// (`room:min:cap:total`), drops members whose
@@ -37,10 +44,17 @@ pub(crate) struct FleetScripts {
     /// it; another queue's slots key of the wrong type is skipped. Returns 1 taken, 0
     /// refused.
     pub(crate) take: Script,
-    /// KEYS: F:fleet:procs, F:fleet:proc:<id>, F:fleet:events, F:fleet:queues. ARGV: process
-    /// id, ttl ms, process JSON, queue key, queue JSON, then 8 fields per scaling decision
-    /// (time_ms, process, queue, from, to, reason, backlog, change). Refreshes the record
-    /// (expiring with the TTL) and appends the decisions to the capped stream.
+    /// KEYS: F:fleet:procs, F:fleet:proc:<id>, F:fleet:events, F:fleet:queues, Q:fleet:wait,
+    /// Q:fleet:durations, Q:fleet:durations:prev, queue. ARGV: process id, ttl ms, process
+    /// JSON, queue key, queue JSON, window jobs ("": the queue has no wait target, the wait
+    /// part is skipped), jobs started since the last beat, K, then K pairs (bucket, jobs
+    /// timed since the last beat), then 8 fields per scaling decision (time_ms, process,
+    /// queue, from, to, reason, backlog, change). Refreshes the record (expiring with the
+    /// TTL) and appends the decisions to the capped stream. With a wait target it also adds
+    /// the jobs started to `Q:fleet:wait started`, the durations to the current histogram
+    /// (renamed over the previous one once it holds `window jobs`: `fleet_estimate.rs`), and
+    /// returns {1, server ms, LLEN, fleet jobs started, current histogram, previous
+    /// histogram} (the histograms as `HGETALL` pairs); else {0, server ms, 0, 0, {}, {}}.
     pub(crate) publish: Script,
 }
 
@@ -63,6 +77,7 @@ impl FleetScripts {
                 r#"
 check(KEYS[2], 'hash') check(KEYS[3], 'hash') check(KEYS[4], 'zset') check(KEYS[5], 'zset')
 check(KEYS[6], 'hash') check(KEYS[7], 'zset') check(KEYS[8], 'hash') check(KEYS[9], 'set')
+check(KEYS[10], 'hash')
 local now = now_ms()
 local llen = redis.call('LLEN', KEYS[1])
 local s = redis.call('HMGET', KEYS[2], 'paused', 'jobs_per_thread', 'fleet_max_threads')
@@ -78,6 +93,12 @@ redis.call('HSET', KEYS[6], ARGV[1], ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[6]
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. now)) do
   redis.call('ZREM', KEYS[5], gone)
   redis.call('HDEL', KEYS[6], gone)
+  redis.call('HDEL', KEYS[10], gone)
+end
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[10], ARGV[1], ARGV[12] .. ':' .. now)
+else
+  redis.call('HDEL', KEYS[10], ARGV[1])
 end
 -- A lapsed slot still counts until a keeper that can vouch for its view removes it (lease.rs):
 -- after a stall of the server, every lease lapsed at once and nobody may take their room.
@@ -87,7 +108,15 @@ local slots = redis.call('ZCARD', KEYS[4])
 local members = {}
 local mins = 0
 local mcap, mtot
+-- The wait rule's demand: the largest fresh proposal of a live member.
+local proposed
 for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  local p = redis.call('HGET', KEYS[10], id)
+  if p then
+    local d, at = string.match(p, '^(%d+):(%d+)$')
+    d, at = tonumber(d), tonumber(at)
+    if d and at and at >= now - ttl and (not proposed or d > proposed) then proposed = d end
+  end
   local r = redis.call('HGET', KEYS[6], id) or '0:0'
   local room, min, cap, tot = string.match(r, '^(%d+):(%d+):?(%d*):?(%d*)$')
   table.insert(members, id) table.insert(members, room or '0') table.insert(members, min or '0')
@@ -100,7 +129,7 @@ local fmax = fset or mcap
 local ftotal = tset or mtot
 local demand = 0
 if not paused then
-  demand = math.ceil(llen / jpt)
+  demand = proposed or math.ceil(llen / jpt)
   if demand < mins then demand = mins end
 end
 if fmax and demand > fmax then demand = fmax end
@@ -181,6 +210,8 @@ return 1
             publish: script(
                 r#"
 check(KEYS[1], 'zset') check(KEYS[2], 'hash') check(KEYS[3], 'stream') check(KEYS[4], 'set')
+local wait = ARGV[6] ~= ''
+if wait then check(KEYS[5], 'hash') check(KEYS[6], 'hash') check(KEYS[7], 'hash') end
 local now = now_ms()
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
@@ -189,12 +220,28 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - 60000))
 redis.call('HSET', KEYS[2], 'process', ARGV[3], ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('SADD', KEYS[4], ARGV[4])
-for i = 6, #ARGV - 7, 8 do
+local k = tonumber(ARGV[8]) or 0
+local out = {0, now, 0, 0, {}, {}}
+if wait then
+  local started = redis.call('HINCRBY', KEYS[5], 'started', tonumber(ARGV[7]))
+  local added = 0
+  for i = 9, 8 + 2 * k, 2 do
+    redis.call('HINCRBY', KEYS[6], ARGV[i], tonumber(ARGV[i + 1]))
+    added = added + tonumber(ARGV[i + 1])
+  end
+  if added > 0 and redis.call('HINCRBY', KEYS[6], 'jobs', added) >= tonumber(ARGV[6]) then
+    redis.call('RENAME', KEYS[6], KEYS[7])
+  end
+  local llen = 0
+  if redis.call('TYPE', KEYS[8])['ok'] == 'list' then llen = redis.call('LLEN', KEYS[8]) end
+  out = {1, now, llen, started, redis.call('HGETALL', KEYS[6]), redis.call('HGETALL', KEYS[7])}
+end
+for i = 9 + 2 * k, #ARGV - 7, 8 do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'time_ms', ARGV[i],
     'process', ARGV[i + 1], 'queue', ARGV[i + 2], 'from', ARGV[i + 3], 'to', ARGV[i + 4],
     'reason', ARGV[i + 5], 'backlog', ARGV[i + 6], 'change', ARGV[i + 7])
 end
-return 1
+return out
 "#,
             ),
         }

@@ -10,6 +10,7 @@ pub(crate) mod envelope;
 mod fleet;
 pub(crate) mod fleet_keys;
 mod fleet_scripts;
+mod fleet_wait;
 pub(crate) mod json;
 mod keeper;
 mod lease;
