@@ -173,9 +173,10 @@ impl Estimator {
         self.ages.newest(now).as_secs_f64()
     }
 
-    /// Arrivals per second: the median over the last windows (0 before the first closes).
+    /// Arrivals per second: the robust mean over the last windows ([`WindowedRate::rate`];
+    /// 0 before the first closes).
     pub(crate) fn arrival_per_s(&self) -> f64 {
-        self.arrival.median().unwrap_or(0.0)
+        self.arrival.rate().unwrap_or(0.0)
     }
 
     /// What the estimator knows, with the wait estimated for `backlog` jobs on `threads`
@@ -191,7 +192,7 @@ impl Estimator {
         let d = self.duration_s;
         View {
             duration: d.map(Duration::from_secs_f64),
-            arrival_per_s: self.arrival.median(),
+            arrival_per_s: self.arrival.rate(),
             completion_per_s: self.completion,
             estimated_wait: d.map(|d| {
                 Duration::from_secs_f64(
@@ -206,14 +207,48 @@ impl Estimator {
     }
 }
 
-/// Windows of the arrival rate whose median is the rate the policy uses.
-pub(crate) const RATE_WINDOWS: usize = 8;
+/// Windows of the arrival rate (a quarter of the horizon each: four horizons in all) whose
+/// middle half gives the rate the policy uses.
+pub(crate) const RATE_WINDOWS: usize = 16;
+/// The latest windows (one horizon) whose arrivals can show that the rate dropped.
+const RECENT_WINDOWS: usize = 4;
+/// How unlikely the latest windows' arrivals must be, at the rate of the middle windows,
+/// before the rate is taken as having dropped to theirs: one chance in a thousand, so that
+/// a lull of a steady load (at 200 jobs an hour, 5 jobs in 5 minutes for an expected 17 is
+/// about that) is not mistaken for the end of a burst (100 expected, 5 seen).
+const DROP_P: f64 = 1e-3;
 
-/// An arrival rate robust to bursts: arrivals are counted in windows of a quarter of the
-/// horizon, and the rate is the median of the last [`RATE_WINDOWS`] windows' rates. A burst
-/// that lands in one window does not move it (the backlog term of the rule already asks for
-/// the threads that drain a burst: counting it again as a rate would pay twice); a change
-/// that lasts more than half the windows (two horizons) does. Mergeable: counts per window.
+/// `P(X <= k)` for a Poisson count `X` of mean `mean` (1 when `k >= mean`: only drops are
+/// tested).
+fn poisson_at_most(k: f64, mean: f64) -> f64 {
+    if k >= mean || mean <= 0.0 {
+        return 1.0;
+    }
+    // Terms e^-mean mean^i / i!, summed from i = 0, in logs so that a mean of thousands
+    // does not underflow the first term to 0 before the sum grows.
+    let mut log_term = -mean;
+    let mut sum = log_term.exp();
+    let mut i = 1.0;
+    while i <= k {
+        log_term += mean.ln() - f64::ln(i);
+        sum += log_term.exp();
+        i += 1.0;
+    }
+    sum.min(1.0)
+}
+
+/// An arrival rate robust to bursts and to lulls: arrivals are counted in windows of a
+/// quarter of the horizon, and the rate is the mean of the middle half of the last
+/// [`RATE_WINDOWS`] windows' rates (the interquartile mean). A burst that lands in up to four
+/// windows (one horizon) is left out with the highest quarter (the backlog term of the rule
+/// already asks for the threads that drain a burst: counting it again as a rate would pay
+/// twice); a lull of as long is left out with the lowest. A rise that lasts more than a
+/// horizon moves the rate gradually, all of it after three. A drop is followed after one
+/// horizon when the latest four windows' arrivals are too few to be a lull (see
+/// [`DROP_P`]): the end of a burst, or the lunch break. Sixteen windows rather than eight:
+/// the median of eight short windows read a steady 200 jobs an hour as 100 to 290 (windows
+/// of 4 jobs), and each low reading shed a thread that the next minutes asked back (a flap).
+/// Mergeable: counts per window.
 #[derive(Debug, Clone)]
 struct WindowedRate {
     length: Duration,
@@ -264,13 +299,35 @@ impl WindowedRate {
         self.opened = Some(start);
     }
 
-    fn median(&self) -> Option<f64> {
+    /// The rate: the mean of the middle windows (the highest quarter, rounded up, and the
+    /// lowest quarter, rounded down, left out; the lower median while fewer than two
+    /// remain), unless the last [`RECENT_WINDOWS`] brought so few arrivals that a Poisson
+    /// count of that mean would bring as few with a probability under [`DROP_P`]: then the
+    /// rate has dropped, and it is theirs.
+    fn rate(&self) -> Option<f64> {
         if self.closed.is_empty() {
             return None;
         }
         let mut v: Vec<f64> = self.closed.iter().copied().collect();
         v.sort_by(f64::total_cmp);
-        Some(v[(v.len() - 1) / 2])
+        let n = v.len();
+        let (lo, hi) = (n / 4, n - n.div_ceil(4));
+        let middle = if hi <= lo {
+            v[(n - 1) / 2]
+        } else {
+            v[lo..hi].iter().sum::<f64>() / (hi - lo) as f64
+        };
+        if n < 2 * RECENT_WINDOWS {
+            return Some(middle);
+        }
+        let span = self.length.as_secs_f64() * RECENT_WINDOWS as f64;
+        let seen =
+            self.closed.iter().rev().take(RECENT_WINDOWS).sum::<f64>() * self.length.as_secs_f64();
+        Some(if poisson_at_most(seen.floor(), middle * span) < DROP_P {
+            seen / span
+        } else {
+            middle
+        })
     }
 }
 
@@ -479,5 +536,48 @@ mod tests {
         assert!((v.completion_per_s.unwrap() - 1.0).abs() < 0.01);
         assert_eq!(v.duration, None, "no job timed yet");
         assert_eq!(v.learned_jobs_per_thread, None);
+    }
+
+    /// Feeds `e` one tick a second from `from` for `secs` seconds, with `per_s(t)` arrivals
+    /// in second `t` and every job taken at once (the backlog stays 0).
+    fn feed(e: &mut Estimator, from: u64, secs: u64, per_s: impl Fn(u64) -> u64, taken: &mut u64) {
+        for t in from..from + secs {
+            *taken += per_s(t);
+            e.observe(Duration::from_secs(t + 1), 0, *taken, 0);
+        }
+    }
+
+    #[test]
+    fn the_rate_follows_a_drop_after_one_horizon_but_not_a_lull() {
+        // Horizon 100 s: windows of 25 s.
+        let mut e = Estimator::new(Duration::from_secs(100));
+        let mut taken = 0;
+        e.observe(Duration::ZERO, 0, 0, 0);
+        // 2 jobs a second for 16 windows.
+        feed(&mut e, 0, 400, |_| 2, &mut taken);
+        assert!(
+            (e.arrival_per_s() - 2.0).abs() < 1e-9,
+            "{}",
+            e.arrival_per_s()
+        );
+        // 180 jobs in a horizon where 200 were expected (1.8 a second; 8% likely under
+        // Poisson) is a lull: the rate stays (the median of 8 windows read 1.8).
+        feed(
+            &mut e,
+            400,
+            100,
+            |t| if t % 5 == 0 { 1 } else { 2 },
+            &mut taken,
+        );
+        let lull = e.arrival_per_s();
+        assert!(lull > 1.9, "a lull moved the rate to {lull}");
+        // The end of a burst: 20 jobs in a horizon where 190 were expected is a drop, and
+        // the rate follows it after one horizon (the middle windows alone would still say 1.9).
+        feed(&mut e, 500, 100, |t| u64::from(t % 5 == 0), &mut taken);
+        let after = e.arrival_per_s();
+        assert!(
+            (after - 0.2).abs() < 0.05,
+            "the rate did not follow the drop: {after}"
+        );
     }
 }

@@ -148,11 +148,17 @@ fn fill(queues: &[QueueInput], mut alloc: Vec<usize>, want: &[usize], cap: usize
 /// The hold for a queue is the largest [`demand`] seen for it within the window (the rule the
 /// Kubernetes horizontal autoscaler uses for scale-down). Scale-up never waits. Demands, not
 /// applied plans, are recorded: a plan that includes a hold would otherwise renew it forever.
+/// A queue given a half-life (the wait-target rule's, `scaling/wait.rs`) scales down
+/// gradually instead: each recorded demand holds its excess over the latest demand halved
+/// every half-life, and at least one thread for the whole window (see [`decayed`]).
 #[derive(Debug)]
 pub(crate) struct Stabilizer {
     window: Duration,
     /// Per-queue windows, each at most `window` (empty: every queue uses `window`).
     windows: Vec<Duration>,
+    /// Per queue, how long the hold's excess over the latest demand takes to halve (`None`
+    /// or missing: the hold is the window's largest demand until it leaves the window).
+    halvings: Vec<Option<Duration>>,
     history: VecDeque<(Instant, Vec<usize>)>,
 }
 
@@ -161,15 +167,18 @@ impl Stabilizer {
         Stabilizer {
             window,
             windows: Vec::new(),
+            halvings: Vec::new(),
             history: VecDeque::new(),
         }
     }
 
-    /// A stabiliser with a window per queue (the wait-target rule's queues hold longer).
-    pub(crate) fn per_queue(windows: Vec<Duration>) -> Self {
+    /// A stabiliser with a window per queue (the wait-target rule's queues hold longer), and
+    /// per queue an optional half-life of the hold's excess (a gradual scale-down).
+    pub(crate) fn per_queue(windows: Vec<Duration>, halvings: Vec<Option<Duration>>) -> Self {
         Stabilizer {
             window: windows.iter().copied().max().unwrap_or(Duration::ZERO),
             windows,
+            halvings,
             history: VecDeque::new(),
         }
     }
@@ -183,13 +192,19 @@ impl Stabilizer {
                 break;
             }
         }
+        let latest = self.history.back().map(|(_, d)| d.clone());
         let mut holds = vec![0; queues];
         for (at, plan) in &self.history {
             let age = now.saturating_duration_since(*at);
             for (i, (h, p)) in holds.iter_mut().zip(plan).enumerate() {
-                if self.windows.get(i).is_none_or(|w| age <= *w) {
-                    *h = (*h).max(*p);
+                if self.windows.get(i).is_some_and(|w| age > *w) {
+                    continue;
                 }
+                let held = match (self.halvings.get(i).copied().flatten(), &latest) {
+                    (Some(half), Some(latest)) => decayed(*p, latest[i], age, half),
+                    _ => *p,
+                };
+                *h = (*h).max(held);
             }
         }
         holds
@@ -209,6 +224,22 @@ impl Stabilizer {
         }
         self.history.push_back((now, demands));
     }
+}
+
+/// A demand `d` recorded `age` ago, held over the `latest` demand with its excess halving
+/// every `half`, rounded down: an excess of 10 holds 5 after one half-life, 2 after two, 1
+/// after three, none after four; but a demand of at least one thread holds one for the
+/// whole window.
+fn decayed(d: usize, latest: usize, age: Duration, half: Duration) -> usize {
+    let excess = d.saturating_sub(latest);
+    if excess == 0 || half.is_zero() {
+        return d.min(latest);
+    }
+    let halvings = age.as_secs_f64() / half.as_secs_f64();
+    let held = latest + (excess as f64 * 0.5f64.powf(halvings)).floor() as usize;
+    // The last thread is held for the whole window: a queue at 0 threads pays a login for its
+    // next job, and a job within the window would make it a down-then-up.
+    held.max(d.min(1))
 }
 
 #[cfg(test)]
@@ -333,6 +364,40 @@ mod tests {
         let mut none = Stabilizer::new(Duration::ZERO);
         none.record(t0, vec![7]);
         assert_eq!(none.holds(t0, 1), vec![0]);
+    }
+
+    #[test]
+    fn a_gradual_scale_down_halves_the_excess_and_holds_the_last_thread() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let window = Duration::from_secs(120);
+        let mut st = Stabilizer::per_queue(
+            vec![window, window],
+            vec![Some(window / 4), Some(window / 4)],
+        );
+        // Queue 0 wanted 10 and now 0; queue 1 wanted 1 and now 0.
+        st.record(t0, vec![10, 1]);
+        st.record(s(1), vec![0, 0]);
+        let holds: Vec<Vec<usize>> = [0, 31, 61, 91, 119, 121]
+            .iter()
+            .map(|&t| st.holds(s(t), 2))
+            .collect();
+        assert_eq!(
+            holds,
+            vec![
+                vec![10, 1],
+                vec![4, 1],
+                vec![2, 1],
+                vec![1, 1],
+                vec![1, 1],
+                vec![0, 0]
+            ]
+        );
+        // Without a half-life the hold is the window's largest demand, as for the divisor.
+        let mut whole = Stabilizer::per_queue(vec![window], vec![None]);
+        whole.record(t0, vec![10]);
+        whole.record(s(1), vec![0]);
+        assert_eq!(whole.holds(s(119), 1), vec![10]);
     }
 
     mod invariants {

@@ -2,25 +2,21 @@
 //! monitor and the simulator share: holds from the stabiliser, the plan, the demands recorded.
 //!
 //! Little's law: a queue whose jobs arrive at `λ` a second and last `D` seconds keeps `λ D`
-//! workers busy on average; running them at utilisation `u` takes `λ D / u`. A backlog of `B`
-//! jobs drains within the target `T` with `B D / T` more. So the demand is
-//! `ceil(λ D / u + B D / T)`, clamped to `[min, max_per_queue]`. `T / D` is the divisor the
-//! rule learns: the jobs one thread clears within the target.
+//! workers busy on average: `ceil(λ D)` whole threads. A backlog of `B` jobs drains within
+//! the target `T` with `B D / T` more, on top. So the demand is `ceil(ceil(λ D) + B D / T)`,
+//! clamped to `[min, max_per_queue]`. `T / D` is the divisor the rule learns: the jobs one
+//! thread clears within the target.
 //!
 //! It scales up at once only when the estimated wait `B D / threads` passes `T / 2`: below
 //! that the queue keeps what it has (a browser started for a wait nobody feels is cost and a
-//! login for nothing). Scale-down is the stabiliser's, as for the divisor rule. Until the first
-//! job has been timed there is no `D`, and the divisor rule decides.
+//! login for nothing). Scale-down is the stabiliser's, gradual for these queues: the threads
+//! no longer demanded are shed by halves over the window, the last one held for all of it.
+//! Until the first job has been timed there is no `D`, and the divisor rule decides.
 
 use std::time::{Duration, Instant};
 
 use super::{Limits, QueueInput, Stabilizer, demand, plan};
 use crate::estimate::estimated_wait_s;
-
-/// The utilisation `u` the rule plans for: 90% keeps a margin for bursts shorter than the
-/// arrival rate's windows; at 80% whole threads alone would cost 1.25x the busy time, past
-/// the goal of 1.2x.
-pub(crate) const UTILISATION: f64 = 0.9;
 
 /// The wait-target rule's inputs for one queue.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,8 +58,11 @@ pub(crate) fn queue_demand(q: &QueueInput, limits: &Limits) -> usize {
     } else {
         (d / left(head)).max(backlog * d / left(back))
     };
+    // Whole threads for the arrivals (`λ D` busy on average), and the drain on top: the
+    // slack of the rounding is not capacity a backlog can count on.
+    let steady = (lambda * d).ceil();
     // `as` saturates: an absurd estimate becomes the cap, never a wrap.
-    let raw = ((lambda * d / UTILISATION + drain).ceil() as usize).clamp(q.min, hi);
+    let raw = ((steady + drain).ceil() as usize).clamp(q.min, hi);
     // Threads that keep the estimated wait under a quarter of the target: a scale-down never
     // goes below them, so shrinking cannot push the wait back past the half that scales up.
     let quarter = |age: f64| t / 4.0 - age;
@@ -83,6 +82,10 @@ pub(crate) fn queue_demand(q: &QueueInput, limits: &Limits) -> usize {
     }
 }
 
+/// A wait-target queue's hold on threads it no longer demands halves its excess this many
+/// times over its scale-down window (a gradual scale-down).
+pub(crate) const HALVINGS: u32 = 4;
+
 /// A worker count that rises within this long after it fell is a flap (the goal: at
 /// most one an hour per queue).
 pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(120);
@@ -98,6 +101,10 @@ pub(crate) fn stabilizer(scale_down_delay: Duration, targets: &[Option<Duration>
         targets
             .iter()
             .map(|t| window(scale_down_delay, *t))
+            .collect(),
+        targets
+            .iter()
+            .map(|t| t.map(|t| window(scale_down_delay, Some(t)) / HALVINGS))
             .collect(),
     )
 }
@@ -170,7 +177,8 @@ mod tests {
         assert_eq!(queue_demand(&wq(322, 0, 30.0, 0.0, 600.0), &HOST), 10);
         // 100 jobs of 30 s, 10-minute target: 5 threads.
         assert_eq!(queue_demand(&wq(100, 0, 30.0, 0.0, 600.0), &HOST), 5);
-        // Steady 0.1 jobs/s of 30 s: 3 busy on average, 3.75 at 80% -> 4, empty backlog.
+        // Steady 0.1 jobs/s of 30 s: 3 busy on average, so 3 threads, and one more for the
+        // job waiting (1 * 30 / 600 = 0.05 on top of 3 whole threads).
         assert_eq!(queue_demand(&wq(1, 4, 30.0, 0.1, 600.0), &HOST), 4);
     }
 
@@ -179,7 +187,8 @@ mod tests {
         // 40 jobs of 30 s on 1 thread: wait 1200 s > 300 s -> up to ceil(40 * 30 / 600) = 2.
         assert_eq!(queue_demand(&wq(40, 1, 30.0, 0.0, 600.0), &HOST), 2);
         // 9 jobs on 1 thread: wait 270 s < 300 s, so it stays at 1 although the arrival rate
-        // asks for 3 + 1; at 11 jobs (330 s) it goes to the 4 the rule asks.
+        // asks for 3 (2.4 busy) + 1 (the drain); at 11 jobs (330 s) it goes to the 4 the rule
+        // asks.
         assert_eq!(queue_demand(&wq(9, 1, 30.0, 0.08, 600.0), &HOST), 1);
         assert_eq!(queue_demand(&wq(11, 1, 30.0, 0.08, 600.0), &HOST), 4);
     }
@@ -355,30 +364,47 @@ mod tests {
         /// threads (fed back as `current`) never go down and then up again.
         #[test]
         fn no_flapping_on_a_steady_load((l, qs) in case(), window_ms in 0u64..500) {
-            let mut s = Stabilizer::new(Duration::from_millis(window_ms));
-            let t0 = Instant::now();
-            let mut inputs = qs.clone();
-            let mut history: Vec<Vec<usize>> = Vec::new();
-            for step in 0..120u64 {
-                let now = t0 + Duration::from_millis(step * 50);
-                for (q, h) in inputs.iter_mut().zip(s.holds(now, qs.len())) {
-                    q.hold = h;
-                }
-                let d = decide(&mut s, now, &inputs, &l);
-                for (q, &p) in inputs.iter_mut().zip(&d.plan) {
-                    q.current = p;
-                }
-                history.push(d.plan);
+            steady(Stabilizer::new(Duration::from_millis(window_ms)), &l, &qs)?;
+        }
+
+        /// The same with the wait rule's gradual scale-down: the excess halving every quarter
+        /// of the window, the last thread held for all of it.
+        #[test]
+        fn no_flapping_on_a_steady_load_when_scaling_down_gradually(
+            (l, qs) in case(), window_ms in 1u64..2000,
+        ) {
+            let w = Duration::from_millis(window_ms);
+            let s = Stabilizer::per_queue(vec![w; qs.len()], vec![Some(w / HALVINGS); qs.len()]);
+            steady(s, &l, &qs)?;
+        }
+    }
+
+    /// Runs 120 decisions (50 ms apart) of the constant load `qs` through `s`, the plan fed
+    /// back as `current`, and checks that no queue goes down and then up again.
+    fn steady(mut s: Stabilizer, l: &Limits, qs: &[QueueInput]) -> Result<(), TestCaseError> {
+        let t0 = Instant::now();
+        let mut inputs = qs.to_vec();
+        let mut history: Vec<Vec<usize>> = Vec::new();
+        for step in 0..120u64 {
+            let now = t0 + Duration::from_millis(step * 50);
+            for (q, h) in inputs.iter_mut().zip(s.holds(now, qs.len())) {
+                q.hold = h;
             }
-            for i in 0..qs.len() {
-                let mut went_down = false;
-                for w in history.windows(2) {
-                    if w[1][i] < w[0][i] {
-                        went_down = true;
-                    }
-                    prop_assert!(!(went_down && w[1][i] > w[0][i]), "queue {i}: {history:?}");
+            let d = decide(&mut s, now, &inputs, l);
+            for (q, &p) in inputs.iter_mut().zip(&d.plan) {
+                q.current = p;
+            }
+            history.push(d.plan);
+        }
+        for i in 0..qs.len() {
+            let mut went_down = false;
+            for w in history.windows(2) {
+                if w[1][i] < w[0][i] {
+                    went_down = true;
                 }
+                prop_assert!(!(went_down && w[1][i] > w[0][i]), "queue {i}: {history:?}");
             }
         }
+        Ok(())
     }
 }
