@@ -62,20 +62,34 @@ fn shipped_profiles() {
             wait.p95_wait < divisor.p95_wait,
             "{name}: the wait target waits less: {wait:?} vs {divisor:?}"
         );
+        // The goals for the wait target (docs/SCALING.md, "Goals: met and missed").
+        assert!(
+            wait.max_flaps_per_hour <= 1,
+            "{name}: at most one down-then-up within 2 minutes per queue per hour: {wait:?}"
+        );
+        let ratio = wait.worker_seconds / wait.lower_bound_seconds;
+        if name == "working-day" {
+            // Missed (1.22x): two small queues near a thread boundary; see the doc. Checked
+            // so that it does not grow back towards the 1.30x it was.
+            assert!(ratio <= 1.25, "{name}: {ratio:.3}x {wait:?}");
+        } else {
+            assert!(
+                ratio <= 1.2,
+                "{name}: {ratio:.3}x the lower bound: {wait:?}"
+            );
+        }
+        if name == "slow-site" || name == "working-day" {
+            // The load fits under the caps: the p95 wait is within the 5-minute target.
+            assert!(
+                wait.p95_wait <= Duration::from_secs(300),
+                "{name}: {wait:?}"
+            );
+        }
         if name == "slow-site" {
-            // 400 jobs an hour of 30 s, 60 s for an hour: 3.3 then 6.7 busy threads, under
-            // the cap of 10. The wait stays under the 5-minute target, without flapping, at
-            // most 1.2x the lower bound of worker-seconds.
             assert_eq!(
                 simulate(&p, Policy::WaitTarget),
                 r[2],
                 "{name}: deterministic"
-            );
-            assert!(wait.p95_wait <= Duration::from_secs(300), "{wait:?}");
-            assert!(wait.max_flaps_per_hour <= 1, "{wait:?}");
-            assert!(
-                wait.worker_seconds <= 1.2 * wait.lower_bound_seconds,
-                "{wait:?}"
             );
         }
     }
