@@ -126,13 +126,17 @@ impl Queue {
     /// of by [`Builder::jobs_per_thread`]. Defaults to unset (the divisor rule).
     ///
     /// The pool measures the queue's job duration `D` (a median over windows of 16 jobs,
-    /// smoothed; `init` is not part of it), its arrival rate `λ` and how long its waiting jobs
-    /// have waited, and asks for about `ceil(λ D / 0.9 + backlog D / (target - age))`
-    /// threads (Little's law at 90% utilisation, plus starting every waiting job within what
-    /// is left of its target), within `min_threads` and the caps. It scales up at once when
-    /// the estimated wait (about `age + backlog D / workers`) passes `target / 2`, and scales
-    /// down after [`Builder::scale_down_delay`], or `min(target / 2, 2 min)` if that is
-    /// longer (a delay of zero still scales down at once), never below the threads that keep the estimated wait under `target / 4`.
+    /// smoothed; `init` is not part of it), its arrival rate `λ` (a burst-robust mean over
+    /// four targets) and how long its waiting jobs have waited, and asks for about
+    /// `ceil(λ D) + ceil(backlog D / (target - age))` threads (Little's law in whole threads,
+    /// plus starting every waiting job within what is left of its target), within
+    /// `min_threads` and the caps. It scales up at once when the estimated wait (about
+    /// `age + backlog D / workers`) passes `target / 2`, and scales down over a window of
+    /// [`Builder::scale_down_delay`], or `min(target / 2, 2 min)` if that is longer (a delay
+    /// of zero still scales down at once): the threads it no longer asks for are shed by
+    /// halves every quarter of the window, the last one held for all of it (on a coordinated
+    /// Redis source, the fleet holds its whole window), never below the threads that keep
+    /// the estimated wait under `target / 4`.
     /// Until the first job is timed, `jobs_per_thread` decides. The learned divisor (`target / D`) and
     /// the estimated wait are in [`QueueStats`](crate::QueueStats) and in the log line of
     /// every decision. On a coordinated Redis source (the default) the processes of the fleet

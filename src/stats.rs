@@ -153,9 +153,11 @@ pub struct QueueStats {
     /// wait target on a coordinated Redis source, the fleet's: the median of the fleet's last
     /// 64 to 128 jobs, kept in Redis (so known before this process finishes a job).
     pub job_duration_estimate: Option<Duration>,
-    /// Jobs arriving per second, inferred from the backlog and the jobs taken: the median of
-    /// the rates of the last 8 windows of a quarter of the wait target each (of 15 s for a
-    /// queue on the divisor rule), so a one-off burst does not move it. `None` before the
+    /// Jobs arriving per second, inferred from the backlog and the jobs taken: the mean of the
+    /// middle eight of the rates of the last 16 windows of a quarter of the wait target each
+    /// (of 15 s for a queue on the divisor rule), so a one-off burst does not move it; the
+    /// rate of the last four windows when they bring too few jobs to be a lull (a drop,
+    /// followed after one target; see `docs/SCALING.md`). `None` before the
     /// first window closes; the sum over queues in [`PoolStats::total`]. Fleet-wide (measured
     /// at each heartbeat) for a queue with a wait target on a coordinated Redis source.
     pub arrival_rate: Option<f64>,
