@@ -214,8 +214,9 @@ pub(crate) const RATE_WINDOWS: usize = 16;
 const RECENT_WINDOWS: usize = 4;
 /// How unlikely the latest windows' arrivals must be, at the rate of the middle windows,
 /// before the rate is taken as having dropped to theirs: one chance in a thousand, so that
-/// a lull of a steady load (at 200 jobs an hour, 5 jobs in 5 minutes for an expected 17 is
-/// about that) is not mistaken for the end of a burst (100 expected, 5 seen).
+/// a lull of a steady load is not mistaken for the end of a burst (100 expected, 5 seen: a
+/// chance of 1e-36). At 200 jobs an hour, 17 expected in 5 minutes, 6 (1 in 400) is a
+/// lull, 5 (1 in 1200) a drop.
 const DROP_P: f64 = 1e-3;
 
 /// `P(X <= k)` for a Poisson count `X` of mean `mean` (1 when `k >= mean`: only drops are
