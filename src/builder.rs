@@ -135,8 +135,8 @@ impl Queue {
     /// [`Builder::scale_down_delay`], or `min(target / 2, 2 min)` if that is longer (a delay
     /// of zero still scales down at once): the threads it no longer asks for are shed by
     /// halves every quarter of the window, the last one held for all of it (on a coordinated
-    /// Redis source, the fleet holds its whole window), never below the threads that keep
-    /// the estimated wait under `target / 4`.
+    /// Redis source, the fleet's window, shed the same way), never below the threads that
+    /// keep the estimated wait under `target / 4`.
     /// Until the first job is timed, `jobs_per_thread` decides. The learned divisor (`target / D`) and
     /// the estimated wait are in [`QueueStats`](crate::QueueStats) and in the log line of
     /// every decision. On a coordinated Redis source (the default) the processes of the fleet

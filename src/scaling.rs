@@ -11,7 +11,7 @@ mod wait;
 
 pub(crate) use stabilizer::Stabilizer;
 #[cfg(feature = "redis")]
-pub(crate) use wait::window;
+pub(crate) use wait::{HALVINGS, window};
 pub(crate) use wait::{WaitInput, decide, queue_demand, stabilizer};
 
 /// The pool-wide limits the plan must respect.

@@ -211,3 +211,84 @@ fn the_stored_duration_ages_out() {
     // A window turns over once it holds 64 jobs (a beat adds the jobs of one heartbeat).
     assert!(cur < 64 && prev >= 64, "windows: {cur} + {prev} jobs");
 }
+
+/// After a burst, the fleet's hold is shed by halves (the wait rule's gradual scale-down), as
+/// one process's is: each hold the grant script stored, read in one atomic read with the
+/// history it was computed from, is what the rule gives; and it differs from the window's
+/// largest demand (the divisor's hold) while the burst is shed.
+#[test]
+fn the_fleet_sheds_a_burst_gradually() {
+    // Target 8 s: the window is max(1 s, min(8 s / 2, 2 min)) = 4 s, the excess halving
+    // every quarter of it.
+    const HALF_MS: f64 = 1000.0;
+    let rule = |d: u64, demand: u64, age_ms: f64| -> u64 {
+        if d <= demand {
+            d
+        } else {
+            let excess = (d - demand) as f64 * 0.5f64.powf(age_ms / HALF_MS);
+            (demand + excess.floor() as u64).max(1)
+        }
+    };
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let scratch = Scratch::new("fleet-wait-gradual");
+    push(&mut conn, Q, "g", 600, 100);
+    let extra = [
+        "--target-wait",
+        "8",
+        "--max-threads-per-type",
+        "6",
+        "--scale-down-delay-ms",
+        "1000",
+    ];
+    let _procs: Vec<Proc> = (0..2)
+        .map(|i| Proc::start(&server, &scratch, &format!("g{i}"), &extra))
+        .collect();
+    let (mut checked, mut shedding, mut peak) = (0usize, 0usize, 0u64);
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        let (state, history): (
+            std::collections::HashMap<String, String>,
+            Vec<(String, f64)>,
+        ) = redis::pipe()
+            .atomic()
+            .hgetall(format!("{Q}:fleet"))
+            .zrange_withscores(format!("{Q}:fleet:history"), 0, -1)
+            .query(&mut conn)
+            .unwrap();
+        let field = |k: &str| state.get(k).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(at), Some(demand), Some(hold)) = (field("at"), field("demand"), field("hold"))
+            && history.iter().map(|(_, t)| *t as u64).max() == Some(at)
+        {
+            // The history as the grant that stored this hold left it.
+            let seen: Vec<(u64, f64)> = history
+                .iter()
+                .map(|(d, t)| (d.parse().unwrap(), at as f64 - t))
+                .collect();
+            let expected = seen.iter().map(|&(d, age)| rule(d, demand, age)).max();
+            assert_eq!(
+                Some(hold),
+                expected,
+                "hold at {at} with demand {demand} over the history {seen:?}"
+            );
+            let largest = seen.iter().map(|&(d, _)| d).max().unwrap_or(0);
+            peak = peak.max(largest);
+            checked += 1;
+            if hold < largest && hold > demand {
+                shedding += 1;
+            }
+        }
+        let done: usize = conn.llen("fila:resultados").unwrap();
+        if done >= 600 && shedding >= 3 && field("hold").is_some_and(|h| h <= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gradual shedding seen: {checked} holds checked, {shedding} between the \
+             demand and the window's largest, peak {peak}, {done} results"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{checked} holds checked, {shedding} shed part-way, peak {peak}");
+    assert!(peak >= 4, "a burst the fleet scaled for: peak {peak}");
+}

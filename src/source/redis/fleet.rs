@@ -211,6 +211,10 @@ pub(crate) fn grant<J>(
         std::time::Duration::from_millis(view.scale_down_delay_ms),
         view.target_wait,
     );
+    // The wait rule's gradual scale-down, the same as one process's (`scaling::stabilizer`).
+    let half_ms = view.target_wait.map(|_| {
+        usize::try_from((window / crate::scaling::HALVINGS).as_millis()).unwrap_or(usize::MAX)
+    });
     type Reply = (
         i64,
         u64,
@@ -251,6 +255,7 @@ pub(crate) fn grant<J>(
             .arg(if fresh { "1" } else { "0" })
             .arg(beat_ms)
             .arg(opt(proposal))
+            .arg(opt(half_ms))
             .invoke(conn)
             .map_err(|e| redis_error("cannot compute the fleet's grant", e))?;
     shared.backlog.set(llen, shared.ms_since_epoch());

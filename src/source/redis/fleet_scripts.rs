@@ -13,7 +13,9 @@ pub(crate) struct FleetScripts {
     /// Q:fleet:history, Q:fleet, F:fleet:queues, Q:fleet:wait. ARGV: process id, member ttl
     /// ms, room, min, default jobs_per_thread, default fleet_max_threads ("" none), window
     /// ms, weight, default fleet total ("" none), fresh ("1": the keeper's view is fresh),
-    /// server ms of the keeper's last beat, this process's wait-rule demand ("" none).
+    /// server ms of the keeper's last beat, this process's wait-rule demand ("" none), the
+    /// half-life of a hold's excess in ms ("" none: the hold is the window's largest demand;
+    /// a wait-target queue scales down gradually).
     ///
     /// A queue with a wait target: each process computes the fleet's demand with the wait
     /// rule (in Rust, `fleet_estimate.rs`) and proposes it; the proposal is kept in
@@ -135,11 +137,24 @@ end
 if fmax and demand > fmax then demand = fmax end
 local hold = 0
 local window = tonumber(ARGV[7])
+-- A wait-target queue's gradual scale-down (scaling/stabilizer.rs, `decayed`): a demand seen
+-- `age` ago holds its excess over today's demand halved every `half` ms, rounded down, and
+-- at least one thread for the whole window. The newest time of each demand holds the most.
+local half = tonumber(ARGV[13])
 if window > 0 then
   redis.call('ZADD', KEYS[7], now, tostring(demand))
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (now - window))
-  for _, d in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do
-    if tonumber(d) > hold then hold = tonumber(d) end
+  local h = redis.call('ZRANGE', KEYS[7], 0, -1, 'WITHSCORES')
+  for i = 1, #h, 2 do
+    local d, at = tonumber(h[i]), tonumber(h[i + 1])
+    if half and d > demand then
+      if half > 0 then
+        d = math.max(demand + math.floor((d - demand) * 0.5 ^ ((now - at) / half)), 1)
+      else
+        d = demand
+      end
+    end
+    if d > hold then hold = d end
   end
 end
 local target = math.min(hold, slots)
