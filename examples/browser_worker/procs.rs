@@ -41,15 +41,30 @@ fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Running processes (zombies excluded) with an argument `--user-data-dir=<path under
-/// prefix>`: a browser and its helpers. `prefix` is a profile directory, or a root plus a
-/// name prefix to find every profile under it.
-pub fn with_profile(prefix: &Path) -> Vec<u32> {
-    let wanted = format!("--user-data-dir={}", prefix.display());
+fn with_data_dir(matches: impl Fn(&str) -> bool) -> Vec<u32> {
     pids()
         .into_iter()
-        .filter(|pid| running(*pid) && cmdline(*pid).iter().any(|a| a.starts_with(&wanted)))
+        .filter(|pid| {
+            running(*pid)
+                && cmdline(*pid)
+                    .iter()
+                    .any(|a| a.strip_prefix("--user-data-dir=").is_some_and(&matches))
+        })
         .collect()
+}
+
+/// Running processes (zombies excluded) of the profile directory `dir`: the processes of
+/// one browser, its main process and its helpers (all have `--user-data-dir=<dir>`).
+pub fn with_profile(dir: &Path) -> Vec<u32> {
+    let dir = dir.display().to_string();
+    with_data_dir(|a| a == dir)
+}
+
+/// Running processes whose profile directory's path starts with `prefix` (a root directory
+/// plus a name prefix: every browser made there).
+pub fn with_profile_prefix(prefix: &Path) -> Vec<u32> {
+    let prefix = prefix.display().to_string();
+    with_data_dir(|a| a.starts_with(&prefix))
 }
 
 /// Waits until no process of the profile `dir` runs; past `within`, kills what is left

@@ -65,6 +65,8 @@ struct Shared {
     sessions: Mutex<HashSet<String>>,
     /// Requests waiting in `?hold`, and whether holds are released.
     holds: Mutex<(u64, bool)>,
+    /// The `User-Agent` of every request that waited in `?hold`, in arrival order.
+    held_agents: Mutex<Vec<String>>,
     holds_changed: Condvar,
     stop: AtomicBool,
 }
@@ -113,6 +115,12 @@ impl Site {
     /// Requests waiting in `?hold` now.
     pub fn held(&self) -> u64 {
         self.shared.holds.lock().0
+    }
+
+    /// The `User-Agent` of every request that waited in `?hold` so far (a browser of
+    /// `browser_worker` says `threadtide-browser/<worker>`).
+    pub fn held_agents(&self) -> Vec<String> {
+        self.shared.held_agents.lock().clone()
     }
 
     /// Lets every held request (and every later one) through.
@@ -165,6 +173,7 @@ struct Request {
     path: String,
     query: String,
     cookie: Option<String>,
+    agent: String,
     body: String,
 }
 
@@ -178,7 +187,7 @@ fn read_request(stream: &TcpStream) -> std::io::Result<Request> {
     let target = parts.next().unwrap_or_default();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (path, query) = (path.to_owned(), query.to_owned());
-    let (mut length, mut cookie) = (0usize, None);
+    let (mut length, mut cookie, mut agent) = (0usize, None, String::new());
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
@@ -190,6 +199,8 @@ fn read_request(stream: &TcpStream) -> std::io::Result<Request> {
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             length = value.parse().unwrap_or(0).min(64 * 1024);
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            agent = value.to_owned();
         } else if name.eq_ignore_ascii_case("cookie") {
             cookie = value
                 .split(';')
@@ -205,6 +216,7 @@ fn read_request(stream: &TcpStream) -> std::io::Result<Request> {
         path,
         query,
         cookie,
+        agent,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
@@ -297,6 +309,7 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         return respond(&stream, "403 Forbidden", html, "", &body);
     }
     if req.query.split('&').any(|q| q == "hold") {
+        shared.held_agents.lock().push(req.agent.clone());
         let mut holds = shared.holds.lock();
         holds.0 += 1;
         while !holds.1 {
