@@ -172,7 +172,10 @@ mod counters;
 mod error;
 mod estimate;
 mod event;
+mod gate;
 mod histogram;
+mod life_config;
+mod lifecycle;
 mod manager;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -180,6 +183,7 @@ mod monitor;
 mod outage;
 mod queue;
 mod reason;
+mod runner;
 mod scaling;
 // A namespace of its own: a tool (the simulator) rather than part of the pool's API.
 #[cfg(feature = "simulate")]
