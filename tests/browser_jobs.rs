@@ -206,3 +206,198 @@ fn four_workers_forty_jobs_of_each_kind() {
     assert_eq!(site.logins(), launched, "{done}");
     assert_no_leaks(&scratch.profiles());
 }
+
+/// A pool of the example's conferencia queue in this process, its browsers' profiles and PDFs
+/// in `scratch`, threads named `prefix-...`; quick retries and heartbeats for tests.
+fn conferencia_config(
+    server: &RedisServer,
+    site: &site::Site,
+    scratch: &Scratch,
+    prefix: &str,
+) -> pool::Config {
+    let mut config = pool::Config::new(server.url(), site.url(), scratch.pdfs());
+    config.queues = vec![("conferencia".to_owned(), "fila:conferencia".to_owned())];
+    config.browser.profile_root = scratch.profiles();
+    config.thread_prefix = prefix.to_owned();
+    config.heartbeat = Some(Duration::from_millis(100));
+    config.retry_backoff = Some(Duration::from_millis(50));
+    config
+}
+
+fn orders(ids: impl IntoIterator<Item = u64>) -> impl Iterator<Item = Value> {
+    ids.into_iter().map(|id| serde_json::json!({ "id": id }))
+}
+
+/// Waits for `n` results, checks every one against the site and that each of `ids` has
+/// exactly one.
+fn wait_orders(server: &RedisServer, ids: std::ops::RangeInclusive<u64>, what: &str) {
+    let n = ids.clone().count();
+    wait_until(
+        PATIENCE * 2,
+        what,
+        || results(server).len() >= n,
+        || results(server).len(),
+    );
+    let mut got: Vec<u64> = results(server).iter().map(check_order).collect();
+    got.sort_unstable();
+    assert_eq!(got, ids.collect::<Vec<_>>());
+}
+
+/// Lets held pages through when dropped: a failing test does not leave a job waiting.
+struct ReleaseOnDrop<'a>(&'a site::Site);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.release_holds();
+    }
+}
+
+/// Item 8: `kill -9` of a worker's Chromium while its job's page is loading. The job fails on
+/// the dead browser and is retried, the health check before the worker's next fetch finds the
+/// browser dead, the state is dropped (the zombie reaped, the profile removed) and rebuilt.
+#[test]
+fn browser_killed_mid_job_is_rebuilt_and_the_job_retried() {
+    let _one = ONE_AT_A_TIME.lock();
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("kill");
+    let mut config = conferencia_config(&server, &site, &scratch, "bk");
+    config.min_threads = Some(2);
+    config.max_threads_per_type = Some(2);
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    push(&server, "fila:conferencia", orders(1..=2));
+    push(
+        &server,
+        "fila:conferencia",
+        [serde_json::json!({"id": 3, "hold": true})],
+    );
+    push(&server, "fila:conferencia", orders(4..=6));
+    pool.start().unwrap();
+    let _release = ReleaseOnDrop(&site);
+
+    wait_until(
+        PATIENCE,
+        "job 3's page held",
+        || site.held() == 1,
+        || site.held(),
+    );
+    let agent = site.held_agents().pop().unwrap();
+    let worker = agent.rsplit('/').next().unwrap().to_owned();
+    let me = std::process::id();
+    let profile = scratch
+        .profiles()
+        .join(format!("threadtide-browser-{me}-{worker}-"));
+    let main: Vec<u32> = procs::with_profile_prefix(&profile)
+        .into_iter()
+        .filter(|pid| procs::stat(*pid).is_some_and(|(_, ppid)| ppid == me))
+        .collect();
+    assert_eq!(main.len(), 1, "{worker}'s browser: {main:?}");
+    procs::kill(&main);
+    wait_until(
+        PATIENCE,
+        "the browser dead",
+        || !procs::running(main[0]),
+        || procs::stat(main[0]),
+    );
+    site.release_holds();
+
+    wait_orders(&server, 1..=6, "all 6 orders read");
+    let stats = pool.stats();
+    let q = stats.queue("conferencia").unwrap();
+    // The killed browser's job failed (and was retried), the check found the browser dead.
+    assert!(q.jobs_failed >= 1, "{q:?}");
+    assert!(q.health_check_failures >= 1, "{q:?}");
+    // Two browsers, and one rebuilt: the other worker's was never touched.
+    assert_eq!(Counters::get(&counters.launches), 3);
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_eq!(Counters::get(&counters.closed), 3);
+    assert_no_leaks(&scratch.profiles());
+}
+
+/// One run of item 9: 3 workers, 60 orders, `recycle_after(10)`; returns the site's login
+/// count and the queue's recycles and carried counts.
+fn recycle_run(carry: bool) -> (u64, u64, u64) {
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new(if carry { "carry" } else { "nocarry" });
+    let mut config = conferencia_config(&server, &site, &scratch, "br");
+    config.min_threads = Some(3);
+    config.max_threads_per_type = Some(3);
+    config.recycle_after = Some(10);
+    config.carry_over = carry;
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    push(&server, "fila:conferencia", orders(1..=60));
+    pool.start().unwrap();
+    wait_orders(&server, 1..=60, "all 60 orders read");
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    let stats = pool.stats();
+    let q = stats.queue("conferencia").unwrap();
+    assert_eq!(
+        Counters::get(&counters.closed),
+        Counters::get(&counters.launches)
+    );
+    assert_eq!(site.logins(), Counters::get(&counters.logins));
+    assert_no_leaks(&scratch.profiles());
+    (site.logins(), q.recycles, q.carried)
+}
+
+/// Item 9: with carry-over, a recycled browser's session cookie goes to the next one, so 60
+/// jobs over 3 workers recycled every 10 jobs log in no more than 3 times; without it, every
+/// new browser logs in.
+#[test]
+fn recycle_with_carry_over_logs_in_once_per_worker() {
+    let _one = ONE_AT_A_TIME.lock();
+    let (logins, recycles, carried) = recycle_run(true);
+    println!("carry-over: {logins} logins, {recycles} recycles, {carried} carried");
+    // Some worker ran at least 20 of the 60 jobs, so it was recycled at least once.
+    assert!(
+        recycles >= 1 && carried >= 1,
+        "{recycles} recycles, {carried} carried"
+    );
+    assert!(logins <= 3, "{logins} logins with carry-over");
+    let (logins, recycles, carried) = recycle_run(false);
+    println!("no carry-over: {logins} logins, {recycles} recycles, {carried} carried");
+    assert!(recycles >= 1, "{recycles}");
+    assert_eq!(carried, 0);
+    assert!(logins > 3, "{logins} logins without carry-over");
+}
+
+/// Item 10: with a minimum above the free memory no browser starts and the queue's reason
+/// says memory; lowering it at runtime lets the worker start and the jobs complete.
+#[test]
+fn memory_gate_holds_browsers_until_lowered() {
+    let _one = ONE_AT_A_TIME.lock();
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("memory");
+    let mut config = conferencia_config(&server, &site, &scratch, "bm");
+    config.min_free_memory = Some(u64::MAX / 2);
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    push(&server, "fila:conferencia", orders(1..=4));
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the memory gate holding",
+        || {
+            let stats = pool.stats();
+            stats.free_memory.is_some()
+                && stats.queue("conferencia").unwrap().size_reason == threadtide::SizeReason::Memory
+        },
+        || pool.stats(),
+    );
+    let stats = pool.stats();
+    assert!(stats.free_memory.unwrap() < stats.min_free_memory.unwrap());
+    let q = stats.queue("conferencia").unwrap();
+    assert_eq!((q.spawned, q.workers, q.backlog), (0, 0, 4), "{q:?}");
+    assert_eq!(Counters::get(&counters.launches), 0);
+    assert!(procs::with_profile_prefix(&scratch.profiles()).is_empty());
+
+    pool.set_min_free_memory(Some(1 << 20));
+    wait_orders(&server, 1..=4, "the 4 orders read once the gate opened");
+    assert!(Counters::get(&counters.launches) >= 1);
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_no_leaks(&scratch.profiles());
+}

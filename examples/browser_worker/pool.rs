@@ -123,7 +123,14 @@ fn source(config: &Config, key: &str) -> Result<RedisSource<jobs::Job>, BoxError
 
 fn queue(config: &Config, name: &str, source: RedisSource<jobs::Job>) -> Queue {
     let browser = Arc::new(config.browser.clone());
-    let init = move |worker: &WorkerInfo| Session::open(&browser, worker.name(), None);
+    // A carried session cookie (a recycled browser's) spares the new browser the login form.
+    let init = move |worker: &WorkerInfo| {
+        Session::open(
+            &browser,
+            worker.name(),
+            worker.take_carry::<SessionCookie>(),
+        )
+    };
     let mut queue = if name == "emissao" {
         let dir = config.pdf_dir.clone();
         Queue::new(
@@ -141,7 +148,27 @@ fn queue(config: &Config, name: &str, source: RedisSource<jobs::Job>) -> Queue {
     if let Some(n) = config.recycle_after {
         queue = queue.recycle_after(n);
     }
-    let _ = SessionCookie::clone; // carried by the lifecycle API
+    if let Some(age) = config.recycle_after_age {
+        queue = queue.recycle_after_age(age);
+    }
+    if let Some(jitter) = config.recycle_jitter {
+        queue = queue.recycle_jitter(jitter);
+    }
+    if config.health_check {
+        // Before the worker fetches a job: a dead browser is rebuilt while the job waits in
+        // Redis, instead of failing on it.
+        queue = queue.health_check(|s: &mut Session, _: &WorkerInfo| s.health());
+    }
+    if let Some(every) = config.health_check_every {
+        queue = queue.health_check_every(every);
+    }
+    if config.carry_over {
+        // Takes the session's cookie, then drops the session (the browser closes).
+        queue = queue.carry_over(|s: Session, _: &WorkerInfo| Some(s.cookie()));
+    }
+    if let Some(k) = config.init_concurrency {
+        queue = queue.init_concurrency(k);
+    }
     queue
 }
 
@@ -168,6 +195,9 @@ pub fn builder(config: &Config) -> Result<(Builder, Vec<RedisSource<jobs::Job>>)
     }
     if let Some(d) = config.block {
         builder = builder.fetch_timeout(d);
+    }
+    if let Some(bytes) = config.min_free_memory {
+        builder = builder.min_free_memory(bytes);
     }
     let mut sources = Vec::new();
     for (name, key) in &config.queues {
