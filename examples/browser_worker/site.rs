@@ -43,13 +43,13 @@ pub fn order(id: u64) -> (String, String, u64) {
 
 /// Line items on the invoice of `id`.
 pub fn invoice_rows(id: u64) -> u64 {
-    if id % 4 == 0 { 40 } else { 6 }
+    if id.is_multiple_of(4) { 40 } else { 6 }
 }
 
 /// Pages the invoice of `id` prints on (A4, rows of a fixed 30 px: 40 rows do not fit one
 /// page, 6 do).
 pub fn invoice_pages(id: u64) -> u16 {
-    if id % 4 == 0 { 2 } else { 1 }
+    if id.is_multiple_of(4) { 2 } else { 1 }
 }
 
 /// The invoice number printed on the invoice of `id` (the PDF check looks for it).
