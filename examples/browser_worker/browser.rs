@@ -113,6 +113,10 @@ pub struct Session {
     /// Page loads so far (a nonce in each URL tells a fresh page from the previous one).
     loads: u64,
     pub worker: String,
+    /// How long the launch took (process start to a usable tab), and the login (the form, or
+    /// setting a carried cookie).
+    pub launch_time: Duration,
+    pub login_time: Duration,
 }
 
 impl std::fmt::Debug for Session {
@@ -173,6 +177,7 @@ impl Session {
             ])
             .build()?;
         config.counters.launches.fetch_add(1, Ordering::SeqCst);
+        let started = Instant::now();
         // On an error here, `Browser::new` has killed and reaped the process; `profile` drops.
         let browser = Browser::new(options)?;
         let pid = browser.get_process_id().unwrap_or(0);
@@ -190,7 +195,10 @@ impl Session {
             counters: Arc::clone(&config.counters),
             loads: 0,
             worker: worker.to_owned(),
+            launch_time: started.elapsed(),
+            login_time: Duration::ZERO,
         };
+        let login_started = Instant::now();
         match carried {
             Some(cookie) => {
                 session.set_cookie(&cookie)?;
@@ -199,6 +207,7 @@ impl Session {
             }
             None => session.login()?,
         }
+        session.login_time = login_started.elapsed();
         Ok(session)
     }
 
