@@ -50,11 +50,13 @@ mod procs;
 #[path = "browser_worker/site.rs"]
 mod site;
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use threadtide::WaitError;
 
 use browser::Counters;
 
@@ -162,17 +164,7 @@ fn main() {
     )
     .init();
     if let Err(e) = run() {
-        // Display, not Debug: the message says what to fix, and never shows a password.
-        let mut message = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !message.contains(&text) {
-                message = format!("{message}: {text}");
-            }
-            cause = c.source();
-        }
-        eprintln!("browser_worker: {message}");
+        eprintln!("browser_worker: {}", cli::message(&*e));
         std::process::exit(EXIT_CANNOT_START);
     }
 }
@@ -212,15 +204,11 @@ fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
             pool.shutdown();
         }
     }
-    match pool.shutdown_timeout(args.shutdown_timeout) {
-        Ok(()) => {}
-        Err(WaitError::TimedOut { running, requeued }) => {
-            log::warn!(
-                "{} job(s) still running at the deadline, {requeued} put back",
-                running.len()
-            );
-        }
-        Err(e) => return Err(e.into()),
+    cli::drain(&pool, args.shutdown_timeout)?;
+    // Only a worker still running at the deadline leaves a browser: its state never dropped.
+    let swept = browser::sweep(&args.config.browser);
+    if swept > 0 {
+        log::warn!("{swept} browser(s) still open at exit: killed, profiles removed");
     }
     let total = pool.stats().total;
     log::info!(

@@ -51,6 +51,23 @@ impl BrowserConfig {
     }
 }
 
+/// Kills the browsers of this process still running under `config.profile_root` and removes
+/// their profiles: for the end of `main`, when a worker thread was still running at the
+/// shutdown deadline (its state never dropped). Returns how many profiles it removed.
+pub fn sweep(config: &BrowserConfig) -> usize {
+    let prefix = config.profile_root.join(config.profile_prefix());
+    procs::kill(&procs::with_profile_prefix(&prefix));
+    let Ok(entries) = std::fs::read_dir(&config.profile_root) else {
+        return 0;
+    };
+    let mine = config.profile_prefix();
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&mine))
+        .map(|e| drop(ProfileDir(e.path())))
+        .count()
+}
+
 /// What the workers' browsers did, for tests and logs.
 #[derive(Debug, Default)]
 pub struct Counters {
