@@ -57,7 +57,6 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 use browser::Counters;
 
 const EXIT_CANNOT_START: i32 = 2;

@@ -58,14 +58,22 @@ impl Global {
 
     /// The URL as it may be printed: any password replaced by `***`.
     pub(crate) fn redacted_url(&self) -> String {
-        self.redis.as_deref().map(redact).unwrap_or_default()
+        self.redis
+            .as_deref()
+            .map(threadtide::admin::redact_url)
+            .unwrap_or_default()
     }
 
     /// One connection with a 5 s connect and I/O timeout.
     pub(crate) fn connect(&self) -> Result<redis::Connection, CliError> {
         let url = self.url()?;
-        let client = redis::Client::open(url)
-            .map_err(|e| CliError::Usage(format!("--redis {}: {}", redact(url), e.category())))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            CliError::Usage(format!(
+                "--redis {}: {}",
+                threadtide::admin::redact_url(url),
+                e.category()
+            ))
+        })?;
         let timeout = Duration::from_secs(5);
         let conn = client
             .get_connection_with_timeout(timeout)
@@ -98,8 +106,13 @@ impl Global {
     pub(crate) fn admin(&self) -> Result<Admin, CliError> {
         let url = self.url()?;
         // A URL that does not parse is bad usage, not a refusal.
-        redis::Client::open(url)
-            .map_err(|e| CliError::Usage(format!("--redis {}: {}", redact(url), e.category())))?;
+        redis::Client::open(url).map_err(|e| {
+            CliError::Usage(format!(
+                "--redis {}: {}",
+                threadtide::admin::redact_url(url),
+                e.category()
+            ))
+        })?;
         // Connecting fails either on credentials the server refuses (permanent) or because
         // it cannot be reached.
         Admin::connect(url).map_err(|e| {
@@ -128,11 +141,10 @@ impl Global {
     }
 
     fn hide(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for p in self.redis.as_deref().map(secrets_of).unwrap_or_default() {
-            text = text.replace(&p, "***");
+        match self.redis.as_deref() {
+            Some(url) => threadtide::admin::hide_secrets(text, url),
+            None => text.to_owned(),
         }
-        text
     }
 
     fn redis_error_kind(&self, e: &redis::RedisError) -> Kind {
@@ -271,119 +283,9 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
     }
 }
 
-// The rule of the library's `redact_url` / `secrets` (src/source/redis/conn.rs, crate-private
-// there): the user-info password and the `pass` / `password` query parameters (the form
-// `redis+unix:///path?pass=P` takes), each also percent-decoded.
-
-/// Where the user-info after `://` ends: its last `@` before the path.
-fn user_info_end(rest: &str) -> Option<usize> {
-    let path = rest.find('/').unwrap_or(rest.len());
-    rest[..path].rfind('@')
-}
-
-/// `%XX` decoding (anything else kept as is).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |x: u8| (x as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn is_secret_param(k: &str) -> bool {
-    k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password")
-}
-
-/// Every secret a URL carries, as written and percent-decoded (empty ones left out).
-fn secrets_of(url: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    if let Some((_, rest)) = url.split_once("://") {
-        if let Some(at) = user_info_end(rest)
-            && let Some((_, pass)) = rest[..at].split_once(':')
-        {
-            found.push(pass.to_owned());
-        }
-        if let Some((_, query)) = rest.split_once('?') {
-            for p in query.split('&') {
-                if let Some((k, v)) = p.split_once('=')
-                    && is_secret_param(k)
-                {
-                    found.push(v.to_owned());
-                }
-            }
-        }
-    }
-    let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
-    found.extend(decoded);
-    found.retain(|s| !s.is_empty());
-    // Longest first, so a secret containing another is replaced whole.
-    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    found.dedup();
-    found
-}
-
-/// `url` with its password and `pass=` / `password=` query values replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let start = scheme_end + 3;
-        if let Some(at) = user_info_end(&out[start..]) {
-            let at = start + at;
-            if let Some(colon) = out[start..at].find(':') {
-                out.replace_range(start + colon + 1..at, "***");
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let params: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
-                _ => p.to_owned(),
-            })
-            .collect();
-        out = format!("{head}{}", params.join("&"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(redact("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(redact("redis://u:p@ss@h:1"), "redis://u:***@h:1");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
-        assert_eq!(secrets_of("redis://u:p@ss@h:1"), ["p@ss"]);
-        // The query forms (redis+unix takes its password only so).
-        assert_eq!(
-            redact("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
-            "redis+unix:///run/redis.sock?db=1&pass=***"
-        );
-        assert_eq!(
-            redact("redis://h:1/0?password=s%33cret"),
-            "redis://h:1/0?password=***"
-        );
-        assert_eq!(
-            secrets_of("redis://h:1/0?password=s%33cret"),
-            ["s%33cret", "s3cret"]
-        );
-    }
 
     #[test]
     fn durations_and_dates() {

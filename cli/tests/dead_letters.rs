@@ -213,28 +213,46 @@ fn requeue_moves_exactly_the_filtered_jobs_byte_for_byte_and_they_complete() {
     assert_eq!(conn.llen::<_, usize>(format!("{Q}:dead")).unwrap(), 200);
 }
 
+/// Slows the server down: a script that holds it for 100 ms, again and again, so that the
+/// commands' scripts of 200 jobs land one per pause (a kill falls between two, two commands
+/// interleave).
+struct Slower {
+    slow: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Slower {
+    fn start(redis: &RedisServer) -> Slower {
+        let slow = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let slow = Arc::clone(&slow);
+            let mut c = redis.conn();
+            std::thread::spawn(move || {
+                while slow.load(Ordering::Relaxed) {
+                    let _: u64 = redis::cmd("EVAL")
+                        .arg("local t=redis.call('TIME'); local s=t[1]*1000000+t[2]; repeat t=redis.call('TIME') until t[1]*1000000+t[2]-s >= 100000; return 1")
+                        .arg(0)
+                        .query(&mut c)
+                        .unwrap();
+                }
+            })
+        };
+        Slower { slow, thread }
+    }
+
+    fn stop(self) {
+        self.slow.store(false, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 #[test]
 fn a_requeue_killed_halfway_loses_nothing_duplicates_nothing_and_a_rerun_finishes_it() {
     let redis = RedisServer::start();
     let url = redis.url();
     let (pa, _) = make_dead(&redis, 1000, 0);
 
-    // Slow the server down: a script that holds it for 100 ms, again and again, so that the
-    // requeue's scripts of 200 jobs land one per pause and the kill falls between two.
-    let slow = Arc::new(AtomicBool::new(true));
-    let slower = {
-        let slow = Arc::clone(&slow);
-        let mut c = redis.conn();
-        std::thread::spawn(move || {
-            while slow.load(Ordering::Relaxed) {
-                let _: u64 = redis::cmd("EVAL")
-                    .arg("local t=redis.call('TIME'); local s=t[1]*1000000+t[2]; repeat t=redis.call('TIME') until t[1]*1000000+t[2]-s >= 100000; return 1")
-                    .arg(0)
-                    .query(&mut c)
-                    .unwrap();
-            }
-        })
-    };
+    let slower = Slower::start(&redis);
     let mut child = Command::new(env!("CARGO_BIN_EXE_threadtide"))
         .args(["--redis", &url, "dead", "requeue", "--queue", Q, "--yes"])
         .stdout(Stdio::null())
@@ -250,8 +268,7 @@ fn a_requeue_killed_halfway_loses_nothing_duplicates_nothing_and_a_rerun_finishe
     );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    slow.store(false, Ordering::Relaxed);
-    slower.join().unwrap();
+    slower.stop();
     // The server may still run a script the killed command had already sent; wait until it
     // has dropped that connection (ours is the only one left), then look at both lists in
     // one atomic read.
@@ -366,4 +383,58 @@ fn purge_removes_exactly_what_matches_and_retries_are_listed() {
     assert_eq!(retries["retries"][0]["payload"], "{\"id\":\"r1\"}");
     let human = ok(&url, &["retries", "list", "--queue", "fila:emissao"]);
     assert!(human.contains("2 of 3"), "{human}");
+}
+
+#[test]
+fn a_requeue_and_a_purge_at_once_leave_every_job_in_one_place() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_, pb) = make_dead(&redis, 1000, 1000);
+    // Interleave the two kinds in the dead list (same records, byte for byte), so that each
+    // command's matches sit between the other's: every record the purge removes shifts the
+    // requeue's next page down, and a single pass by offset would skip matches. Each command
+    // rescans until a pass finds nothing to move.
+    let mut conn = redis.conn();
+    let dead_key = format!("{Q}:dead");
+    let records: Vec<Vec<u8>> = conn.lrange(&dead_key, 0, -1).unwrap();
+    let is_a = |r: &Vec<u8>| {
+        let v: serde_json::Value = serde_json::from_slice(r).unwrap();
+        v["reason"] == "permanent"
+    };
+    let (ra, rb): (Vec<Vec<u8>>, Vec<Vec<u8>>) = records.into_iter().partition(is_a);
+    assert_eq!((ra.len(), rb.len()), (1000, 1000));
+    let mixed: Vec<Vec<u8>> = ra.into_iter().zip(rb).flat_map(|(a, b)| [a, b]).collect();
+    let _: () = redis::pipe()
+        .atomic()
+        .del(&dead_key)
+        .rpush(&dead_key, &mixed)
+        .query(&mut conn)
+        .unwrap();
+
+    let slower = Slower::start(&redis);
+    let run = |action: &'static str, reason: &'static str| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            json(
+                &url,
+                &["dead", action, "--queue", Q, "--reason", reason, "--yes"],
+            )
+        })
+    };
+    let requeue = run("requeue", "attempts_exhausted");
+    let purge = run("purge", "permanent");
+    let (requeue, purge) = (requeue.join().unwrap(), purge.join().unwrap());
+    slower.stop();
+    assert_eq!(
+        (requeue["moved"].as_u64(), purge["moved"].as_u64()),
+        (Some(1000), Some(1000)),
+        "each moved all of its kind: {requeue} {purge}"
+    );
+    assert!(dead_payloads(&url).is_empty(), "nothing left dead");
+    let queued: Vec<Vec<u8>> = conn.lrange(Q, 0, -1).unwrap();
+    assert_eq!(
+        multiset(queued),
+        multiset(pb),
+        "the requeued kind, once each, byte for byte"
+    );
 }

@@ -18,15 +18,48 @@ use redis::{Client, Connection};
 use crate::error::SourceError;
 use crate::reason::SizeReason;
 use crate::source::redis::fleet_keys::{DEFAULT_FLEET, FleetKeys};
-use crate::source::redis::{redact_url, redis_error, scrub, secrets};
+use crate::source::redis::{redis_error, scrub, secrets};
 
 mod dead;
 mod fleet;
-mod record;
+mod letter;
 mod retries;
 
-pub use dead::{DeadFilter, DeadLetter, DeadPage, MoveReport};
+pub use dead::{DeadPage, MoveReport};
+pub use letter::{DeadFilter, DeadLetter};
 pub use retries::DelayedRetry;
+
+/// `url` with its password replaced by `***`: the user-info password
+/// (`redis://user:***@host`) and a `pass=` / `password=` query parameter (the form
+/// `redis+unix:///path?pass=P` takes). What every message of this crate shows of a URL.
+///
+/// # Examples
+///
+/// ```
+/// use threadtide::admin::redact_url;
+///
+/// assert_eq!(redact_url("redis://app:s3cret@db:6379/0"), "redis://app:***@db:6379/0");
+/// assert_eq!(redact_url("redis+unix:///run/r.sock?pass=s3cret"), "redis+unix:///run/r.sock?pass=***");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    crate::source::redis::redact_url(url)
+}
+
+/// `text` with every password `url` carries replaced by `***`, as written and
+/// percent-decoded (a server's error message may quote either). For the text of errors that
+/// do not come from this crate, whose own messages never hold a password.
+///
+/// # Examples
+///
+/// ```
+/// use threadtide::admin::hide_secrets;
+///
+/// let url = "redis://:p%40ss@db";
+/// assert_eq!(hide_secrets("auth p@ss refused", url), "auth *** refused");
+/// ```
+pub fn hide_secrets(text: &str, url: &str) -> String {
+    scrub(text, &secrets(url))
+}
 
 /// How long a call waits for the server before it fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -72,7 +105,7 @@ impl Admin {
     /// When the URL is invalid or the server cannot be reached or refuses the password; the
     /// message never shows the password.
     pub fn connect(url: &str) -> Result<Admin, SourceError> {
-        let shown = redact_url(url);
+        let shown = crate::source::redis::redact_url(url);
         let secrets = secrets(url);
         // The driver's own words may quote the URL: never the password.
         let hide = |e: SourceError| {

@@ -240,8 +240,11 @@ pub fn rpa_worker() -> PathBuf {
 
 /// The example `name`, built once per test binary as [`rpa_worker`] is.
 pub fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<parking_lot::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT.get_or_init(Default::default).lock();
+    static BUILT: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(bin) = built.get(name) {
         return bin.clone();
     }
@@ -252,7 +255,8 @@ pub fn example(name: &str) -> PathBuf {
         .to_path_buf();
     let profile_dir = deps.parent().unwrap().to_path_buf();
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "--example", name])
+    // `-p threadtide`: the command's tests (cli/) include this file by `#[path]`.
+    cmd.args(["build", "--quiet", "-p", "threadtide", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     // Cargo gives a test these; a build script that watches one (ring's watches
     // CARGO_MANIFEST_DIR) would see it change and rebuild, and the test's next build again.

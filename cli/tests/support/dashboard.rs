@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use headless_chrome::{Browser, LaunchOptions, Tab};
@@ -39,43 +39,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// The `rpa_worker` example of the root crate, built once per test binary by the same cargo.
-pub fn rpa_worker() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "threadtide",
-                "--example",
-                "rpa_worker",
-            ])
-            .current_dir(workspace_root());
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().expect("run cargo").success(),
-                "building rpa_worker failed"
-            );
-            let bin = profile_dir.join("examples").join("rpa_worker");
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
-        })
-        .clone()
-}
+pub use crate::redis_server::rpa_worker;
 
 /// A child process killed (`kill -9`) and reaped on drop.
 pub struct Proc(pub Child);

@@ -225,7 +225,8 @@ pub(crate) fn secrets(url: &str) -> Vec<String> {
     let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
     found.extend(decoded);
     found.retain(|s| !s.is_empty());
-    found.sort();
+    // Longest first, so that a secret containing another is replaced whole by `scrub`.
+    found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     found.dedup();
     found
 }
@@ -414,6 +415,14 @@ mod tests {
         }
         assert_eq!(secrets("rediss://u:p%40ss@h"), vec!["p%40ss", "p@ss"]);
         assert_eq!(scrub("x p@ss y", &secrets("redis://:p%40ss@h")), "x *** y");
+        assert_eq!(
+            redact_url("redis://h:1/0?password=s%33cret"),
+            "redis://h:1/0?password=***"
+        );
+        // A secret that holds another is replaced whole, not around the shorter one.
+        let both = secrets("redis://:ab@h/0?pass=xaby");
+        assert_eq!(both, vec!["xaby", "ab"]);
+        assert_eq!(scrub("got xaby", &both), "got ***");
     }
 
     #[test]
