@@ -22,6 +22,12 @@ use support::{PATIENCE, wait_until};
 
 const RUNS: usize = 3;
 
+/// Adds a row to the table, and prints it at once (a run that fails later keeps its figures).
+fn row(rows: &mut Vec<(String, String)>, (what, value): (String, String)) {
+    println!("| {what} | {value} |");
+    rows.push((what, value));
+}
+
 /// "median (min-max) unit" of `values`.
 fn spread(mut values: Vec<f64>, unit: &str, digits: usize) -> String {
     values.sort_by(f64::total_cmp);
@@ -72,27 +78,45 @@ fn per_browser(rows: &mut Vec<(String, String)>) {
         jobs::conferencia(&mut session, &jobs::Job { id: 7, hold: false })
             .expect("the carried cookie is accepted");
     }
-    rows.push((
-        "launch (process start to a usable tab)".into(),
-        spread(launch, "ms", 0),
-    ));
-    rows.push(("login through the form".into(), spread(login, "ms", 0)));
-    rows.push((
-        "PSS of the browser's process tree after login".into(),
-        spread(pss, "MiB", 0),
-    ));
-    rows.push((
-        "PSS growth over 100 order pages".into(),
-        spread(growth, "MiB", 1),
-    ));
-    rows.push((
-        "recycle without carry-over (close + launch + login)".into(),
-        spread(recycle_login, "ms", 0),
-    ));
-    rows.push((
-        "recycle with carry-over (close + launch + cookie)".into(),
-        spread(recycle_carry, "ms", 0),
-    ));
+    row(
+        rows,
+        (
+            "launch (process start to a usable tab)".into(),
+            spread(launch, "ms", 0),
+        ),
+    );
+    row(
+        rows,
+        ("login through the form".into(), spread(login, "ms", 0)),
+    );
+    row(
+        rows,
+        (
+            "PSS of the browser's process tree after login".into(),
+            spread(pss, "MiB", 0),
+        ),
+    );
+    row(
+        rows,
+        (
+            "PSS growth over 100 order pages".into(),
+            spread(growth, "MiB", 1),
+        ),
+    );
+    row(
+        rows,
+        (
+            "recycle without carry-over (close + launch + login)".into(),
+            spread(recycle_login, "ms", 0),
+        ),
+    );
+    row(
+        rows,
+        (
+            "recycle with carry-over (close + launch + cookie)".into(),
+            spread(recycle_carry, "ms", 0),
+        ),
+    );
     assert_no_leaks(&scratch.profiles());
 }
 
@@ -172,29 +196,48 @@ fn ramp(k: usize) -> (Duration, Duration) {
 #[test]
 #[ignore = "minutes of real browser work; prints the figures of docs/BENCHMARKS.md section 7"]
 fn browser_figures() {
+    // BROWSER_FIGURES=ramp (or browser, throughput) runs one part only.
+    let only = std::env::var("BROWSER_FIGURES").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
     let mut rows = Vec::new();
-    per_browser(&mut rows);
-    for (kind, jobs) in [("conferencia", 60), ("emissao", 24)] {
+    if part("browser") {
+        per_browser(&mut rows);
+    }
+    let kinds = if part("throughput") {
+        &[("conferencia", 60), ("emissao", 24)][..]
+    } else {
+        &[]
+    };
+    for &(kind, jobs) in kinds {
         for browsers in [1, 2, 4] {
             let rates = (0..RUNS)
                 .map(|_| throughput(kind, browsers, jobs))
                 .collect();
-            rows.push((
-                format!("{kind}: {jobs} jobs, {browsers} browser(s)"),
-                spread(rates, "jobs/s", 1),
-            ));
+            row(
+                &mut rows,
+                (
+                    format!("{kind}: {jobs} jobs, {browsers} browser(s)"),
+                    spread(rates, "jobs/s", 1),
+                ),
+            );
         }
     }
-    for k in [1, 2, 10] {
+    for k in [1, 2, 10].into_iter().filter(|_| part("ramp")) {
         let runs: Vec<(Duration, Duration)> = (0..RUNS).map(|_| ramp(k)).collect();
-        rows.push((
-            format!("burst of 10, init_concurrency {k}: first job done"),
-            spread(runs.iter().map(|r| ms(r.0)).collect(), "ms", 0),
-        ));
-        rows.push((
-            format!("burst of 10, init_concurrency {k}: 10 browsers ready"),
-            spread(runs.iter().map(|r| ms(r.1)).collect(), "ms", 0),
-        ));
+        row(
+            &mut rows,
+            (
+                format!("burst of 10, init_concurrency {k}: first job done"),
+                spread(runs.iter().map(|r| ms(r.0)).collect(), "ms", 0),
+            ),
+        );
+        row(
+            &mut rows,
+            (
+                format!("burst of 10, init_concurrency {k}: 10 browsers ready"),
+                spread(runs.iter().map(|r| ms(r.1)).collect(), "ms", 0),
+            ),
+        );
     }
     println!("\n| figure | median (min-max) of {RUNS} runs |\n|---|---|");
     for (what, value) in rows {

@@ -29,6 +29,12 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
+        // The example's warnings (a profile not removed, a browser still running) show in a
+        // failing test's output.
+        let _ = env_logger::builder()
+            .is_test(true)
+            .parse_filters("warn,headless_chrome=off")
+            .try_init();
         let dir = std::env::temp_dir().join(format!(
             "threadtide-browser-test-{}-{name}",
             std::process::id()
