@@ -222,7 +222,11 @@ fn browser_figures() {
             );
         }
     }
-    for k in [1, 2, 10].into_iter().filter(|_| part("ramp")) {
+    let ks: Vec<usize> = match std::env::var("BROWSER_RAMP") {
+        Ok(k) => vec![k.parse().unwrap()],
+        Err(_) => vec![1, 2, 10],
+    };
+    for k in ks.into_iter().filter(|_| part("ramp")) {
         let runs: Vec<(Duration, Duration)> = (0..RUNS).map(|_| ramp(k)).collect();
         row(
             &mut rows,

@@ -100,7 +100,8 @@ impl Drop for ProfileDir {
     fn drop(&mut self) {
         // Chromium's helpers (zygote, renderers, GPU) outlive the main process by a moment
         // and may still write here; remove only once none of them runs.
-        procs::wait_gone(&self.0, Duration::from_secs(10));
+        let gone = procs::wait_gone(&self.0, Duration::from_secs(10));
+        log::debug!("profile {}: processes gone: {gone}", self.0.display());
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.0.exists() {
             match std::fs::remove_dir_all(&self.0) {
@@ -113,6 +114,7 @@ impl Drop for ProfileDir {
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+        log::debug!("profile {} removed: {}", self.0.display(), !self.0.exists());
     }
 }
 

@@ -30,26 +30,24 @@ fn pids() -> Vec<u32> {
         .collect()
 }
 
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The values of `--user-data-dir=` in `pid`'s command line. Chromium's helpers (zygote,
+/// renderers, GPU, utilities) rewrite their process title into ONE string, arguments joined by
+/// spaces, so an argument ends at a NUL or a space (a profile path must hold no space).
+fn data_dirs(pid: u32) -> Vec<String> {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&raw);
+    text.split(['\0', ' '])
+        .filter_map(|a| a.strip_prefix("--user-data-dir="))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn with_data_dir(matches: impl Fn(&str) -> bool) -> Vec<u32> {
     pids()
         .into_iter()
-        .filter(|pid| {
-            running(*pid)
-                && cmdline(*pid)
-                    .iter()
-                    .any(|a| a.strip_prefix("--user-data-dir=").is_some_and(&matches))
-        })
+        .filter(|pid| running(*pid) && data_dirs(*pid).iter().any(|d| matches(d)))
         .collect()
 }
 

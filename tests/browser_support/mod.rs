@@ -33,7 +33,10 @@ impl Scratch {
         // failing test's output.
         let _ = env_logger::builder()
             .is_test(true)
-            .parse_filters("warn,headless_chrome=off")
+            .parse_filters(
+                &std::env::var("BROWSER_TEST_LOG")
+                    .unwrap_or_else(|_| "warn,headless_chrome=off".into()),
+            )
             .try_init();
         let dir = std::env::temp_dir().join(format!(
             "threadtide-browser-test-{}-{name}",
@@ -75,7 +78,24 @@ pub fn assert_no_leaks(root: &Path) {
             })
             .unwrap_or_default()
     };
-    assert!(left().is_empty(), "profile directories left: {:?}", left());
+    if !left().is_empty() {
+        let mut report = String::new();
+        for dir in left() {
+            let path = root.join(&dir);
+            let entries: Vec<String> = std::fs::read_dir(&path)
+                .map(|d| {
+                    d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let age = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            report.push_str(&format!("\n{dir} (changed {age:?} ago): {entries:?}"));
+        }
+        panic!("profile directories left:{report}");
+    }
     // A zombie is a child that exited and was not waited for; one that is being reaped right
     // now (another thread's wait) goes away, a leaked one stays.
     let me = std::process::id();
