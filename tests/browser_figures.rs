@@ -62,7 +62,15 @@ fn per_browser(rows: &mut Vec<(String, String)>) {
         let after_login = procs::pss_tree(session.pid());
         pss.push(mib(after_login));
         for id in 1..=100 {
-            jobs::conferencia(&mut session, &jobs::Job { id, hold: false }).unwrap();
+            jobs::conferencia(
+                &mut session,
+                &jobs::Job {
+                    id,
+                    hold: false,
+                    panic: false,
+                },
+            )
+            .unwrap();
         }
         growth.push(mib(procs::pss_tree(session.pid())) - mib(after_login));
         // A recycle: the old browser closed (reaped, profile removed), a new one ready.
@@ -75,8 +83,15 @@ fn per_browser(rows: &mut Vec<(String, String)>) {
         drop(session);
         let mut session = Session::open(&config, "figures", Some(cookie)).unwrap();
         recycle_carry.push(ms(started.elapsed()));
-        jobs::conferencia(&mut session, &jobs::Job { id: 7, hold: false })
-            .expect("the carried cookie is accepted");
+        jobs::conferencia(
+            &mut session,
+            &jobs::Job {
+                id: 7,
+                hold: false,
+                panic: false,
+            },
+        )
+        .expect("the carried cookie is accepted");
     }
     row(
         rows,

@@ -13,8 +13,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use redis::Commands;
 
 use browser_support::browser::Counters;
 use browser_support::*;
@@ -27,6 +29,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 #[test]
 fn four_workers_forty_jobs_of_each_kind() {
     let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("four_workers_forty_jobs_of_each_kind");
     let server = RedisServer::start();
     let site = site::Site::start().unwrap();
     let scratch = Scratch::new("forty");
@@ -107,6 +110,7 @@ impl Drop for ReleaseOnDrop<'_> {
 #[test]
 fn browser_killed_mid_job_is_rebuilt_and_the_job_retried() {
     let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("browser_killed_mid_job_is_rebuilt_and_the_job_retried");
     let server = RedisServer::start();
     let site = site::Site::start().unwrap();
     let scratch = Scratch::new("kill");
@@ -164,7 +168,7 @@ fn browser_killed_mid_job_is_rebuilt_and_the_job_retried() {
     assert_no_leaks(&scratch.profiles());
 }
 
-/// One run of item 9: 3 workers, 60 orders, `recycle_after(10)`; returns the site's login
+/// One run of item 9: 3 workers, 45 orders, `recycle_after(10)`; returns the site's login
 /// count and the queue's recycles and carried counts.
 fn recycle_run(carry: bool) -> (u64, u64, u64) {
     let server = RedisServer::start();
@@ -177,9 +181,9 @@ fn recycle_run(carry: bool) -> (u64, u64, u64) {
     config.carry_over = carry;
     let counters = std::sync::Arc::clone(&config.browser.counters);
     let pool = pool::builder(&config).unwrap().0.build().unwrap();
-    push(&server, "fila:conferencia", orders(1..=60));
+    push(&server, "fila:conferencia", orders(1..=45));
     pool.start().unwrap();
-    wait_orders(&server, 1..=60, "all 60 orders read");
+    wait_orders(&server, 1..=45, "all 45 orders read");
     pool.shutdown_timeout(PATIENCE).unwrap();
     let stats = pool.stats();
     let q = stats.queue("conferencia").unwrap();
@@ -192,15 +196,16 @@ fn recycle_run(carry: bool) -> (u64, u64, u64) {
     (site.logins(), q.recycles, q.carried)
 }
 
-/// Item 9: with carry-over, a recycled browser's session cookie goes to the next one, so 60
+/// Item 9: with carry-over, a recycled browser's session cookie goes to the next one, so 45
 /// jobs over 3 workers recycled every 10 jobs log in no more than 3 times; without it, every
 /// new browser logs in.
 #[test]
 fn recycle_with_carry_over_logs_in_once_per_worker() {
     let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("recycle_with_carry_over_logs_in_once_per_worker");
     let (logins, recycles, carried) = recycle_run(true);
     println!("carry-over: {logins} logins, {recycles} recycles, {carried} carried");
-    // Some worker ran at least 20 of the 60 jobs, so it was recycled at least once.
+    // Some worker ran at least 15 of the 45 jobs, so it was recycled at least once.
     assert!(
         recycles >= 1 && carried >= 1,
         "{recycles} recycles, {carried} carried"
@@ -214,15 +219,21 @@ fn recycle_with_carry_over_logs_in_once_per_worker() {
 }
 
 /// Item 10: with a minimum above the free memory no browser starts and the queue's reason
-/// says memory; lowering it at runtime lets the worker start and the jobs complete.
+/// says memory; lowering it at runtime lets the worker start and the jobs complete. Then two
+/// more ways a browser goes, each checked by the counts and the leak checks: a job that
+/// panics (its browser is dropped, not carried, and a new one built) and the worker's exit
+/// on scale-down (the queue idle past `scale_down_delay`).
 #[test]
 fn memory_gate_holds_browsers_until_lowered() {
     let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("memory_gate_holds_browsers_until_lowered");
     let server = RedisServer::start();
     let site = site::Site::start().unwrap();
     let scratch = Scratch::new("memory");
     let mut config = conferencia_config(&server, &site, &scratch, "bm");
     config.min_free_memory = Some(u64::MAX / 2);
+    config.max_attempts = Some(1); // the panicking job is dead-lettered at once
+    config.scale_down_delay = Some(Duration::from_millis(300));
     let counters = std::sync::Arc::clone(&config.browser.counters);
     let pool = pool::builder(&config).unwrap().0.build().unwrap();
     push(&server, "fila:conferencia", orders(1..=4));
@@ -246,7 +257,50 @@ fn memory_gate_holds_browsers_until_lowered() {
 
     pool.set_min_free_memory(Some(1 << 20));
     wait_orders(&server, 1..=4, "the 4 orders read once the gate opened");
-    assert!(Counters::get(&counters.launches) >= 1);
+    // Idle past scale_down_delay, the worker exits and drops its browser, the pool running.
+    let idle_and_closed = |closed: u64| {
+        pool.stats().queue("conferencia").unwrap().workers == 0
+            && Counters::get(&counters.closed) == closed
+    };
+    let state = || (pool.stats(), Counters::get(&counters.closed));
+    wait_until(
+        PATIENCE,
+        "the idle worker gone with its browser",
+        || idle_and_closed(1),
+        state,
+    );
+    assert_eq!(Counters::get(&counters.launches), 1);
+
+    push(
+        &server,
+        "fila:conferencia",
+        [serde_json::json!({"id": 5, "fail": "panic"})],
+    );
+    push(&server, "fila:conferencia", orders(6..=6));
+    let dead = || -> usize { server.conn().llen("fila:conferencia:dead").unwrap() };
+    wait_until(
+        PATIENCE,
+        "the panicked job dead-lettered",
+        || dead() == 1,
+        dead,
+    );
+    wait_until(
+        PATIENCE,
+        "order 6 read",
+        || results(&server).len() == 5,
+        || results(&server),
+    );
+    check_order(&results(&server)[4]);
+    assert_eq!(pool.stats().queue("conferencia").unwrap().jobs_panicked, 1);
+    // A new worker's browser, dropped after the panic and rebuilt for order 6.
+    assert_eq!(Counters::get(&counters.launches), 3);
+    wait_until(
+        PATIENCE,
+        "the worker gone again",
+        || idle_and_closed(3),
+        state,
+    );
+    assert_no_leaks(&scratch.profiles());
     pool.shutdown_timeout(PATIENCE).unwrap();
     assert_no_leaks(&scratch.profiles());
 }

@@ -2,7 +2,8 @@
 //! and checks it.
 //!
 //! A payload is JSON `{"id": 17}` (a number or a numeric string); `"hold": true` opens the
-//! page with `?hold` (the site then waits until a test releases it). Results are JSON:
+//! page with `?hold` (the site then waits until a test releases it); `"fail": "panic"` makes
+//! the job panic (as in `rpa_worker`: the pool drops the worker's browser and builds another). Results are JSON:
 //! conferencia `{"id","queue","worker","customer","total","items"}`, emissao
 //! `{"id","queue","worker","path","bytes","pages"}`.
 #![allow(dead_code)] // the example and each test use a different part
@@ -19,6 +20,7 @@ use super::site;
 pub struct Job {
     pub id: u64,
     pub hold: bool,
+    pub panic: bool,
 }
 
 /// The decoder given to `RedisSource`: refuses (dead-letters as malformed) anything that is
@@ -32,10 +34,14 @@ pub fn decode(bytes: &[u8]) -> Result<Job, String> {
     }
     .ok_or("missing or invalid \"id\"")?;
     let hold = value.get("hold").and_then(serde_json::Value::as_bool) == Some(true);
-    Ok(Job { id, hold })
+    let panic = value.get("fail").and_then(serde_json::Value::as_str) == Some("panic");
+    Ok(Job { id, hold, panic })
 }
 
 fn path_of(kind: &str, job: &Job) -> String {
+    if job.panic {
+        panic!("job {} asked to panic", job.id);
+    }
     let hold = if job.hold { "?hold" } else { "" };
     format!("/{kind}/{}{hold}", job.id)
 }

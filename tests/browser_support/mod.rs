@@ -24,6 +24,21 @@ use crate::support::{PATIENCE, wait_until};
 
 pub const RESULTS: &str = "fila:resultados";
 
+/// Prints how long the test took when dropped (`--nocapture` shows it).
+pub struct Took(pub &'static str, pub std::time::Instant);
+
+impl Took {
+    pub fn new(name: &'static str) -> Took {
+        Took(name, std::time::Instant::now())
+    }
+}
+
+impl Drop for Took {
+    fn drop(&mut self) {
+        println!("{} took {:.1} s", self.0, self.1.elapsed().as_secs_f64());
+    }
+}
+
 /// A directory for one test's profiles and PDFs; removed on drop.
 pub struct Scratch(pub PathBuf);
 
