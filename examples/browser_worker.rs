@@ -32,7 +32,9 @@
 //! fleet-wide), `--no-fleet`, `--fleet NAME`. The worker-state lifecycle:
 //! `--recycle-after-age-ms N`, `--recycle-jitter F`, `--carry-over` (a recycled browser's
 //! session cookie goes to the next one: no new login), `--no-health-check`,
-//! `--health-check-every-ms N`, `--min-free-memory BYTES`, `--init-concurrency K`.
+//! `--health-check-every-ms N`, `--health-timeout-ms N` (default 5000: a tab that does not
+//! answer the check by then is a hung browser, killed and rebuilt), `--min-free-memory BYTES`,
+//! `--init-concurrency K`.
 //!
 //! Exit status: 0 after a drained stop (SIGTERM / SIGINT or `--exit-when-idle`); 2 for a bad
 //! option or a setting `build()` refuses (`browser_worker: <what>` on stderr). The last log
@@ -125,6 +127,7 @@ fn parse_args() -> Result<Args, String> {
                         config.recycle_jitter = Some(jitter);
                     }
                     "--health-check-every-ms" => config.health_check_every = Some(ms(&value)?),
+                    "--health-timeout-ms" => config.browser.health_timeout = ms(&value)?,
                     "--min-free-memory" => config.min_free_memory = Some(num(&value)?),
                     "--init-concurrency" => config.init_concurrency = Some(num(&value)? as usize),
                     "--shutdown-timeout-ms" => shutdown_timeout = ms(&value)?,

@@ -168,6 +168,50 @@ fn browser_killed_mid_job_is_rebuilt_and_the_job_retried() {
     assert_no_leaks(&scratch.profiles());
 }
 
+/// A browser that hangs (`kill -STOP`: its process runs but answers nothing) fails the health
+/// check within `health_timeout` instead of headless_chrome's minutes-long wait, and is killed,
+/// reaped and rebuilt before the job runs.
+#[test]
+fn hung_browser_fails_the_health_check_and_is_rebuilt() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("hung_browser_fails_the_health_check_and_is_rebuilt");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("hung");
+    let mut config = conferencia_config(&server, &site, &scratch, "bh");
+    config.min_threads = Some(1);
+    config.browser.health_timeout = Duration::from_millis(500);
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the browser logged in",
+        || Counters::get(&counters.logins) == 1,
+        || Counters::get(&counters.logins),
+    );
+    let me = std::process::id();
+    let main: Vec<u32> = procs::with_profile_prefix(&scratch.profiles())
+        .into_iter()
+        .filter(|pid| procs::stat(*pid).is_some_and(|(_, ppid)| ppid == me))
+        .collect();
+    assert_eq!(main.len(), 1, "{main:?}");
+    let stopped = Command::new("kill")
+        .args(["-STOP", &main[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    push(&server, "fila:conferencia", orders(1..=2));
+    wait_orders(&server, 1..=2, "both orders read by the rebuilt browser");
+    let q = pool.stats().queue("conferencia").unwrap().clone();
+    assert!(q.health_check_failures >= 1, "{q:?}");
+    assert_eq!(q.jobs_failed, 0, "no job ran on the hung browser: {q:?}");
+    assert_eq!(Counters::get(&counters.launches), 2);
+    assert!(!procs::running(main[0]), "the hung browser was killed");
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_no_leaks(&scratch.profiles());
+}
+
 /// One run of item 9: 3 workers, 45 orders, `recycle_after(10)`; returns the site's login
 /// count and the queue's recycles and carried counts.
 fn recycle_run(carry: bool) -> (u64, u64, u64) {

@@ -30,6 +30,9 @@ pub struct BrowserConfig {
     /// How long the connection to a browser may stay silent before headless_chrome closes it
     /// (a health check then sees it closed).
     pub idle_timeout: Duration,
+    /// How long the health check waits for the tab's answer; past it the browser counts as
+    /// hung (killed when its state drops).
+    pub health_timeout: Duration,
     pub counters: Arc<Counters>,
 }
 
@@ -41,6 +44,7 @@ impl BrowserConfig {
             site,
             profile_root,
             idle_timeout: Duration::from_secs(600),
+            health_timeout: Duration::from_secs(5),
             counters: Arc::default(),
         }
     }
@@ -136,6 +140,9 @@ pub struct Session {
     /// setting a carried cookie).
     pub launch_time: Duration,
     pub login_time: Duration,
+    health_timeout: Duration,
+    /// A health check's call that did not answer in time (joined once the browser is killed).
+    hung: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -216,6 +223,8 @@ impl Session {
             worker: worker.to_owned(),
             launch_time: started.elapsed(),
             login_time: Duration::ZERO,
+            health_timeout: config.health_timeout,
+            hung: None,
         };
         let login_started = Instant::now();
         match carried {
@@ -305,17 +314,40 @@ impl Session {
 
     /// Is the browser usable: its process runs (not a zombie) and the tab answers a cheap
     /// protocol call.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&mut self) -> Result<(), String> {
         if !procs::running(self.pid) {
             return Err(format!(
                 "browser {} (pid {}) is not running",
                 self.worker, self.pid
             ));
         }
-        match self.eval("1 + 1") {
-            Ok(v) if v == "2" => Ok(()),
-            Ok(v) => Err(format!("tab of {} answered {v}", self.worker)),
-            Err(e) => Err(format!("tab of {} does not answer: {e}", self.worker)),
+        // headless_chrome waits for an answer up to the idle timeout (minutes): ask from a
+        // thread, wait `health_timeout` for it. A browser that does not answer (stopped, hung)
+        // is killed when its state drops, which ends that call too.
+        let tab = Arc::clone(self.tab.as_ref().expect("a live session has its tab"));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let call = std::thread::Builder::new()
+            .name(format!("health-{}", self.worker))
+            .spawn(move || {
+                let _ = tx.send(evaluate(&tab, "1 + 1").map_err(|e| e.to_string()));
+            })
+            .map_err(|e| format!("no thread for the health check: {e}"))?;
+        match rx.recv_timeout(self.health_timeout) {
+            Ok(answer) => {
+                let _ = call.join();
+                match answer {
+                    Ok(v) if v == "2" => Ok(()),
+                    Ok(v) => Err(format!("tab of {} answered {v}", self.worker)),
+                    Err(e) => Err(format!("tab of {} does not answer: {e}", self.worker)),
+                }
+            }
+            Err(_) => {
+                self.hung = Some(call);
+                Err(format!(
+                    "tab of {} gave no answer within {:?}",
+                    self.worker, self.health_timeout
+                ))
+            }
         }
     }
 
@@ -330,32 +362,7 @@ impl Session {
 
     /// Evaluates `js` in the page; its value as a string (`""` for null or undefined).
     pub fn eval(&self, js: &str) -> Result<String, BoxError> {
-        let result = self.tab().call_method(Runtime::Evaluate {
-            expression: js.to_owned(),
-            object_group: None,
-            include_command_line_api: None,
-            silent: Some(true),
-            context_id: None,
-            return_by_value: Some(true),
-            generate_preview: None,
-            user_gesture: None,
-            await_promise: None,
-            throw_on_side_effect: None,
-            timeout: None,
-            disable_breaks: None,
-            repl_mode: None,
-            allow_unsafe_eval_blocked_by_csp: None,
-            unique_context_id: None,
-            serialization_options: None,
-        })?;
-        if let Some(exception) = result.exception_details {
-            return Err(format!("page script failed: {}", exception.text).into());
-        }
-        Ok(match result.result.value {
-            Some(serde_json::Value::String(s)) => s,
-            Some(serde_json::Value::Null) | None => String::new(),
-            Some(other) => other.to_string(),
-        })
+        evaluate(self.tab(), js)
     }
 
     /// Polls `js` (every 5 ms, up to 20 s) until it returns a non-empty string: waiting for a
@@ -394,8 +401,44 @@ impl Session {
     }
 }
 
+/// Evaluates `js` in `tab`'s page; its value as a string (`""` for null or undefined).
+fn evaluate(tab: &Tab, js: &str) -> Result<String, BoxError> {
+    let result = tab.call_method(Runtime::Evaluate {
+        expression: js.to_owned(),
+        object_group: None,
+        include_command_line_api: None,
+        silent: Some(true),
+        context_id: None,
+        return_by_value: Some(true),
+        generate_preview: None,
+        user_gesture: None,
+        await_promise: None,
+        throw_on_side_effect: None,
+        timeout: None,
+        disable_breaks: None,
+        repl_mode: None,
+        allow_unsafe_eval_blocked_by_csp: None,
+        unique_context_id: None,
+        serialization_options: None,
+    })?;
+    if let Some(exception) = result.exception_details {
+        return Err(format!("page script failed: {}", exception.text).into());
+    }
+    Ok(match result.result.value {
+        Some(serde_json::Value::String(s)) => s,
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    })
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
+        let hung = self.hung.take();
+        if hung.is_some() {
+            // Its close would wait minutes for an answer too: kill it first (headless_chrome
+            // still reaps it below).
+            procs::kill(&[self.pid]);
+        }
         drop(self.tab.take());
         // headless_chrome's Drop asks the browser to close, then kills and waits for the
         // process (reaped: no zombie), also when it was killed from outside.
@@ -408,6 +451,9 @@ impl Drop for Session {
                 self.worker,
                 self.pid
             );
+        }
+        if let Some(call) = hung {
+            let _ = call.join(); // the connection closed: the call returned
         }
         drop(self.profile.take());
         self.counters.closed.fetch_add(1, Ordering::SeqCst);
