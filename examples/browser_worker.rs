@@ -27,7 +27,9 @@
 //! `--queue NAME=KEY` (repeatable; default both kinds), `--results KEY`, `--jobs-per-thread N`,
 //! `--max-threads-per-type N`, `--max-total-threads N`, `--min-threads N`,
 //! `--rebalance-interval-ms N`, `--scale-down-delay-ms N`, `--block-ms N`, `--max-attempts N`,
-//! `--retry-backoff-ms N`, `--heartbeat-ms N`, `--worker-ttl-ms N`, `--recycle-after N`,
+//! `--retry-backoff-ms N`, `--heartbeat-ms N`, `--worker-ttl-ms N`, `--job-timeout-ms N` (a
+//! browser hung mid-job holds the job for headless_chrome's call timeout, 10 min here; this
+//! runs it again elsewhere sooner), `--recycle-after N`,
 //! `--shutdown-timeout-ms N` (default 30000), `--exit-when-idle` (every queue empty
 //! fleet-wide), `--no-fleet`, `--fleet NAME`. The worker-state lifecycle:
 //! `--recycle-after-age-ms N`, `--recycle-jitter F`, `--carry-over` (a recycled browser's
@@ -117,6 +119,7 @@ fn parse_args() -> Result<Args, String> {
                     "--retry-backoff-ms" => config.retry_backoff = Some(ms(&value)?),
                     "--heartbeat-ms" => config.heartbeat = Some(ms(&value)?),
                     "--worker-ttl-ms" => config.worker_ttl = Some(ms(&value)?),
+                    "--job-timeout-ms" => config.job_timeout = Some(ms(&value)?),
                     "--fleet" => config.fleet = Some(value),
                     "--recycle-after" => config.recycle_after = Some(num(&value)?),
                     "--recycle-after-age-ms" => config.recycle_after_age = Some(ms(&value)?),

@@ -40,6 +40,8 @@ pub struct Config {
     pub retry_backoff: Option<Duration>,
     pub heartbeat: Option<Duration>,
     pub worker_ttl: Option<Duration>,
+    /// A job running longer (a browser hung mid-job) runs again elsewhere.
+    pub job_timeout: Option<Duration>,
     pub no_fleet: bool,
     pub fleet: Option<String>,
     pub recycle_after: Option<u64>,
@@ -79,6 +81,7 @@ impl Config {
             retry_backoff: None,
             heartbeat: None,
             worker_ttl: None,
+            job_timeout: None,
             no_fleet: false,
             fleet: None,
             recycle_after: None,
@@ -111,6 +114,9 @@ fn source(config: &Config, key: &str) -> Result<RedisSource<jobs::Job>, BoxError
     }
     if let Some(d) = config.worker_ttl {
         source = source.worker_ttl(d);
+    }
+    if let Some(d) = config.job_timeout {
+        source = source.job_timeout(d);
     }
     if let Some(d) = config.block {
         source = source.block_timeout(d);
