@@ -1,8 +1,10 @@
 //! Real headless Chromium workers (`examples/browser_worker.rs`) on a real `redis-server`:
 //! order pages read right, invoices printed to PDFs that open with the right pages and text,
-//! a browser killed with `kill -9` mid-job rebuilt with the job retried, a recycle that keeps
-//! the login, the memory gate. Every test ends with the leak checks: no browser process left,
-//! no profile directory left, no `<defunct>` child of the test process.
+//! a browser killed with `kill -9` mid-job rebuilt with the job retried, a hung one
+//! (`kill -STOP`) found by the health check, a recycle that keeps the login, the memory gate,
+//! a panicking job and a scale-down each dropping their browser. Every test ends with the leak
+//! checks: no browser process left, no profile directory left, no `<defunct>` child of the test
+//! process.
 //!
 //! The tests run one at a time (a lock): each starts several browsers, and the machine has 2
 //! cores.
@@ -34,17 +36,10 @@ fn four_workers_forty_jobs_of_each_kind() {
     let site = site::Site::start().unwrap();
     let scratch = Scratch::new("forty");
     let ids = 1..=40u64;
-    push(
-        &server,
-        "fila:conferencia",
-        ids.clone().map(|id| serde_json::json!({ "id": id })),
-    );
-    push(
-        &server,
-        "fila:emissao",
-        ids.clone().map(|id| serde_json::json!({ "id": id })),
-    );
-    let out = Command::new(support::redis::example("browser_worker"))
+    push(&server, "fila:conferencia", orders(ids.clone()));
+    push(&server, "fila:emissao", orders(ids.clone()));
+    let log_path = scratch.0.join("browser_worker.log");
+    let mut child = Command::new(support::redis::example("browser_worker"))
         .args(["--redis-url", &server.url(), "--site-url", &site.url()])
         .arg("--profile-root")
         .arg(scratch.profiles())
@@ -53,10 +48,28 @@ fn four_workers_forty_jobs_of_each_kind() {
         .args(["--max-threads-per-type", "4", "--jobs-per-thread", "10"])
         .args(["--exit-when-idle", "--heartbeat-ms", "100"])
         .stdin(Stdio::null())
-        .output()
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser_worker failed: {log}");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + PATIENCE * 4;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill(); // a test that gives up leaves no process behind
+            let _ = child.wait();
+            panic!(
+                "browser_worker still running after {:?}; log:\n{}",
+                PATIENCE * 4,
+                read_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = read_log();
+    assert!(status.success(), "browser_worker failed: {log}");
     let all = results(&server);
     let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
     for result in &all {
