@@ -83,6 +83,7 @@ fn per_browser(rows: &mut Vec<(String, String)>) {
         drop(session);
         let mut session = Session::open(&config, "figures", Some(cookie)).unwrap();
         recycle_carry.push(ms(started.elapsed()));
+        let logins = Counters::get(&config.counters.logins);
         jobs::conferencia(
             &mut session,
             &jobs::Job {
@@ -91,47 +92,36 @@ fn per_browser(rows: &mut Vec<(String, String)>) {
                 panic: false,
             },
         )
-        .expect("the carried cookie is accepted");
+        .unwrap();
+        // The page took the carried cookie: the job did not have to log in again.
+        assert_eq!(Counters::get(&config.counters.logins), logins);
     }
-    row(
-        rows,
+    let figures = [
+        ("launch (process start to a usable tab)", launch, "ms", 0),
+        ("login through the form", login, "ms", 0),
         (
-            "launch (process start to a usable tab)".into(),
-            spread(launch, "ms", 0),
+            "PSS of the browser's process tree after login",
+            pss,
+            "MiB",
+            0,
         ),
-    );
-    row(
-        rows,
-        ("login through the form".into(), spread(login, "ms", 0)),
-    );
-    row(
-        rows,
+        ("PSS growth over 100 order pages", growth, "MiB", 1),
         (
-            "PSS of the browser's process tree after login".into(),
-            spread(pss, "MiB", 0),
+            "recycle without carry-over (close + launch + login)",
+            recycle_login,
+            "ms",
+            0,
         ),
-    );
-    row(
-        rows,
         (
-            "PSS growth over 100 order pages".into(),
-            spread(growth, "MiB", 1),
+            "recycle with carry-over (close + launch + cookie)",
+            recycle_carry,
+            "ms",
+            0,
         ),
-    );
-    row(
-        rows,
-        (
-            "recycle without carry-over (close + launch + login)".into(),
-            spread(recycle_login, "ms", 0),
-        ),
-    );
-    row(
-        rows,
-        (
-            "recycle with carry-over (close + launch + cookie)".into(),
-            spread(recycle_carry, "ms", 0),
-        ),
-    );
+    ];
+    for (what, values, unit, digits) in figures {
+        row(rows, (what.to_owned(), spread(values, unit, digits)));
+    }
     assert_no_leaks(&scratch.profiles());
 }
 
