@@ -298,6 +298,10 @@ pub(crate) fn init_turn<'q>(w: &Worker<'q>, first: bool) -> Result<Turn<'q>, Exi
         }
     }
     let turn = Turn(turns);
+    // The turn and the stop may have come together: leave rather than start an `init`.
+    if let Some(reason) = w.should_exit() {
+        return Err(reason);
+    }
     // A rebuild replaces a state just dropped: only a start waits for memory.
     while first && w.pool.memory.holding() {
         select! {

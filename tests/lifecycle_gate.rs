@@ -1,0 +1,276 @@
+//! Starting workers (issue 13): the memory gate holds every start while free memory is below
+//! its minimum, and the start ramp (`init_concurrency`) bounds the `init`s in flight.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use support::{Gate, PATIENCE, Recorder, wait_until};
+use threadtide::{MemorySource, Queue, SizeReason, ThreadPoolManager};
+
+const FAR_ABOVE: u64 = u64::MAX / 2;
+
+/// With a minimum above what is free no worker starts and the reason says memory; lowering it
+/// at runtime lets workers start; raising it again stops none of them. Fails without the gate
+/// (workers start at once).
+#[test]
+fn the_memory_gate_holds_starts_and_never_stops_running_workers() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let gate = Gate::default();
+    let g = gate.clone();
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(3)
+        .min_free_memory(FAR_ABOVE)
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            move |_, _| {
+                g.pass();
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    source.extend(0..100);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the gate holding the queue",
+        || {
+            let s = pool.stats();
+            s.queues[0].size_reason == SizeReason::Memory && s.free_memory.is_some()
+        },
+        || pool.stats(),
+    );
+    let s = pool.stats();
+    assert_eq!((s.total.spawned, s.total.workers), (0, 0), "{s:?}");
+    assert_eq!(s.queues[0].target, 2, "{s:?}");
+    assert_eq!(s.min_free_memory, Some(FAR_ABOVE));
+    assert!(s.free_memory.unwrap() < FAR_ABOVE, "{s:?}");
+
+    pool.set_min_free_memory(Some(1));
+    wait_until(
+        PATIENCE,
+        "two workers busy once the minimum is lowered",
+        || pool.stats().total.busy == 2,
+        || pool.stats(),
+    );
+    assert_eq!(pool.stats().min_free_memory, Some(1));
+
+    // Raised again with more work waiting: the queue wants a third worker, which the gate
+    // holds; the two running ones go on.
+    pool.set_min_free_memory(Some(FAR_ABOVE));
+    source.extend(100..200);
+    wait_until(
+        PATIENCE,
+        "the gate holding the third worker",
+        || {
+            let s = pool.stats();
+            s.queues[0].size_reason == SizeReason::Memory && s.queues[0].target == 3
+        },
+        || pool.stats(),
+    );
+    gate.open();
+    wait_until(
+        PATIENCE,
+        "the running workers finishing jobs",
+        || pool.stats().total.jobs_ok >= 20,
+        || pool.stats(),
+    );
+    let s = pool.stats();
+    assert_eq!((s.total.spawned, s.total.retired), (2, 0), "{s:?}");
+    assert_eq!(s.total.workers, 2, "{s:?}");
+    pool.set_min_free_memory(None);
+    wait_until(
+        PATIENCE,
+        "every job done with the gate off, and no reading",
+        || source.unfinished() == 0 && pool.stats().free_memory.is_none(),
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+}
+
+/// The most `init`s in flight while six workers start, with `init_concurrency(k)` (`None`:
+/// the default). Each `init` waits until `k` are in flight (or all six have entered), so a
+/// ramp that let more in would show it in the high-water mark.
+fn inits_in_flight(k: Option<usize>, expect: usize) -> usize {
+    let source: MemorySource<u32> = MemorySource::new();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let entered = Arc::new(AtomicUsize::new(0));
+    let high = Arc::new(AtomicUsize::new(0));
+    let (f, e, h) = (in_flight.clone(), entered.clone(), high.clone());
+    let mut queue = Queue::new(
+        "q",
+        source.clone(),
+        move |_| {
+            let now = f.fetch_add(1, SeqCst) + 1;
+            h.fetch_max(now, SeqCst);
+            e.fetch_add(1, SeqCst);
+            wait_until(
+                PATIENCE,
+                "the other inits of this turn",
+                || f.load(SeqCst) >= expect || e.load(SeqCst) == 6,
+                || (f.load(SeqCst), e.load(SeqCst)),
+            );
+            // Room for more to come in, were the ramp to let them.
+            std::thread::sleep(Duration::from_millis(30));
+            f.fetch_sub(1, SeqCst);
+            Ok::<_, Infallible>(())
+        },
+        |_, _| Ok(()),
+    )
+    .min_threads(6);
+    if let Some(k) = k {
+        queue = queue.init_concurrency(k);
+    }
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(6)
+        .add_queue(queue)
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "six workers started",
+        || {
+            let s = pool.stats();
+            s.total.workers == 6 && s.total.starting == 0
+        },
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    assert_eq!(pool.stats().total.init_failures, 0);
+    high.load(SeqCst)
+}
+
+#[test]
+fn init_concurrency_bounds_the_inits_in_flight() {
+    assert_eq!(inits_in_flight(Some(1), 1), 1);
+    assert_eq!(inits_in_flight(Some(2), 2), 2);
+}
+
+#[test]
+fn init_concurrency_defaults_to_the_cpus_available() {
+    let k = num_cpus::get().min(6);
+    assert_eq!(inits_in_flight(None, k), k);
+}
+
+/// Workers waiting for an init turn count as `starting` and as workers, hold no job, and leave
+/// at once on shutdown without running `init`. Fails without the ramp (six inits run).
+#[test]
+fn workers_waiting_for_a_turn_are_starting_hold_no_job_and_leave_on_shutdown() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let release = Gate::default();
+    let (e, r) = (entered.clone(), release.clone());
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(6)
+        .add_queue(
+            Queue::new(
+                "q",
+                source.clone(),
+                move |_| {
+                    e.fetch_add(1, SeqCst);
+                    r.pass();
+                    Ok::<_, Infallible>(())
+                },
+                |_, _| Ok(()),
+            )
+            .min_threads(6)
+            .init_concurrency(1),
+        )
+        .build()
+        .unwrap();
+    // Declared after the pool, so dropped first: a failed wait does not leave inits blocked.
+    struct OpenOnDrop(Gate);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _open = OpenOnDrop(release.clone());
+    source.extend(0..10);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "six workers, all starting",
+        || {
+            let s = pool.stats();
+            s.total.workers == 6 && s.total.starting == 6 && release.waiting() == 1
+        },
+        || pool.stats(),
+    );
+    let s = pool.stats();
+    assert_eq!((s.total.busy, s.total.jobs_ok), (0, 0), "{s:?}");
+    assert_eq!(source.unfinished(), 10);
+    assert_eq!(entered.load(SeqCst), 1);
+    pool.shutdown();
+    release.open();
+    pool.wait().unwrap();
+    assert_eq!(
+        entered.load(SeqCst),
+        1,
+        "a waiting worker ran init after the stop"
+    );
+    assert_eq!(pool.stats().total.starting, 0);
+    assert_eq!(source.unfinished(), 10, "no job taken");
+}
+
+/// With the gate on, the monitor starts at most `init_concurrency` workers whose `init` has not
+/// returned, so each reading sees the memory of the workers before it: inside every `init`,
+/// the workers started but not yet built are just this one. Fails without that bound (the
+/// monitor starts all six in one tick).
+#[test]
+fn with_the_gate_on_workers_are_started_one_init_turn_at_a_time() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let events = Recorder::default();
+    let built = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (starts, b, m) = (events.starts.clone(), built.clone(), most.clone());
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(6)
+        .min_free_memory(1)
+        .event_handler(events.clone())
+        .add_queue(
+            Queue::new(
+                "q",
+                source.clone(),
+                move |_| {
+                    // Long enough for a monitor tick or two to pass inside it.
+                    std::thread::sleep(Duration::from_millis(120));
+                    let pending = starts.lock().len() - b.load(SeqCst);
+                    m.fetch_max(pending, SeqCst);
+                    b.fetch_add(1, SeqCst);
+                    Ok::<_, Infallible>(())
+                },
+                |_, _| Ok(()),
+            )
+            .min_threads(6)
+            .init_concurrency(1),
+        )
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "six workers built",
+        || built.load(SeqCst) == 6,
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    assert_eq!(
+        most.load(SeqCst),
+        1,
+        "more than one worker started before an init returned"
+    );
+    let s = pool.stats();
+    assert_eq!(s.min_free_memory, Some(1));
+    assert!(s.free_memory.is_some(), "{s:?}");
+}
