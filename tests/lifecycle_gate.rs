@@ -274,3 +274,49 @@ fn with_the_gate_on_workers_are_started_one_init_turn_at_a_time() {
     assert_eq!(s.min_free_memory, Some(1));
     assert!(s.free_memory.is_some(), "{s:?}");
 }
+
+/// The gate's reading and minimum, and the starting workers, in the metrics.
+#[cfg(feature = "metrics")]
+#[test]
+fn the_gate_is_in_the_metrics() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let pool = ThreadPoolManager::builder()
+        .min_free_memory(FAR_ABOVE)
+        .queue(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .build()
+        .unwrap();
+    let before = pool.metrics_text();
+    assert!(
+        before.contains("threadtide_min_free_memory_bytes "),
+        "{before}"
+    );
+    assert!(
+        !before.contains("threadtide_free_memory_bytes "),
+        "no reading before start"
+    );
+    source.extend(0..10);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "a reading",
+        || pool.stats().free_memory.is_some(),
+        || pool.stats(),
+    );
+    let text = pool.metrics_text();
+    assert!(text.contains("threadtide_free_memory_bytes "), "{text}");
+    assert!(
+        text.contains(r#"threadtide_queue_size_reason{queue="q",reason="memory"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"threadtide_workers_starting{queue="q"} 0"#),
+        "{text}"
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+}

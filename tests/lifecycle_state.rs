@@ -607,3 +607,55 @@ fn with_redis_no_job_is_held_while_an_unhealthy_state_is_rebuilt() {
     );
     assert_eq!(pool.stats().total.health_check_failures, 1);
 }
+
+/// Recycles and failed health checks in the metrics.
+#[cfg(feature = "metrics")]
+#[test]
+fn recycles_and_health_check_failures_are_in_the_metrics() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        |_| Ok::<_, Infallible>(0u32),
+        |jobs: &mut u32, _| {
+            *jobs += 1;
+            Ok(())
+        },
+    )
+    .recycle_after(3)
+    .recycle_jitter(0.0)
+    // States of odd generations fail their check after one job; the others recycle after
+    // three: 3 + 1 + 3 + 1 + 1 jobs.
+    .health_check(|jobs: &mut u32, w| {
+        if w.generation() % 2 == 1 && *jobs == 1 {
+            Err("tired")
+        } else {
+            Ok(())
+        }
+    });
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(1)
+        .add_queue(queue)
+        .build()
+        .unwrap();
+    source.extend(0..9);
+    pool.start().unwrap();
+    wait_until(PATIENCE, "jobs done", || done(&source), || pool.stats());
+    wait_until(
+        PATIENCE,
+        "the last state checked",
+        || pool.stats().total.health_check_failures == 2,
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    let text = pool.metrics_text();
+    assert!(
+        text.contains(r#"threadtide_worker_health_check_failures_total{queue="q"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"threadtide_worker_recycles_total{queue="q"} 2"#),
+        "{text}"
+    );
+}
