@@ -162,7 +162,8 @@ impl Builder {
     /// [`SizeReason::Memory`](crate::SizeReason::Memory); the reading and the minimum are in
     /// [`PoolStats`](crate::PoolStats); a line at `info` says when the gate starts and stops
     /// holding ("memory gate: 180 MiB free, minimum 512 MiB: no worker starts").
-    /// [`ThreadPoolManager::set_min_free_memory`] changes it at runtime.
+    /// [`ThreadPoolManager::set_min_free_memory`](crate::ThreadPoolManager::set_min_free_memory)
+    /// changes it at runtime.
     ///
     /// Defaults to off. Zero is refused by `build()` (leave it unset for off).
     pub fn min_free_memory(mut self, bytes: u64) -> Self {

@@ -17,6 +17,30 @@ fn done(source: &MemorySource<u32>) -> bool {
     source.unfinished() == 0
 }
 
+/// Builds and starts a pool of one worker for `queue` (the builder may carry other settings).
+fn one_worker(builder: Builder, queue: Queue) -> ThreadPoolManager {
+    let pool = builder
+        .max_threads_per_type(1)
+        .add_queue(queue)
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    pool
+}
+
+/// Waits until every job of `source` is done and then `condition`, and stops the pool.
+fn finish(
+    pool: &ThreadPoolManager,
+    source: &MemorySource<u32>,
+    what: &str,
+    condition: impl Fn() -> bool,
+) {
+    wait_until(PATIENCE, "jobs done", || done(source), || pool.stats());
+    wait_until(PATIENCE, what, condition, || pool.stats());
+    pool.shutdown();
+    pool.wait().unwrap();
+}
+
 /// A state that knows when its first job started and when its last job ended.
 struct Aged {
     _member: Member,
@@ -58,13 +82,8 @@ fn a_state_is_recycled_by_age_between_jobs() {
     )
     .recycle_after_age(AGE)
     .recycle_jitter(0.0);
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..1_000_000);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(
         PATIENCE,
         "three recycles by age",
@@ -135,13 +154,8 @@ fn jitter_shortens_each_states_job_limit_by_the_documented_draw() {
     )
     .recycle_after(10)
     .recycle_jitter(0.5);
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..10_000);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(
         PATIENCE,
         "eight states recycled",
@@ -219,23 +233,14 @@ fn health_check_case(panics: bool) {
             Err("the renderer is gone")
         }
     });
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .event_handler(events.clone())
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..30);
-    pool.start().unwrap();
-    wait_until(PATIENCE, "jobs done", || done(&source), || pool.stats());
-    wait_until(
-        PATIENCE,
-        "the last broken state checked",
-        || pool.stats().total.health_check_failures == 10,
-        || pool.stats(),
+    let pool = one_worker(
+        ThreadPoolManager::builder().event_handler(events.clone()),
+        queue,
     );
-    pool.shutdown();
-    pool.wait().unwrap();
+    finish(&pool, &source, "the last broken state checked", || {
+        pool.stats().total.health_check_failures == 10
+    });
     assert_eq!(on_broken.load(SeqCst), 0, "a job ran on a broken state");
     let stats = pool.stats();
     assert_eq!(stats.total.jobs_ok, 30);
@@ -347,13 +352,8 @@ fn no_carry_after_a_panic() {
         k.fetch_add(1, SeqCst);
         Some(s)
     });
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..5);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(
         PATIENCE,
         "jobs done",
@@ -393,13 +393,8 @@ fn take_carry_of_another_type_finds_nothing() {
     )
     .recycle_after(1)
     .carry_over(|(), w| Some(format!("from generation {}", w.generation())));
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..3);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(PATIENCE, "jobs done", || done(&source), || pool.stats());
     pool.shutdown();
     pool.wait().unwrap();
@@ -633,22 +628,11 @@ fn recycles_and_health_check_failures_are_in_the_metrics() {
             Ok(())
         }
     });
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..9);
-    pool.start().unwrap();
-    wait_until(PATIENCE, "jobs done", || done(&source), || pool.stats());
-    wait_until(
-        PATIENCE,
-        "the last state checked",
-        || pool.stats().total.health_check_failures == 2,
-        || pool.stats(),
-    );
-    pool.shutdown();
-    pool.wait().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
+    finish(&pool, &source, "the last state checked", || {
+        pool.stats().total.health_check_failures == 2
+    });
     let text = pool.metrics_text();
     assert!(
         text.contains(r#"threadtide_worker_health_check_failures_total{queue="q"} 2"#),
