@@ -320,3 +320,62 @@ fn the_gate_is_in_the_metrics() {
     pool.shutdown();
     pool.wait().unwrap();
 }
+
+/// Workers waiting for an init turn leave as soon as the queue sheds them (its backlog is
+/// gone), without running `init`. Fails if a waiting worker could not be retired (it would
+/// wait for its turn, then build a state only to drop it).
+#[test]
+fn workers_waiting_for_a_turn_retire_without_running_init() {
+    let source = support::Faulty::default();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let release = Gate::default();
+    let (e, r) = (entered.clone(), release.clone());
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(6)
+        .scale_down_delay(Duration::ZERO)
+        .add_queue(
+            Queue::new(
+                "q",
+                source.clone(),
+                move |_| {
+                    e.fetch_add(1, SeqCst);
+                    r.pass();
+                    Ok::<_, Infallible>(())
+                },
+                |_, _| Ok(()),
+            )
+            .init_concurrency(1),
+        )
+        .build()
+        .unwrap();
+    struct OpenOnDrop(Gate);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _open = OpenOnDrop(release.clone());
+    source.push(0..300);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "six workers, all starting",
+        || pool.stats().total.starting == 6 && release.waiting() == 1,
+        || pool.stats(),
+    );
+    source.jobs.lock().clear();
+    wait_until(
+        PATIENCE,
+        "the five waiting workers retired",
+        || {
+            let s = pool.stats();
+            s.total.retired == 5 && s.total.starting == 1
+        },
+        || pool.stats(),
+    );
+    assert_eq!(entered.load(SeqCst), 1, "a retiring worker ran init");
+    release.open();
+    pool.shutdown();
+    pool.wait().unwrap();
+    assert_eq!(entered.load(SeqCst), 1);
+}
