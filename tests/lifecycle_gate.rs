@@ -13,11 +13,42 @@ use threadtide::{MemorySource, Queue, SizeReason, ThreadPoolManager};
 
 const FAR_ABOVE: u64 = u64::MAX / 2;
 
+/// Keeps the pool's log lines about the memory gate.
+struct Capture(parking_lot::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let line = record.args().to_string();
+        if line.starts_with("memory gate") {
+            self.0.lock().push(format!("{} {line}", record.level()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOG: Capture = Capture(parking_lot::Mutex::new(Vec::new()));
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&LOG).unwrap();
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
+fn lines_with(text: &str) -> usize {
+    LOG.0.lock().iter().filter(|l| l.contains(text)).count()
+}
+
 /// With a minimum above what is free no worker starts and the reason says memory; lowering it
 /// at runtime lets workers start; raising it again stops none of them. Fails without the gate
-/// (workers start at once).
+/// (workers start at once). The log says when the gate starts and stops holding, once each.
 #[test]
 fn the_memory_gate_holds_starts_and_never_stops_running_workers() {
+    capture_logs();
     let source: MemorySource<u32> = MemorySource::new();
     let gate = Gate::default();
     let g = gate.clone();
@@ -91,6 +122,24 @@ fn the_memory_gate_holds_starts_and_never_stops_running_workers() {
         || source.unfinished() == 0 && pool.stats().free_memory.is_none(),
         || pool.stats(),
     );
+    // FAR_ABOVE is 8796093022207 MiB; the lowered minimum of 1 byte shows as 0 MiB.
+    let lines = LOG.0.lock().clone();
+    assert_eq!(
+        lines_with("minimum 8796093022207 MiB: no worker starts"),
+        2,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines_with("minimum 0 MiB: workers start again"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines_with("turned off: workers start again"),
+        1,
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l.starts_with("INFO")), "{lines:#?}");
     pool.shutdown();
     pool.wait().unwrap();
 }
