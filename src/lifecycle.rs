@@ -3,6 +3,29 @@
 //!
 //! The job loop pays one branch per job for all of it when no age and no health check are
 //! set ([`Life::watch`]); the job limit replaces the `recycle_after` comparison it had.
+//!
+//! What holds, and why:
+//!
+//! * **At most `init_concurrency` `init`s of a queue run at once.** A turn is a token in a
+//!   bounded channel filled with `limit` tokens; a worker takes one before `init` and the
+//!   [`Turn`] guard gives it back when `init` returns (it runs under `catch_unwind`, and the
+//!   guard is dropped on every path). A worker waiting for a turn waits in a `select!` with
+//!   the pool's stop and its queue's wake-ups, so it leaves at once, and it holds no job: its
+//!   consumer has fetched nothing yet or was suspended before the rebuild.
+//! * **`starting` counts the workers between their spawn (or a rebuild's start) and the end
+//!   of that `init`.** The spawn raises it with `alive` and `live`, under the roster's lock;
+//!   the worker lowers it when `init` returns, and its exit guard when it leaves first
+//!   ([`Worker::started`] is idempotent through its flag).
+//! * **With the memory gate on, each reading sees the workers started before it.** The monitor
+//!   reads free memory once per tick, before it spawns, and spawns at most
+//!   `limit - starting` workers of a queue: a worker's memory is in the next reading unless its
+//!   `init` is still running, and those are bounded by the ramp. A worker already spawned
+//!   re-checks the gate after its turn, before its first `init`; a rebuild does not wait for
+//!   memory (the old state was just dropped).
+//! * **A carried value is offered once.** The stash is a per-queue list, newest last,
+//!   bounded by `max_threads_per_type` (the oldest is dropped first); `take_carry` takes the
+//!   newest if it has the asked type. A state is carried only when it is dropped whole (a
+//!   recycle, a failed health check, the worker's exit), never after a job panicked.
 
 use std::any::Any;
 use std::collections::VecDeque;
