@@ -99,6 +99,38 @@ fn a_state_is_recycled_by_age_between_jobs() {
     assert_eq!(states.live(), 0);
 }
 
+/// An idle worker's state ages too: it is rebuilt within a `fetch_timeout` of its age, with
+/// no job to trigger it. Fails if the age were looked at only after a job.
+#[test]
+fn an_idle_state_is_recycled_by_age_too() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let states = Census::default();
+    let c = states.clone();
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        move |_| Ok::<_, Infallible>(c.enter()),
+        |_, _| Ok(()),
+    )
+    .min_threads(1)
+    .recycle_after_age(Duration::from_millis(30));
+    let pool = one_worker(
+        ThreadPoolManager::builder().fetch_timeout(Duration::from_millis(10)),
+        queue,
+    );
+    wait_until(
+        PATIENCE,
+        "an idle state recycled twice",
+        || pool.stats().total.recycles >= 2,
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    assert_eq!(pool.stats().total.jobs_ok, 0);
+    assert!(states.built() >= 3);
+    assert_eq!(states.live(), 0);
+}
+
 /// The reference draw documented on `Queue::recycle_jitter`.
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
