@@ -20,8 +20,10 @@
 //!   reads free memory once per tick, before it spawns, and spawns at most
 //!   `limit - starting` workers of a queue: a worker's memory is in the next reading unless its
 //!   `init` is still running, and those are bounded by the ramp. A worker already spawned
-//!   re-checks the gate after its turn, before its first `init`; a rebuild does not wait for
-//!   memory (the old state was just dropped).
+//!   waits for the gate before it takes a turn, and checks it again once it has one (giving
+//!   the turn back if the gate closed), before its first `init`; a rebuild does not wait for
+//!   memory (the old state was just dropped), and no turn is held by a worker waiting for
+//!   memory, so rebuilds are never stuck behind the gate.
 //! * **A carried value is offered once.** The stash is a per-queue list, newest last,
 //!   bounded by `max_threads_per_type` (the oldest is dropped first); `take_carry` takes the
 //!   newest if it has the asked type. A state is carried only when it is dropped whole (a
@@ -302,42 +304,48 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Waits for one of the queue's init turns and, before a worker's first `init`, for the
-/// memory gate to open. Returns why the worker must leave instead if the pool stops or the
+/// Waits, before a worker's first `init`, for the memory gate to open, then for one of the
+/// queue's init turns. Returns why the worker must leave instead if the pool stops or the
 /// queue sheds this worker meanwhile. The worker holds no job while it waits (its consumer is
-/// suspended or has fetched nothing yet).
+/// suspended or has fetched nothing yet), and no turn while it waits for memory, so that the
+/// rebuilds of running workers (which do not wait for memory: the old state was just dropped)
+/// still get theirs.
 pub(crate) fn init_turn<'q>(w: &Worker<'q>, first: bool) -> Result<Turn<'q>, ExitReason> {
     w.starting();
     let turns = &w.queue.turns;
     loop {
+        while first && w.pool.memory.holding() {
+            select! {
+                recv(w.pool.stop_rx) -> _ => return Err(ExitReason::Shutdown),
+                recv(w.queue.wake_rx) -> _ => {
+                    if w.try_retire() {
+                        return Err(ExitReason::Retired);
+                    }
+                }
+                default(w.pool.config.rebalance_interval) => {}
+            }
+        }
         select! {
-            recv(turns.rx) -> _ => break,
+            recv(turns.rx) -> _ => {}
             recv(w.pool.stop_rx) -> _ => return Err(ExitReason::Shutdown),
             recv(w.queue.wake_rx) -> _ => {
                 if w.try_retire() {
                     return Err(ExitReason::Retired);
                 }
+                continue;
             }
         }
-    }
-    let turn = Turn(turns);
-    // The turn and the stop may have come together: leave rather than start an `init`.
-    if let Some(reason) = w.should_exit() {
-        return Err(reason);
-    }
-    // A rebuild replaces a state just dropped: only a start waits for memory.
-    while first && w.pool.memory.holding() {
-        select! {
-            recv(w.pool.stop_rx) -> _ => return Err(ExitReason::Shutdown),
-            recv(w.queue.wake_rx) -> _ => {
-                if w.try_retire() {
-                    return Err(ExitReason::Retired);
-                }
-            }
-            default(w.pool.config.rebalance_interval) => {}
+        let turn = Turn(turns);
+        // The turn and the stop may have come together: leave rather than start an `init`.
+        if let Some(reason) = w.should_exit() {
+            return Err(reason);
         }
+        // The gate may have closed while this worker waited for its turn: give it back.
+        if first && w.pool.memory.holding() {
+            continue;
+        }
+        return Ok(turn);
     }
-    Ok(turn)
 }
 
 /// What is due between two jobs on a watched state ([`Life::watch`]): a recycle by age, or the

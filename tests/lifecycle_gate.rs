@@ -428,3 +428,84 @@ fn workers_waiting_for_a_turn_retire_without_running_init() {
     pool.wait().unwrap();
     assert_eq!(entered.load(SeqCst), 1);
 }
+
+/// A worker that waits for memory holds no init turn: with the gate closed, a second worker
+/// spawned before it closed waits, and the first one's rebuilds (`recycle_after(1)`, one
+/// turn in all) still get the turn. Fails if the waiting worker kept the turn (the rebuild
+/// would wait for memory too, and no job would run).
+#[test]
+fn a_worker_waiting_for_memory_does_not_keep_rebuilds_from_their_turn() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let release = Gate::default();
+    let builders: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::default();
+    let (r, b) = (release.clone(), builders.clone());
+    let pool = ThreadPoolManager::builder()
+        .max_threads_per_type(2)
+        .add_queue(
+            Queue::new(
+                "q",
+                source.clone(),
+                move |w| {
+                    let first = {
+                        let mut b = b.lock();
+                        b.push(w.index());
+                        b.len() == 1
+                    };
+                    if first {
+                        r.pass();
+                    }
+                    Ok::<_, Infallible>(())
+                },
+                // Time for the waiting worker to take the turn the first gave back.
+                |_, _| {
+                    std::thread::sleep(Duration::from_millis(5));
+                    Ok(())
+                },
+            )
+            .recycle_after(1)
+            .init_concurrency(1),
+        )
+        .build()
+        .unwrap();
+    struct OpenOnDrop(Gate);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _open = OpenOnDrop(release.clone());
+    source.extend(0..100);
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "one worker in init, one waiting for the turn",
+        || pool.stats().total.starting == 2 && release.waiting() == 1,
+        || pool.stats(),
+    );
+    pool.set_min_free_memory(Some(FAR_ABOVE));
+    wait_until(
+        PATIENCE,
+        "the gate read",
+        || pool.stats().free_memory.is_some(),
+        || pool.stats(),
+    );
+    release.open();
+    wait_until(
+        PATIENCE,
+        "the first worker rebuilding after every job",
+        || pool.stats().total.recycles >= 10,
+        || pool.stats(),
+    );
+    let s = pool.stats();
+    assert_eq!(
+        s.total.starting, 1,
+        "the other worker waits for memory: {s:?}"
+    );
+    let builders = builders.lock().clone();
+    assert!(
+        builders.iter().all(|&i| i == builders[0]),
+        "the worker waiting for memory ran init: {builders:?}"
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+}
