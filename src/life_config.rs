@@ -15,7 +15,9 @@ impl Queue {
     /// session that expires, a browser that slows down over hours). Checked between jobs,
     /// before the next fetch: a running job is never interrupted, so a state lives at most
     /// `age` plus one job (an idle worker rebuilds within
-    /// [`fetch_timeout`](Builder::fetch_timeout) of it). Shortened per state by
+    /// [`fetch_timeout`](Builder::fetch_timeout) of it). A state always serves at least one
+    /// fetch, so an age shorter than `init` rebuilds after every job rather than in a loop.
+    /// Shortened per state by
     /// [`recycle_jitter`](Queue::recycle_jitter); counted in
     /// [`QueueStats::recycles`](crate::QueueStats::recycles).
     ///

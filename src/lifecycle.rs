@@ -180,6 +180,9 @@ pub(crate) struct Life {
     /// Whether anything must be looked at between jobs (an age limit or a health check): the
     /// one branch the job loop pays for this module.
     pub(crate) watch: bool,
+    /// No fetch yet on this state: its age is not looked at before the first, so a state
+    /// always serves at least one fetch (an age shorter than `init` cannot spin on rebuilds).
+    pub(crate) fresh: bool,
 }
 
 impl Life {
@@ -204,6 +207,7 @@ impl Life {
                 None
             },
             watch: health || config.recycle_after_age.is_some(),
+            fresh: true,
         }
     }
 }
@@ -215,6 +219,7 @@ impl Default for Life {
             age_deadline: None,
             next_health: None,
             watch: false,
+            fresh: true,
         }
     }
 }
@@ -360,7 +365,8 @@ pub(crate) fn between_jobs<H: Handlers>(
     life: &mut Life,
 ) -> Option<Served> {
     let now = Instant::now();
-    if life.age_deadline.is_some_and(|d| now >= d) {
+    let fresh = std::mem::replace(&mut life.fresh, false);
+    if !fresh && life.age_deadline.is_some_and(|d| now >= d) {
         return Some(Served::Recycle);
     }
     let check = h.hooks().health.as_ref()?;

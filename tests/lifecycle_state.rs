@@ -131,6 +131,32 @@ fn an_idle_state_is_recycled_by_age_too() {
     assert_eq!(states.live(), 0);
 }
 
+/// An age shorter than `init` does not rebuild the state in a loop: every state serves a
+/// fetch first, so the jobs run, one state each. Fails if the age were checked before a
+/// state's first fetch (no job would ever run).
+#[test]
+fn a_tiny_age_rebuilds_after_every_job_rather_than_spinning() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        |_| Ok::<_, Infallible>(0u32),
+        |jobs: &mut u32, _| {
+            *jobs += 1;
+            assert_eq!(*jobs, 1, "one job per state");
+            Ok(())
+        },
+    )
+    .recycle_after_age(Duration::from_nanos(1));
+    source.extend(0..20);
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
+    finish(&pool, &source, "20 recycles", || {
+        pool.stats().total.recycles >= 20
+    });
+    let stats = pool.stats();
+    assert_eq!((stats.total.jobs_ok, stats.total.jobs_panicked), (20, 0));
+}
+
 /// The reference draw documented on `Queue::recycle_jitter`.
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
