@@ -147,8 +147,10 @@ impl Queue {
 
 impl Builder {
     /// The memory gate: no worker starts while the free memory of the process is below
-    /// `bytes` (the monitor spawns none, and a worker waiting for its `init` turn waits on).
-    /// Workers already running are never stopped by it.
+    /// `bytes`: the monitor spawns none, and a worker spawned before the gate closed waits
+    /// before its first `init` (holding no job and no init turn). Workers already running are
+    /// never stopped by it, and the rebuilds of their states (recycles, failed health checks,
+    /// panics) do not wait for it: the old state was dropped first.
     ///
     /// Free memory is the smallest of: under a cgroup v2 limit, `memory.max - memory.current`
     /// of the process's cgroup (from `/proc/self/cgroup`) or of a parent with a limit; cgroup

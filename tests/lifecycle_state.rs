@@ -320,6 +320,49 @@ fn health_check_case(panics: bool) {
     assert!(checks.iter().all(|e| e.retry_in.is_zero()), "{checks:?}");
 }
 
+/// A state that fails its check again before running a job backs off before the next `init`
+/// (the first failure after jobs rebuilds at once), so a check that always fails does not
+/// spin on rebuilds. Fails without the back-off (every `retry_in` zero).
+#[test]
+fn a_state_that_keeps_failing_its_check_backs_off() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let events = Recorder::default();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let i = Arc::clone(&inits);
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        move |_| Ok::<_, Infallible>(i.fetch_add(1, SeqCst)),
+        |_, _| Ok(()),
+    )
+    .health_check(|_: &mut usize, _| Err::<(), _>("the site is down"));
+    source.extend(0..3);
+    let pool = one_worker(
+        ThreadPoolManager::builder()
+            .backoff(Duration::from_millis(10), Duration::from_millis(40))
+            .event_handler(events.clone()),
+        queue,
+    );
+    wait_until(
+        PATIENCE,
+        "four failed checks",
+        || pool.stats().total.health_check_failures >= 4,
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    let errors = events.errors.lock();
+    let delays: Vec<Duration> = errors
+        .iter()
+        .filter(|e| e.kind == ErrorKind::HealthCheck)
+        .map(|e| e.retry_in)
+        .collect();
+    assert!(delays[0].is_zero(), "{delays:?}");
+    assert!(delays[1..].iter().all(|d| !d.is_zero()), "{delays:?}");
+    assert_eq!(pool.stats().total.jobs_ok, 0, "no job on a failing state");
+    assert_eq!(source.unfinished(), 3);
+}
+
 /// A logged-in session: `init` logs in unless a previous state carried one over.
 struct Session {
     token: u64,
