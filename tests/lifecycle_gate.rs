@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use support::{Gate, PATIENCE, Recorder, wait_until};
+use support::{Gate, OpenOnDrop, PATIENCE, Recorder, wait_until};
 use threadtide::{MemorySource, Queue, SizeReason, ThreadPoolManager};
 
 const FAR_ABOVE: u64 = u64::MAX / 2;
@@ -236,13 +236,6 @@ fn workers_waiting_for_a_turn_are_starting_hold_no_job_and_leave_on_shutdown() {
         )
         .build()
         .unwrap();
-    // Declared after the pool, so dropped first: a failed wait does not leave inits blocked.
-    struct OpenOnDrop(Gate);
-    impl Drop for OpenOnDrop {
-        fn drop(&mut self) {
-            self.0.open();
-        }
-    }
     let _open = OpenOnDrop(release.clone());
     source.extend(0..10);
     pool.start().unwrap();
@@ -397,12 +390,6 @@ fn workers_waiting_for_a_turn_retire_without_running_init() {
         )
         .build()
         .unwrap();
-    struct OpenOnDrop(Gate);
-    impl Drop for OpenOnDrop {
-        fn drop(&mut self) {
-            self.0.open();
-        }
-    }
     let _open = OpenOnDrop(release.clone());
     source.push(0..300);
     pool.start().unwrap();
@@ -467,12 +454,6 @@ fn a_worker_waiting_for_memory_does_not_keep_rebuilds_from_their_turn() {
         )
         .build()
         .unwrap();
-    struct OpenOnDrop(Gate);
-    impl Drop for OpenOnDrop {
-        fn drop(&mut self) {
-            self.0.open();
-        }
-    }
     let _open = OpenOnDrop(release.clone());
     source.extend(0..100);
     pool.start().unwrap();
