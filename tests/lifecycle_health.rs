@@ -97,6 +97,39 @@ fn health_check_case(panics: bool) {
     assert!(checks.iter().all(|e| e.retry_in.is_zero()), "{checks:?}");
 }
 
+/// `health_check_every` spaces the checks from the state's `init`: with an hour, 20 jobs run
+/// unchecked; with the default (zero), the state is checked before each of them. Fails if
+/// the interval were ignored.
+#[test]
+fn health_check_every_spaces_the_checks() {
+    let checks_with = |every: Option<Duration>| {
+        let source: MemorySource<u32> = MemorySource::new();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&checks);
+        let mut queue = Queue::new(
+            "q",
+            source.clone(),
+            |_| Ok::<_, Infallible>(()),
+            |_, _| Ok(()),
+        )
+        .health_check(move |_: &mut (), _| {
+            c.fetch_add(1, SeqCst);
+            Ok::<_, Infallible>(())
+        });
+        if let Some(every) = every {
+            queue = queue.health_check_every(every);
+        }
+        source.extend(0..20);
+        let pool = one_worker(ThreadPoolManager::builder(), queue);
+        finish(&pool, &source, "the jobs' checks", || {
+            every.is_some() || checks.load(SeqCst) >= 20
+        });
+        checks.load(SeqCst)
+    };
+    assert_eq!(checks_with(Some(Duration::from_secs(3600))), 0);
+    assert!(checks_with(None) >= 20);
+}
+
 /// A state that fails its check again before running a job backs off before the next `init`
 /// (the first failure after jobs rebuilds at once), so a check that always fails does not
 /// spin on rebuilds. Fails without the back-off (every `retry_in` zero).
