@@ -15,7 +15,9 @@ impl Queue {
     /// session that expires, a browser that slows down over hours). Checked between jobs,
     /// before the next fetch: a running job is never interrupted, so a state lives at most
     /// `age` plus one job (an idle worker rebuilds within
-    /// [`fetch_timeout`](Builder::fetch_timeout) of it). Shortened per state by
+    /// [`fetch_timeout`](Builder::fetch_timeout) of it). A state always serves at least one
+    /// fetch, so an age shorter than `init` rebuilds after every job rather than in a loop.
+    /// Shortened per state by
     /// [`recycle_jitter`](Queue::recycle_jitter); counted in
     /// [`QueueStats::recycles`](crate::QueueStats::recycles).
     ///
@@ -145,8 +147,10 @@ impl Queue {
 
 impl Builder {
     /// The memory gate: no worker starts while the free memory of the process is below
-    /// `bytes` (the monitor spawns none, and a worker waiting for its `init` turn waits on).
-    /// Workers already running are never stopped by it.
+    /// `bytes`: the monitor spawns none, and a worker spawned before the gate closed waits
+    /// before its first `init` (holding no job and no init turn). Workers already running are
+    /// never stopped by it, and the rebuilds of their states (recycles, failed health checks,
+    /// panics) do not wait for it: the old state was dropped first.
     ///
     /// Free memory is the smallest of: under a cgroup v2 limit, `memory.max - memory.current`
     /// of the process's cgroup (from `/proc/self/cgroup`) or of a parent with a limit; cgroup
@@ -162,7 +166,8 @@ impl Builder {
     /// [`SizeReason::Memory`](crate::SizeReason::Memory); the reading and the minimum are in
     /// [`PoolStats`](crate::PoolStats); a line at `info` says when the gate starts and stops
     /// holding ("memory gate: 180 MiB free, minimum 512 MiB: no worker starts").
-    /// [`ThreadPoolManager::set_min_free_memory`] changes it at runtime.
+    /// [`ThreadPoolManager::set_min_free_memory`](crate::ThreadPoolManager::set_min_free_memory)
+    /// changes it at runtime.
     ///
     /// Defaults to off. Zero is refused by `build()` (leave it unset for off).
     pub fn min_free_memory(mut self, bytes: u64) -> Self {

@@ -3,6 +3,31 @@
 //!
 //! The job loop pays one branch per job for all of it when no age and no health check are
 //! set ([`Life::watch`]); the job limit replaces the `recycle_after` comparison it had.
+//!
+//! What holds, and why:
+//!
+//! * **At most `init_concurrency` `init`s of a queue run at once.** A turn is a token in a
+//!   bounded channel filled with `limit` tokens; a worker takes one before `init` and the
+//!   [`Turn`] guard gives it back when `init` returns (it runs under `catch_unwind`, and the
+//!   guard is dropped on every path). A worker waiting for a turn waits in a `select!` with
+//!   the pool's stop and its queue's wake-ups, so it leaves at once, and it holds no job: its
+//!   consumer has fetched nothing yet or was suspended before the rebuild.
+//! * **`starting` counts the workers between their spawn (or a rebuild's start) and the end
+//!   of that `init`.** The spawn raises it with `alive` and `live`, under the roster's lock;
+//!   the worker lowers it when `init` returns, and its exit guard when it leaves first
+//!   ([`Worker::started`] is idempotent through its flag).
+//! * **With the memory gate on, each reading sees the workers started before it.** The monitor
+//!   reads free memory once per tick, before it spawns, and spawns at most
+//!   `limit - starting` workers of a queue: a worker's memory is in the next reading unless its
+//!   `init` is still running, and those are bounded by the ramp. A worker already spawned
+//!   waits for the gate before it takes a turn, and checks it again once it has one (giving
+//!   the turn back if the gate closed), before its first `init`; a rebuild does not wait for
+//!   memory (the old state was just dropped), and no turn is held by a worker waiting for
+//!   memory, so rebuilds are never stuck behind the gate.
+//! * **A carried value is offered once.** The stash is a per-queue list, newest last,
+//!   bounded by `max_threads_per_type` (the oldest is dropped first); `take_carry` takes the
+//!   newest if it has the asked type. A state is carried only when it is dropped whole (a
+//!   recycle, a failed health check, the worker's exit), never after a job panicked.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -155,6 +180,9 @@ pub(crate) struct Life {
     /// Whether anything must be looked at between jobs (an age limit or a health check): the
     /// one branch the job loop pays for this module.
     pub(crate) watch: bool,
+    /// No fetch yet on this state: its age is not looked at before the first, so a state
+    /// always serves at least one fetch (an age shorter than `init` cannot spin on rebuilds).
+    pub(crate) fresh: bool,
 }
 
 impl Life {
@@ -179,6 +207,7 @@ impl Life {
                 None
             },
             watch: health || config.recycle_after_age.is_some(),
+            fresh: true,
         }
     }
 }
@@ -190,6 +219,7 @@ impl Default for Life {
             age_deadline: None,
             next_health: None,
             watch: false,
+            fresh: true,
         }
     }
 }
@@ -279,38 +309,48 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Waits for one of the queue's init turns and, before a worker's first `init`, for the
-/// memory gate to open. Returns why the worker must leave instead if the pool stops or the
+/// Waits, before a worker's first `init`, for the memory gate to open, then for one of the
+/// queue's init turns. Returns why the worker must leave instead if the pool stops or the
 /// queue sheds this worker meanwhile. The worker holds no job while it waits (its consumer is
-/// suspended or has fetched nothing yet).
+/// suspended or has fetched nothing yet), and no turn while it waits for memory, so that the
+/// rebuilds of running workers (which do not wait for memory: the old state was just dropped)
+/// still get theirs.
 pub(crate) fn init_turn<'q>(w: &Worker<'q>, first: bool) -> Result<Turn<'q>, ExitReason> {
     w.starting();
     let turns = &w.queue.turns;
     loop {
+        while first && w.pool.memory.holding() {
+            select! {
+                recv(w.pool.stop_rx) -> _ => return Err(ExitReason::Shutdown),
+                recv(w.queue.wake_rx) -> _ => {
+                    if w.try_retire() {
+                        return Err(ExitReason::Retired);
+                    }
+                }
+                default(w.pool.config.rebalance_interval) => {}
+            }
+        }
         select! {
-            recv(turns.rx) -> _ => break,
+            recv(turns.rx) -> _ => {}
             recv(w.pool.stop_rx) -> _ => return Err(ExitReason::Shutdown),
             recv(w.queue.wake_rx) -> _ => {
                 if w.try_retire() {
                     return Err(ExitReason::Retired);
                 }
+                continue;
             }
         }
-    }
-    let turn = Turn(turns);
-    // A rebuild replaces a state just dropped: only a start waits for memory.
-    while first && w.pool.memory.holding() {
-        select! {
-            recv(w.pool.stop_rx) -> _ => return Err(ExitReason::Shutdown),
-            recv(w.queue.wake_rx) -> _ => {
-                if w.try_retire() {
-                    return Err(ExitReason::Retired);
-                }
-            }
-            default(w.pool.config.rebalance_interval) => {}
+        let turn = Turn(turns);
+        // The turn and the stop may have come together: leave rather than start an `init`.
+        if let Some(reason) = w.should_exit() {
+            return Err(reason);
         }
+        // The gate may have closed while this worker waited for its turn: give it back.
+        if first && w.pool.memory.holding() {
+            continue;
+        }
+        return Ok(turn);
     }
-    Ok(turn)
 }
 
 /// What is due between two jobs on a watched state ([`Life::watch`]): a recycle by age, or the
@@ -325,7 +365,8 @@ pub(crate) fn between_jobs<H: Handlers>(
     life: &mut Life,
 ) -> Option<Served> {
     let now = Instant::now();
-    if life.age_deadline.is_some_and(|d| now >= d) {
+    let fresh = std::mem::replace(&mut life.fresh, false);
+    if !fresh && life.age_deadline.is_some_and(|d| now >= d) {
         return Some(Served::Recycle);
     }
     let check = h.hooks().health.as_ref()?;

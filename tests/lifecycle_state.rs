@@ -1,6 +1,6 @@
-//! A worker state's life (issue 13): recycled by age, with reproducible jitter; rebuilt when it
-//! fails its health check, before the next job; carried over to the next `init`, but not
-//! after a panic; every new setting checked by `build()`.
+//! A worker state's life (issue 13): recycled by age, with reproducible jitter; carried over
+//! to the next `init`, but not after a panic; every new setting checked by `build()`. The
+//! health check is in `lifecycle_health.rs`.
 
 mod support;
 
@@ -10,12 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use support::{Census, Member, PATIENCE, Recorder, wait_until};
-use threadtide::{BuildError, Builder, ErrorKind, MemorySource, Queue, ThreadPoolManager};
-
-fn done(source: &MemorySource<u32>) -> bool {
-    source.unfinished() == 0
-}
+use support::{Census, Member, PATIENCE, done, finish, one_worker, wait_until};
+use threadtide::{BuildError, Builder, MemorySource, Queue, ThreadPoolManager};
 
 /// A state that knows when its first job started and when its last job ended.
 struct Aged {
@@ -58,13 +54,8 @@ fn a_state_is_recycled_by_age_between_jobs() {
     )
     .recycle_after_age(AGE)
     .recycle_jitter(0.0);
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..1_000_000);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(
         PATIENCE,
         "three recycles by age",
@@ -78,6 +69,64 @@ fn a_state_is_recycled_by_age_between_jobs() {
     assert!(states.built() as u64 > stats.total.recycles);
     assert_eq!(stats.total.health_check_failures, 0);
     assert_eq!(states.live(), 0);
+}
+
+/// An idle worker's state ages too: it is rebuilt within a `fetch_timeout` of its age, with
+/// no job to trigger it. Fails if the age were looked at only after a job.
+#[test]
+fn an_idle_state_is_recycled_by_age_too() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let states = Census::default();
+    let c = states.clone();
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        move |_| Ok::<_, Infallible>(c.enter()),
+        |_, _| Ok(()),
+    )
+    .min_threads(1)
+    .recycle_after_age(Duration::from_millis(30));
+    let pool = one_worker(
+        ThreadPoolManager::builder().fetch_timeout(Duration::from_millis(10)),
+        queue,
+    );
+    wait_until(
+        PATIENCE,
+        "an idle state recycled twice",
+        || pool.stats().total.recycles >= 2,
+        || pool.stats(),
+    );
+    pool.shutdown();
+    pool.wait().unwrap();
+    assert_eq!(pool.stats().total.jobs_ok, 0);
+    assert!(states.built() >= 3);
+    assert_eq!(states.live(), 0);
+}
+
+/// An age shorter than `init` does not rebuild the state in a loop: every state serves a
+/// fetch first, so the jobs run, one state each. Fails if the age were checked before a
+/// state's first fetch (no job would ever run).
+#[test]
+fn a_tiny_age_rebuilds_after_every_job_rather_than_spinning() {
+    let source: MemorySource<u32> = MemorySource::new();
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        |_| Ok::<_, Infallible>(0u32),
+        |jobs: &mut u32, _| {
+            *jobs += 1;
+            assert_eq!(*jobs, 1, "one job per state");
+            Ok(())
+        },
+    )
+    .recycle_after_age(Duration::from_nanos(1));
+    source.extend(0..20);
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
+    finish(&pool, &source, "20 recycles", || {
+        pool.stats().total.recycles >= 20
+    });
+    let stats = pool.stats();
+    assert_eq!((stats.total.jobs_ok, stats.total.jobs_panicked), (20, 0));
 }
 
 /// The reference draw documented on `Queue::recycle_jitter`.
@@ -135,13 +184,8 @@ fn jitter_shortens_each_states_job_limit_by_the_documented_draw() {
     )
     .recycle_after(10)
     .recycle_jitter(0.5);
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..10_000);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(
         PATIENCE,
         "eight states recycled",
@@ -162,99 +206,6 @@ fn jitter_shortens_each_states_job_limit_by_the_documented_draw() {
         "all equal: {log:?}"
     );
     assert!(pool.stats().total.recycles >= 8);
-}
-
-/// A browser stand-in: some jobs break it (the renderer crashed).
-struct Browser {
-    _member: Member,
-    broken: bool,
-}
-
-/// Every third job breaks the state; the health check sees it before the next fetch, the state
-/// is rebuilt, and no job runs on a broken state. Counted and reported as `HealthCheck`.
-/// Fails without the check: jobs run on broken states.
-#[test]
-fn a_state_that_fails_its_health_check_is_rebuilt_before_the_next_job() {
-    health_check_case(false);
-}
-
-/// The same with a check that panics on a broken state: a panic is a failure.
-#[test]
-fn a_panicking_health_check_counts_as_a_failure() {
-    threadtide::silence_job_panics();
-    health_check_case(true);
-}
-
-fn health_check_case(panics: bool) {
-    let source: MemorySource<u32> = MemorySource::new();
-    let states = Census::default();
-    let on_broken = Arc::new(AtomicUsize::new(0));
-    let events = Recorder::default();
-    let (c, b) = (states.clone(), Arc::clone(&on_broken));
-    let queue = Queue::new(
-        "q",
-        source.clone(),
-        move |_| {
-            Ok::<_, Infallible>(Browser {
-                _member: c.enter(),
-                broken: false,
-            })
-        },
-        move |s: &mut Browser, job: &u32| {
-            if s.broken {
-                b.fetch_add(1, SeqCst);
-            }
-            if job % 3 == 2 {
-                s.broken = true;
-            }
-            Ok(())
-        },
-    )
-    .health_check(move |s: &mut Browser, _| {
-        if !s.broken {
-            Ok(())
-        } else if panics {
-            panic!("the renderer is gone");
-        } else {
-            Err("the renderer is gone")
-        }
-    });
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .event_handler(events.clone())
-        .add_queue(queue)
-        .build()
-        .unwrap();
-    source.extend(0..30);
-    pool.start().unwrap();
-    wait_until(PATIENCE, "jobs done", || done(&source), || pool.stats());
-    wait_until(
-        PATIENCE,
-        "the last broken state checked",
-        || pool.stats().total.health_check_failures == 10,
-        || pool.stats(),
-    );
-    pool.shutdown();
-    pool.wait().unwrap();
-    assert_eq!(on_broken.load(SeqCst), 0, "a job ran on a broken state");
-    let stats = pool.stats();
-    assert_eq!(stats.total.jobs_ok, 30);
-    assert_eq!(stats.total.recycles, 0, "a rebuild is not a recycle");
-    assert_eq!(states.built(), 11, "one state, then one per failed check");
-    let errors = events.errors.lock();
-    let checks: Vec<_> = errors
-        .iter()
-        .filter(|e| e.kind == ErrorKind::HealthCheck)
-        .collect();
-    assert_eq!(checks.len(), 10, "{errors:?}");
-    assert!(
-        checks
-            .iter()
-            .all(|e| e.message.contains("the renderer is gone")),
-        "{checks:?}"
-    );
-    // A state that failed after running jobs is rebuilt at once.
-    assert!(checks.iter().all(|e| e.retry_in.is_zero()), "{checks:?}");
 }
 
 /// A logged-in session: `init` logs in unless a previous state carried one over.
@@ -347,13 +298,8 @@ fn no_carry_after_a_panic() {
         k.fetch_add(1, SeqCst);
         Some(s)
     });
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..5);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(
         PATIENCE,
         "jobs done",
@@ -393,13 +339,8 @@ fn take_carry_of_another_type_finds_nothing() {
     )
     .recycle_after(1)
     .carry_over(|(), w| Some(format!("from generation {}", w.generation())));
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
     source.extend(0..3);
-    pool.start().unwrap();
+    let pool = one_worker(ThreadPoolManager::builder(), queue);
     wait_until(PATIENCE, "jobs done", || done(&source), || pool.stats());
     pool.shutdown();
     pool.wait().unwrap();
@@ -505,105 +446,4 @@ fn build_refuses_hooks_written_for_another_state_type() {
         )
         .build()
         .unwrap();
-}
-
-/// With the Redis source: the job that the acknowledgement of the breaking job took ahead goes
-/// back to the list before the state is rebuilt (nothing waits in the worker's processing list
-/// during the rebuild), then runs once on the healthy state. Fails if the check ran after
-/// the fetch (the job would sit in the processing list during `init`) or not at all (the job
-/// would run on the broken state).
-#[cfg(feature = "redis")]
-#[test]
-fn with_redis_no_job_is_held_while_an_unhealthy_state_is_rebuilt() {
-    use redis::Commands;
-    use support::redis::RedisServer;
-    use threadtide::RedisSource;
-
-    const Q: &str = "fila:conferencia";
-    const RESULTS: &str = "fila:resultados";
-    let server = RedisServer::start();
-    let mut c = server.conn();
-    let source = RedisSource::builder(server.url(), Q)
-        .results(RESULTS)
-        .decoder(|b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string()))
-        .max_attempts(1)
-        .block_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    source.push(&["a"]).unwrap();
-    let (running_tx, running_rx) = crossbeam_channel::unbounded::<()>();
-    let (pushed_tx, pushed_rx) = crossbeam_channel::unbounded::<()>();
-    let (rebuilding_tx, rebuilding_rx) = crossbeam_channel::unbounded::<()>();
-    let (go_tx, go_rx) = crossbeam_channel::unbounded::<()>();
-    let runs: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
-    let r = Arc::clone(&runs);
-    let queue = Queue::new(
-        "conferencia",
-        source.clone(),
-        move |w| {
-            if w.generation() == 1 {
-                rebuilding_tx.send(()).unwrap();
-                go_rx
-                    .recv_timeout(PATIENCE)
-                    .expect("the test lets the rebuild go on");
-            }
-            Ok::<_, Infallible>(false) // broken?
-        },
-        move |broken: &mut bool, job: &String| {
-            r.lock().push((job.clone(), *broken));
-            if job == "a" {
-                running_tx.send(()).unwrap();
-                pushed_rx.recv_timeout(PATIENCE).expect("b pushed");
-                *broken = true;
-            }
-            Ok(job.clone().into_bytes())
-        },
-    )
-    .health_check(|broken: &mut bool, _| {
-        if *broken {
-            Err("renderer crashed")
-        } else {
-            Ok(())
-        }
-    });
-    let pool = ThreadPoolManager::builder()
-        .max_threads_per_type(1)
-        .add_queue(queue)
-        .build()
-        .unwrap();
-    pool.start().unwrap();
-    running_rx.recv_timeout(PATIENCE).expect("a runs");
-    source.push(&["b"]).unwrap();
-    pushed_tx.send(()).unwrap();
-    rebuilding_rx
-        .recv_timeout(PATIENCE)
-        .expect("the state is rebuilt");
-    let processing: Vec<String> = c.keys(format!("{Q}:processing:*")).unwrap();
-    let held: usize = processing
-        .iter()
-        .map(|k| c.llen::<_, usize>(k).unwrap())
-        .sum();
-    let ready: Vec<String> = c.lrange(Q, 0, -1).unwrap();
-    assert_eq!(
-        (held, ready),
-        (0, vec!["b".to_owned()]),
-        "b held during the rebuild"
-    );
-    go_tx.send(()).unwrap();
-    wait_until(
-        PATIENCE,
-        "b done",
-        || c.llen::<_, usize>(RESULTS).unwrap() == 2,
-        || pool.stats(),
-    );
-    pool.shutdown();
-    pool.wait().unwrap();
-    let results: Vec<String> = c.lrange(RESULTS, 0, -1).unwrap();
-    assert_eq!(results, ["a", "b"], "each once");
-    assert_eq!(
-        *runs.lock(),
-        [("a".to_owned(), false), ("b".to_owned(), false)],
-        "b ran once, on a healthy state"
-    );
-    assert_eq!(pool.stats().total.health_check_failures, 1);
 }
