@@ -10,6 +10,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, MAX_THREADS, MAX_WAIT, MIN_WAIT, QueueConfig, defaults};
 use crate::error::{BuildError, JobError};
 use crate::event::{EventHandler, Guarded, NoEvents};
+use crate::lifecycle::Erased;
 use crate::manager::ThreadPoolManager;
 use crate::queue::QueueDef;
 use crate::source::{JobSource, WorkerInfo};
@@ -29,9 +30,13 @@ impl ThreadPoolManager {
 ///
 /// * `init(&WorkerInfo) -> Result<State, E>` runs once on each worker thread, before its first
 ///   job: open the browser session, load the PDF engine. The state lives as long as the worker
-///   and is dropped when it exits (the browser closes), after a job panics (it is rebuilt), and
-///   every [`recycle_after`](Queue::recycle_after) jobs. A failing `init` is retried with
-///   back-off.
+///   and is dropped when it exits (the browser closes), after a job panics (it is rebuilt),
+///   after [`recycle_after`](Queue::recycle_after) jobs or
+///   [`recycle_after_age`](Queue::recycle_after_age), and when it fails its
+///   [`health_check`](Queue::health_check). A failing `init` is retried with back-off. At most
+///   [`init_concurrency`](Queue::init_concurrency) `init`s of a queue run at once, and a
+///   dropped state can hand something to the next `init` ([`carry_over`](Queue::carry_over)).
+///   The crate docs' "A worker's state over its life" walks through all of it.
 /// * `exec(&mut State, &Job) -> Result<Output, JobError>` runs one job.
 ///
 /// # Examples
@@ -62,6 +67,12 @@ pub struct Queue {
     weight: u32,
     recycle_after: Option<u64>,
     target_wait: Option<Duration>,
+    pub(crate) recycle_after_age: Option<Duration>,
+    pub(crate) recycle_jitter: f64,
+    pub(crate) health_check: Option<Erased>,
+    pub(crate) health_check_every: Duration,
+    pub(crate) carry_over: Option<Erased>,
+    pub(crate) init_concurrency: Option<usize>,
     runner: Arc<dyn Runner>,
 }
 
@@ -73,6 +84,12 @@ impl fmt::Debug for Queue {
             .field("weight", &self.weight)
             .field("recycle_after", &self.recycle_after)
             .field("target_wait", &self.target_wait)
+            .field("recycle_after_age", &self.recycle_after_age)
+            .field("recycle_jitter", &self.recycle_jitter)
+            .field("health_check", &self.health_check)
+            .field("health_check_every", &self.health_check_every)
+            .field("carry_over", &self.carry_over)
+            .field("init_concurrency", &self.init_concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +110,12 @@ impl Queue {
             weight: defaults::WEIGHT,
             recycle_after: None,
             target_wait: None,
+            recycle_after_age: None,
+            recycle_jitter: defaults::RECYCLE_JITTER,
+            health_check: None,
+            health_check_every: defaults::HEALTH_CHECK_EVERY,
+            carry_over: None,
+            init_concurrency: None,
             runner: Arc::new(QueueDef::new(source, init, exec)),
         }
     }
@@ -115,6 +138,12 @@ impl Queue {
 
     /// Drop and rebuild a worker's state after it has run this many jobs (a browser that leaks
     /// memory). Defaults to never. 0 is refused.
+    ///
+    /// Each state's limit is shortened by [`recycle_jitter`](Queue::recycle_jitter) (by
+    /// default up to a tenth, rounded down: `recycle_after(10)` stays 10, `recycle_after(500)`
+    /// becomes 451 to 500), so workers started together do not all recycle together. The
+    /// rebuild happens between jobs; recycles are counted in
+    /// [`QueueStats::recycles`](crate::QueueStats::recycles).
     pub fn recycle_after(mut self, jobs: u64) -> Self {
         self.recycle_after = Some(jobs);
         self
@@ -181,7 +210,7 @@ impl Queue {
 /// # Ok::<(), threadtide::BuildError>(())
 /// ```
 pub struct Builder {
-    config: Config,
+    pub(crate) config: Config,
     events: Box<dyn EventHandler>,
     queues: Vec<Queue>,
     /// `metrics_addr` as given; parsed in `build()`.
@@ -372,7 +401,11 @@ impl Builder {
     ///
     /// A [`BuildError`] naming the first bad field and its value: a zero count or interval
     /// where one is refused, a `rebalance_interval`, `fetch_timeout` or `backoff.initial` under 1 ms, no queue, an empty, duplicate or NUL-containing queue name, a
-    /// queue `weight` of 0, `recycle_after` of 0, a `target_wait` under 1 ms or over one day, `min_threads` above `max_threads_per_type`,
+    /// queue `weight` of 0, `recycle_after` of 0, a `target_wait` under 1 ms or over one day,
+    /// a `recycle_after_age` of zero, a `recycle_jitter` outside `[0, 1)`, a
+    /// `health_check_every` over one day, an `init_concurrency` of 0, a `health_check` or
+    /// `carry_over` written for another state type than the queue's (the message names both),
+    /// a `min_free_memory` of 0, `min_threads` above `max_threads_per_type`,
     /// minimums that add up past `max_total_threads`, a thread cap above 2^20, a wait
     /// (`rebalance_interval`, `fetch_timeout`, `backoff.max`) above one day, or a
     /// `stack_size` above 1 GiB.
@@ -494,6 +527,7 @@ impl Builder {
                     format!("must be between {MIN_WAIT:?} and one day (86400s)"),
                 ));
             }
+            crate::life_config::check(q, &field)?;
             if q.min_threads > c.max_threads_per_type {
                 return Err(BuildError::new(
                     field("min_threads"),
@@ -501,6 +535,13 @@ impl Builder {
                     format!("exceeds max_threads_per_type ({})", c.max_threads_per_type),
                 ));
             }
+        }
+        if c.min_free_memory == Some(0) {
+            return Err(BuildError::new(
+                "min_free_memory",
+                0,
+                "must be at least 1 byte (leave unset for no memory gate)",
+            ));
         }
         let mins: usize = self.queues.iter().map(|q| q.min_threads).sum();
         if mins > c.max_total_threads {
@@ -510,20 +551,38 @@ impl Builder {
                 format!("is below the sum of the queues' min_threads ({mins})"),
             ));
         }
-        let queues = self
-            .queues
-            .into_iter()
-            .map(|q| {
-                let config = QueueConfig {
-                    name: Arc::from(q.name),
-                    min_threads: q.min_threads,
-                    weight: q.weight,
-                    recycle_after: q.recycle_after,
-                    target_wait: q.target_wait,
-                };
-                (config, q.runner)
-            })
-            .collect();
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for mut q in self.queues {
+            // The queue owns the only reference to its runner until now.
+            let hooks = (q.health_check.take(), q.carry_over.take());
+            let Some(runner) = Arc::get_mut(&mut q.runner) else {
+                unreachable!("a queue's runner is shared with nothing before build()");
+            };
+            if let Err(wrong) = runner.install(hooks.0, hooks.1) {
+                return Err(BuildError::new(
+                    format!("queue[{}].{}", q.name, wrong.field),
+                    wrong.given,
+                    format!(
+                        "takes the state type `{}` but the queue's state is `{}`",
+                        wrong.given, wrong.state
+                    ),
+                ));
+            }
+            let config = QueueConfig {
+                name: Arc::from(q.name),
+                min_threads: q.min_threads,
+                weight: q.weight,
+                recycle_after: q.recycle_after,
+                target_wait: q.target_wait,
+                recycle_after_age: q.recycle_after_age,
+                recycle_jitter: q.recycle_jitter,
+                health_check_every: q.health_check_every,
+                init_concurrency: q
+                    .init_concurrency
+                    .unwrap_or_else(crate::lifecycle::default_init_concurrency),
+            };
+            queues.push((config, q.runner));
+        }
         #[cfg(feature = "metrics")]
         {
             let mut config = self.config;
