@@ -1,13 +1,13 @@
 //! The builder and per-queue settings: setters that never panic, and `build()`, which checks
-//! every value in one place. The defaults and the validated settings live in `config.rs`.
+//! every value in one place (`builder/check.rs`). The defaults and the validated settings live
+//! in `config.rs`.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::config::{Config, MAX_THREADS, MAX_WAIT, MIN_WAIT, QueueConfig, defaults};
+use crate::config::{Config, QueueConfig, defaults};
 use crate::error::{BuildError, JobError};
 use crate::event::{EventHandler, Guarded, NoEvents};
 use crate::lifecycle::Erased;
@@ -16,8 +16,7 @@ use crate::queue::QueueDef;
 use crate::source::{JobSource, WorkerInfo};
 use crate::worker::Runner;
 
-/// The largest [`Builder::stack_size`]: 1 GiB.
-const MAX_STACK: usize = 1 << 30;
+mod check;
 
 impl ThreadPoolManager {
     /// Starts configuring a pool. Every setting has a default; see [`Builder`].
@@ -410,147 +409,8 @@ impl Builder {
     /// (`rebalance_interval`, `fetch_timeout`, `backoff.max`) above one day, or a
     /// `stack_size` above 1 GiB.
     pub fn build(self) -> Result<ThreadPoolManager, BuildError> {
-        let c = &self.config;
-        let positive = [
-            ("jobs_per_thread", c.jobs_per_thread),
-            ("max_threads_per_type", c.max_threads_per_type),
-            ("max_total_threads", c.max_total_threads),
-        ];
-        for (field, value) in positive {
-            if value == 0 {
-                return Err(BuildError::new(field, value, "must be at least 1"));
-            }
-        }
-        for (field, value) in &positive[1..] {
-            if *value > MAX_THREADS {
-                return Err(BuildError::new(
-                    *field,
-                    value,
-                    format!("must be at most {MAX_THREADS}"),
-                ));
-            }
-        }
-        let floored = [
-            ("rebalance_interval", c.rebalance_interval),
-            ("fetch_timeout", c.fetch_timeout),
-        ];
-        for (field, value) in floored {
-            // Shorter waits make the monitor or every idle worker spin on a core.
-            if value < MIN_WAIT {
-                return Err(BuildError::new(
-                    field,
-                    format!("{value:?}"),
-                    format!("must be at least {MIN_WAIT:?}"),
-                ));
-            }
-        }
-        if c.backoff.initial.is_zero() {
-            return Err(BuildError::new(
-                "backoff.initial",
-                "0s",
-                "must be longer than zero",
-            ));
-        }
-        let bounded = [
-            ("rebalance_interval", c.rebalance_interval),
-            ("fetch_timeout", c.fetch_timeout),
-            ("backoff.initial", c.backoff.initial),
-            ("backoff.max", c.backoff.max),
-        ];
-        for (field, value) in bounded {
-            if value > MAX_WAIT {
-                return Err(BuildError::new(
-                    field,
-                    format!("{value:?}"),
-                    "must be at most one day (86400s)",
-                ));
-            }
-        }
-        // A failing `init` or source would be retried in a tight loop.
-        if c.backoff.initial < MIN_WAIT {
-            return Err(BuildError::new(
-                "backoff.initial",
-                format!("{:?}", c.backoff.initial),
-                format!("must be at least {MIN_WAIT:?}"),
-            ));
-        }
-        if let Some(size) = c.stack_size
-            && size > MAX_STACK
-        {
-            return Err(BuildError::new(
-                "stack_size",
-                size,
-                format!("must be at most {MAX_STACK} bytes (1 GiB)"),
-            ));
-        }
-        if c.backoff.max < c.backoff.initial {
-            return Err(BuildError::new(
-                "backoff.max",
-                format!("{:?}", c.backoff.max),
-                format!(
-                    "must not be shorter than backoff.initial ({:?})",
-                    c.backoff.initial
-                ),
-            ));
-        }
-        check_name("thread_name_prefix", &c.thread_name_prefix)?;
-        if self.queues.is_empty() {
-            return Err(BuildError::new("queues", "[]", "add at least one queue"));
-        }
-        let mut seen = HashSet::new();
-        for q in &self.queues {
-            check_name("queue.name", &q.name)?;
-            let field = |f: &str| format!("queue[{}].{f}", q.name);
-            if !seen.insert(q.name.as_str()) {
-                return Err(BuildError::new(
-                    field("name"),
-                    &q.name,
-                    "duplicate queue name",
-                ));
-            }
-            if q.weight == 0 {
-                return Err(BuildError::new(field("weight"), 0, "must be at least 1"));
-            }
-            if q.recycle_after == Some(0) {
-                return Err(BuildError::new(
-                    field("recycle_after"),
-                    0,
-                    "must be at least 1 (leave unset to never recycle)",
-                ));
-            }
-            if let Some(t) = q.target_wait
-                && !(MIN_WAIT..=MAX_WAIT).contains(&t)
-            {
-                return Err(BuildError::new(
-                    field("target_wait"),
-                    format!("{t:?}"),
-                    format!("must be between {MIN_WAIT:?} and one day (86400s)"),
-                ));
-            }
-            crate::life_config::check(q, &field)?;
-            if q.min_threads > c.max_threads_per_type {
-                return Err(BuildError::new(
-                    field("min_threads"),
-                    q.min_threads,
-                    format!("exceeds max_threads_per_type ({})", c.max_threads_per_type),
-                ));
-            }
-        }
-        if c.min_free_memory == Some(0) {
-            return Err(BuildError::new(
-                "min_free_memory",
-                0,
-                "must be at least 1 byte (leave unset for no memory gate)",
-            ));
-        }
-        let mins: usize = self.queues.iter().map(|q| q.min_threads).sum();
-        if mins > c.max_total_threads {
-            return Err(BuildError::new(
-                "max_total_threads",
-                c.max_total_threads,
-                format!("is below the sum of the queues' min_threads ({mins})"),
-            ));
-        }
+        check::pool(&self.config)?;
+        check::queues(&self.queues, &self.config)?;
         let mut queues = Vec::with_capacity(self.queues.len());
         for mut q in self.queues {
             // The queue owns the only reference to its runner until now.
@@ -624,18 +484,4 @@ fn parse_addr(raw: &str) -> Result<std::net::SocketAddr, BuildError> {
             format!("must be HOST:PORT ({e})"),
         )),
     }
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), BuildError> {
-    if name.is_empty() {
-        return Err(BuildError::new(field, "\"\"", "must not be empty"));
-    }
-    if name.contains('\0') {
-        return Err(BuildError::new(
-            field,
-            format!("{name:?}"),
-            "must not contain NUL",
-        ));
-    }
-    Ok(())
 }
