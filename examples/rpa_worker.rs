@@ -39,6 +39,9 @@
 //! memory); `--fleet NAME` (default `threadtide`). `--exit-when-idle` exits when every queue
 //! is empty fleet-wide (no job waiting, delayed or in any copy's processing list).
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::error::Error;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -46,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use threadtide::{JobError, Queue, RedisSource, ThreadPoolManager, WaitError, WorkerInfo};
+use threadtide::{JobError, Queue, RedisSource, ThreadPoolManager, WorkerInfo};
 
 #[derive(Debug, Default)]
 struct Args {
@@ -207,17 +210,7 @@ const EXIT_CANNOT_START: i32 = 2;
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Err(e) = run() {
-        // Display, not Debug: the message says what to fix, and never shows a password.
-        let mut message = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !message.contains(&text) {
-                message = format!("{message}: {text}");
-            }
-            cause = c.source();
-        }
-        eprintln!("rpa_worker: {message}");
+        eprintln!("rpa_worker: {}", cli::message(&*e));
         std::process::exit(EXIT_CANNOT_START);
     }
 }
@@ -403,16 +396,7 @@ fn run() -> Result<(), Box<dyn Error>> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    match pool.shutdown_timeout(Duration::from_millis(args.shutdown_timeout_ms)) {
-        Ok(()) => {}
-        Err(WaitError::TimedOut { running, requeued }) => {
-            log::warn!(
-                "{} job(s) still running at the deadline, {requeued} put back",
-                running.len()
-            );
-        }
-        Err(e) => return Err(e.into()),
-    }
+    cli::drain(&pool, Duration::from_millis(args.shutdown_timeout_ms))?;
     let total = pool.stats().total;
     log::info!(
         "rpa_worker {} done: {} ok, {} failed, {} panicked",

@@ -1,22 +1,22 @@
 //! The builder and per-queue settings: setters that never panic, and `build()`, which checks
-//! every value in one place. The defaults and the validated settings live in `config.rs`.
+//! every value in one place (`builder/check.rs`). The defaults and the validated settings live
+//! in `config.rs`.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::config::{Config, MAX_THREADS, MAX_WAIT, MIN_WAIT, QueueConfig, defaults};
+use crate::config::{Config, QueueConfig, defaults};
 use crate::error::{BuildError, JobError};
 use crate::event::{EventHandler, Guarded, NoEvents};
+use crate::lifecycle::Erased;
 use crate::manager::ThreadPoolManager;
 use crate::queue::QueueDef;
 use crate::source::{JobSource, WorkerInfo};
 use crate::worker::Runner;
 
-/// The largest [`Builder::stack_size`]: 1 GiB.
-const MAX_STACK: usize = 1 << 30;
+mod check;
 
 impl ThreadPoolManager {
     /// Starts configuring a pool. Every setting has a default; see [`Builder`].
@@ -29,9 +29,13 @@ impl ThreadPoolManager {
 ///
 /// * `init(&WorkerInfo) -> Result<State, E>` runs once on each worker thread, before its first
 ///   job: open the browser session, load the PDF engine. The state lives as long as the worker
-///   and is dropped when it exits (the browser closes), after a job panics (it is rebuilt), and
-///   every [`recycle_after`](Queue::recycle_after) jobs. A failing `init` is retried with
-///   back-off.
+///   and is dropped when it exits (the browser closes), after a job panics (it is rebuilt),
+///   after [`recycle_after`](Queue::recycle_after) jobs or
+///   [`recycle_after_age`](Queue::recycle_after_age), and when it fails its
+///   [`health_check`](Queue::health_check). A failing `init` is retried with back-off. At most
+///   [`init_concurrency`](Queue::init_concurrency) `init`s of a queue run at once, and a
+///   dropped state can hand something to the next `init` ([`carry_over`](Queue::carry_over)).
+///   The crate docs' "A worker's state over its life" walks through all of it.
 /// * `exec(&mut State, &Job) -> Result<Output, JobError>` runs one job.
 ///
 /// # Examples
@@ -62,6 +66,12 @@ pub struct Queue {
     weight: u32,
     recycle_after: Option<u64>,
     target_wait: Option<Duration>,
+    pub(crate) recycle_after_age: Option<Duration>,
+    pub(crate) recycle_jitter: f64,
+    pub(crate) health_check: Option<Erased>,
+    pub(crate) health_check_every: Duration,
+    pub(crate) carry_over: Option<Erased>,
+    pub(crate) init_concurrency: Option<usize>,
     runner: Arc<dyn Runner>,
 }
 
@@ -73,6 +83,12 @@ impl fmt::Debug for Queue {
             .field("weight", &self.weight)
             .field("recycle_after", &self.recycle_after)
             .field("target_wait", &self.target_wait)
+            .field("recycle_after_age", &self.recycle_after_age)
+            .field("recycle_jitter", &self.recycle_jitter)
+            .field("health_check", &self.health_check)
+            .field("health_check_every", &self.health_check_every)
+            .field("carry_over", &self.carry_over)
+            .field("init_concurrency", &self.init_concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +109,12 @@ impl Queue {
             weight: defaults::WEIGHT,
             recycle_after: None,
             target_wait: None,
+            recycle_after_age: None,
+            recycle_jitter: defaults::RECYCLE_JITTER,
+            health_check: None,
+            health_check_every: defaults::HEALTH_CHECK_EVERY,
+            carry_over: None,
+            init_concurrency: None,
             runner: Arc::new(QueueDef::new(source, init, exec)),
         }
     }
@@ -115,6 +137,12 @@ impl Queue {
 
     /// Drop and rebuild a worker's state after it has run this many jobs (a browser that leaks
     /// memory). Defaults to never. 0 is refused.
+    ///
+    /// Each state's limit is shortened by [`recycle_jitter`](Queue::recycle_jitter) (by
+    /// default up to a tenth, rounded down: `recycle_after(10)` stays 10, `recycle_after(500)`
+    /// becomes 451 to 500), so workers started together do not all recycle together. The
+    /// rebuild happens between jobs; recycles are counted in
+    /// [`QueueStats::recycles`](crate::QueueStats::recycles).
     pub fn recycle_after(mut self, jobs: u64) -> Self {
         self.recycle_after = Some(jobs);
         self
@@ -185,7 +213,7 @@ impl Queue {
 /// # Ok::<(), threadtide::BuildError>(())
 /// ```
 pub struct Builder {
-    config: Config,
+    pub(crate) config: Config,
     events: Box<dyn EventHandler>,
     queues: Vec<Queue>,
     /// `metrics_addr` as given; parsed in `build()`.
@@ -376,158 +404,49 @@ impl Builder {
     ///
     /// A [`BuildError`] naming the first bad field and its value: a zero count or interval
     /// where one is refused, a `rebalance_interval`, `fetch_timeout` or `backoff.initial` under 1 ms, no queue, an empty, duplicate or NUL-containing queue name, a
-    /// queue `weight` of 0, `recycle_after` of 0, a `target_wait` under 1 ms or over one day, `min_threads` above `max_threads_per_type`,
+    /// queue `weight` of 0, `recycle_after` of 0, a `target_wait` under 1 ms or over one day,
+    /// a `recycle_after_age` of zero, a `recycle_jitter` outside `[0, 1)`, a
+    /// `health_check_every` over one day, an `init_concurrency` of 0, a `health_check` or
+    /// `carry_over` written for another state type than the queue's (the message names both),
+    /// a `min_free_memory` of 0, `min_threads` above `max_threads_per_type`,
     /// minimums that add up past `max_total_threads`, a thread cap above 2^20, a wait
     /// (`rebalance_interval`, `fetch_timeout`, `backoff.max`) above one day, or a
     /// `stack_size` above 1 GiB.
     pub fn build(self) -> Result<ThreadPoolManager, BuildError> {
-        let c = &self.config;
-        let positive = [
-            ("jobs_per_thread", c.jobs_per_thread),
-            ("max_threads_per_type", c.max_threads_per_type),
-            ("max_total_threads", c.max_total_threads),
-        ];
-        for (field, value) in positive {
-            if value == 0 {
-                return Err(BuildError::new(field, value, "must be at least 1"));
-            }
-        }
-        for (field, value) in &positive[1..] {
-            if *value > MAX_THREADS {
+        check::pool(&self.config)?;
+        check::queues(&self.queues, &self.config)?;
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for mut q in self.queues {
+            // The queue owns the only reference to its runner until now.
+            let hooks = (q.health_check.take(), q.carry_over.take());
+            let Some(runner) = Arc::get_mut(&mut q.runner) else {
+                unreachable!("a queue's runner is shared with nothing before build()");
+            };
+            if let Err(wrong) = runner.install(hooks.0, hooks.1) {
                 return Err(BuildError::new(
-                    *field,
-                    value,
-                    format!("must be at most {MAX_THREADS}"),
+                    format!("queue[{}].{}", q.name, wrong.field),
+                    wrong.given,
+                    format!(
+                        "takes the state type `{}` but the queue's state is `{}`",
+                        wrong.given, wrong.state
+                    ),
                 ));
             }
+            let config = QueueConfig {
+                name: Arc::from(q.name),
+                min_threads: q.min_threads,
+                weight: q.weight,
+                recycle_after: q.recycle_after,
+                target_wait: q.target_wait,
+                recycle_after_age: q.recycle_after_age,
+                recycle_jitter: q.recycle_jitter,
+                health_check_every: q.health_check_every,
+                init_concurrency: q
+                    .init_concurrency
+                    .unwrap_or_else(crate::lifecycle::default_init_concurrency),
+            };
+            queues.push((config, q.runner));
         }
-        let floored = [
-            ("rebalance_interval", c.rebalance_interval),
-            ("fetch_timeout", c.fetch_timeout),
-        ];
-        for (field, value) in floored {
-            // Shorter waits make the monitor or every idle worker spin on a core.
-            if value < MIN_WAIT {
-                return Err(BuildError::new(
-                    field,
-                    format!("{value:?}"),
-                    format!("must be at least {MIN_WAIT:?}"),
-                ));
-            }
-        }
-        if c.backoff.initial.is_zero() {
-            return Err(BuildError::new(
-                "backoff.initial",
-                "0s",
-                "must be longer than zero",
-            ));
-        }
-        let bounded = [
-            ("rebalance_interval", c.rebalance_interval),
-            ("fetch_timeout", c.fetch_timeout),
-            ("backoff.initial", c.backoff.initial),
-            ("backoff.max", c.backoff.max),
-        ];
-        for (field, value) in bounded {
-            if value > MAX_WAIT {
-                return Err(BuildError::new(
-                    field,
-                    format!("{value:?}"),
-                    "must be at most one day (86400s)",
-                ));
-            }
-        }
-        // A failing `init` or source would be retried in a tight loop.
-        if c.backoff.initial < MIN_WAIT {
-            return Err(BuildError::new(
-                "backoff.initial",
-                format!("{:?}", c.backoff.initial),
-                format!("must be at least {MIN_WAIT:?}"),
-            ));
-        }
-        if let Some(size) = c.stack_size
-            && size > MAX_STACK
-        {
-            return Err(BuildError::new(
-                "stack_size",
-                size,
-                format!("must be at most {MAX_STACK} bytes (1 GiB)"),
-            ));
-        }
-        if c.backoff.max < c.backoff.initial {
-            return Err(BuildError::new(
-                "backoff.max",
-                format!("{:?}", c.backoff.max),
-                format!(
-                    "must not be shorter than backoff.initial ({:?})",
-                    c.backoff.initial
-                ),
-            ));
-        }
-        check_name("thread_name_prefix", &c.thread_name_prefix)?;
-        if self.queues.is_empty() {
-            return Err(BuildError::new("queues", "[]", "add at least one queue"));
-        }
-        let mut seen = HashSet::new();
-        for q in &self.queues {
-            check_name("queue.name", &q.name)?;
-            let field = |f: &str| format!("queue[{}].{f}", q.name);
-            if !seen.insert(q.name.as_str()) {
-                return Err(BuildError::new(
-                    field("name"),
-                    &q.name,
-                    "duplicate queue name",
-                ));
-            }
-            if q.weight == 0 {
-                return Err(BuildError::new(field("weight"), 0, "must be at least 1"));
-            }
-            if q.recycle_after == Some(0) {
-                return Err(BuildError::new(
-                    field("recycle_after"),
-                    0,
-                    "must be at least 1 (leave unset to never recycle)",
-                ));
-            }
-            if let Some(t) = q.target_wait
-                && !(MIN_WAIT..=MAX_WAIT).contains(&t)
-            {
-                return Err(BuildError::new(
-                    field("target_wait"),
-                    format!("{t:?}"),
-                    format!("must be between {MIN_WAIT:?} and one day (86400s)"),
-                ));
-            }
-            if q.min_threads > c.max_threads_per_type {
-                return Err(BuildError::new(
-                    field("min_threads"),
-                    q.min_threads,
-                    format!("exceeds max_threads_per_type ({})", c.max_threads_per_type),
-                ));
-            }
-        }
-        let mins: usize = self.queues.iter().map(|q| q.min_threads).sum();
-        if mins > c.max_total_threads {
-            return Err(BuildError::new(
-                "max_total_threads",
-                c.max_total_threads,
-                format!("is below the sum of the queues' min_threads ({mins})"),
-            ));
-        }
-        let queues = self
-            .queues
-            .into_iter()
-            .map(|q| {
-                let config = QueueConfig {
-                    name: Arc::from(q.name),
-                    min_threads: q.min_threads,
-                    weight: q.weight,
-                    recycle_after: q.recycle_after,
-                    target_wait: q.target_wait,
-                };
-                (config, q.runner)
-            })
-            .collect();
         #[cfg(feature = "metrics")]
         {
             let mut config = self.config;
@@ -569,18 +488,4 @@ fn parse_addr(raw: &str) -> Result<std::net::SocketAddr, BuildError> {
             format!("must be HOST:PORT ({e})"),
         )),
     }
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), BuildError> {
-    if name.is_empty() {
-        return Err(BuildError::new(field, "\"\"", "must not be empty"));
-    }
-    if name.contains('\0') {
-        return Err(BuildError::new(
-            field,
-            format!("{name:?}"),
-            "must not contain NUL",
-        ));
-    }
-    Ok(())
 }

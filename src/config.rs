@@ -22,6 +22,11 @@ pub(crate) mod defaults {
     pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
     pub(crate) const THREAD_NAME_PREFIX: &str = "threadtide";
     pub(crate) const WEIGHT: u32 = 1;
+    /// `Queue::recycle_jitter`: workers started together spread their recycles over a tenth
+    /// of the limit.
+    pub(crate) const RECYCLE_JITTER: f64 = 0.1;
+    /// `Queue::health_check_every`: before every job.
+    pub(crate) const HEALTH_CHECK_EVERY: Duration = Duration::ZERO;
 }
 
 /// The longest a duration setting that the pool waits on may be (`rebalance_interval`,
@@ -48,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) backoff: Backoff,
     pub(crate) thread_name_prefix: String,
     pub(crate) stack_size: Option<usize>,
+    /// The memory gate's minimum of free bytes (`None`: off).
+    pub(crate) min_free_memory: Option<u64>,
     /// Where the metrics server listens (`None`: nowhere).
     #[cfg(feature = "metrics")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
@@ -68,6 +75,7 @@ impl Default for Config {
             },
             thread_name_prefix: defaults::THREAD_NAME_PREFIX.to_owned(),
             stack_size: None,
+            min_free_memory: None,
             #[cfg(feature = "metrics")]
             metrics_addr: None,
         }
@@ -84,4 +92,12 @@ pub(crate) struct QueueConfig {
     pub(crate) recycle_after: Option<u64>,
     /// The wait target of the wait-target rule (`None`: the divisor rule).
     pub(crate) target_wait: Option<std::time::Duration>,
+    /// Rebuild a worker's state once it has lived this long (`None`: never).
+    pub(crate) recycle_after_age: Option<Duration>,
+    /// The largest fraction a state's recycle limits are shortened by, in `[0, 1)`.
+    pub(crate) recycle_jitter: f64,
+    /// The shortest time between two health checks of a state (zero: before every job).
+    pub(crate) health_check_every: Duration,
+    /// At most this many `init`s of the queue run at once.
+    pub(crate) init_concurrency: usize,
 }

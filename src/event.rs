@@ -92,6 +92,10 @@ pub enum ErrorKind {
     /// The operating system refused to start a worker thread (see
     /// [`Builder::stack_size`](crate::Builder::stack_size)); retried with back-off.
     Spawn,
+    /// A worker's state failed its [`health_check`](crate::Queue::health_check) (returned an
+    /// error or panicked); the state was dropped and is rebuilt before the next job (at once,
+    /// or after `retry_in` when it failed again before running a job).
+    HealthCheck,
 }
 
 /// Something went wrong and the pool is handling it.

@@ -84,25 +84,110 @@
 //!   worker's own retirement.
 //! * An [`EventHandler`] that panics is caught and counted; the pool goes on.
 //!
+//! # A worker's state over its life
+//!
+//! A worker's state is the expensive thing it owns: a logged-in browser, a PDF engine. The
+//! pool builds it with the queue's `init` before the worker's first job and keeps it across
+//! jobs; it drops it and builds a new one (on the same thread, holding no job meanwhile):
+//!
+//! * after [`recycle_after`](Queue::recycle_after) jobs, or once it has lived
+//!   [`recycle_after_age`](Queue::recycle_after_age) (a browser leaks memory with every page,
+//!   a session expires), each limit shortened per state by up to
+//!   [`recycle_jitter`](Queue::recycle_jitter) (a tenth) so that workers started together do
+//!   not all recycle together; counted in [`QueueStats::recycles`];
+//! * when it fails its [`health_check`](Queue::health_check), which runs before the worker
+//!   fetches its next job (at most every
+//!   [`health_check_every`](Queue::health_check_every)): a crashed renderer costs a rebuild,
+//!   not a job; counted in [`QueueStats::health_check_failures`];
+//! * after a job panicked (the state may be half-changed).
+//!
+//! With [`carry_over`](Queue::carry_over), a state dropped for a recycle, a failed check or its
+//! worker's exit (not after a panic) hands something to the next `init` of its queue (cookies,
+//! a session token), which takes it with [`WorkerInfo::take_carry`]: a recycle need not log in
+//! again. At most [`init_concurrency`](Queue::init_concurrency) `init`s of a queue run at once
+//! (by default the CPUs the process may use), and with [`Builder::min_free_memory`] no worker
+//! starts while the free memory of the process (its cgroup's limit minus its usage, or
+//! `MemAvailable`) is below a minimum ([`SizeReason::Memory`]).
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use threadtide::{MemorySource, Queue, ThreadPoolManager, WorkerInfo};
+//!
+//! struct Browser { session: String, crashed: bool } // stands in for a headless browser
+//!
+//! let logins = Arc::new(AtomicU32::new(0));
+//! let counted = Arc::clone(&logins);
+//! let orders: MemorySource<u32, ()> = MemorySource::builder().keep_results(true).build()?;
+//! let queue = Queue::new(
+//!     "conferencia",
+//!     orders.clone(),
+//!     move |worker: &WorkerInfo| {
+//!         // Start from the session a dropped browser carried over; log in only without one.
+//!         let session = worker.take_carry::<String>().unwrap_or_else(|| {
+//!             counted.fetch_add(1, Ordering::SeqCst);
+//!             format!("session of {}", worker.name())
+//!         });
+//!         Ok::<_, Infallible>(Browser { session, crashed: false })
+//!     },
+//!     |browser: &mut Browser, order: &u32| {
+//!         assert!(!browser.crashed, "no job runs on a crashed browser");
+//!         std::thread::sleep(Duration::from_millis(1)); // a page
+//!         browser.crashed = order % 7 == 6; // the renderer dies now and then
+//!         Ok(())
+//!     },
+//! )
+//! .recycle_after(500)                                // pages leak memory
+//! .recycle_after_age(Duration::from_secs(30 * 60))   // sessions expire
+//! .health_check(|b: &mut Browser, _| if b.crashed { Err("renderer crashed") } else { Ok(()) })
+//! .carry_over(|b: Browser, _| Some(b.session))       // the browser closes, the login stays
+//! .init_concurrency(2);                              // two browsers launch at a time
+//!
+//! let pool = ThreadPoolManager::builder()
+//!     .max_threads_per_type(2)
+//!     .min_free_memory(16 << 20) // no new browser below 16 MiB free
+//!     .add_queue(queue)
+//!     .build()?;
+//! orders.extend(0..100);
+//! pool.start()?;
+//! for _ in 0..100 {
+//!     orders.recv_result_timeout(Duration::from_secs(10)).expect("a result");
+//! }
+//! pool.shutdown();
+//! pool.wait()?;
+//! let stats = pool.stats();
+//! assert_eq!((stats.total.jobs_ok, stats.total.jobs_panicked), (100, 0));
+//! assert!(stats.total.health_check_failures > 0); // crashed browsers were rebuilt first
+//! assert!(logins.load(Ordering::SeqCst) <= 2);    // and kept their worker's login
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Watching it
 //!
-//! * [`ThreadPoolManager::stats`]: workers, busy, backlog, target, job counts and durations.
+//! * [`ThreadPoolManager::stats`]: workers, busy, backlog, target, job counts and durations,
+//!   recycles, failed health checks, carried values, starting workers, the memory gate's
+//!   reading.
 //! * [`EventHandler`]: scaling decisions, worker starts and exits, errors (every error, even
 //!   when the log is quiet about it).
 //! * `log`, at these levels (the pool's own lines; a source documents its own):
 //!   * `info`: scaling decisions with their reason ("queue conferencia: 322 jobs -> scaling
 //!     up 2 -> 7 threads (backlog grew)"), a source, a backlog or spawning working again after
-//!     an outage (with its length), a shutdown requested by call or signal, and its end;
+//!     an outage (with its length), the memory gate starting and stopping to hold ("memory
+//!     gate: 180 MiB free, minimum 512 MiB: no worker starts"), a shutdown requested by call
+//!     or signal, and its end;
 //!   * `warn`: a worker losing its source, or the monitor a backlog (one line, then at most
-//!     one a minute while it lasts), a failed `init`, a job that panicked (without its
-//!     message), a refused acknowledgement, running jobs put back after a shutdown deadline,
-//!     a drop that leaves workers to finish, a second signal while draining;
+//!     one a minute while it lasts), a failed `init`, a failed health check, free memory the
+//!     memory gate cannot read (once), a job that panicked (without its message), a refused
+//!     acknowledgement, running jobs put back after a shutdown deadline, a drop that leaves
+//!     workers to finish, a second signal while draining;
 //!   * `error`: a refused thread spawn, a panic outside a job (an event handler, a `Drop`, a
-//!     worker or the monitor thread itself), an acknowledgement given up while stopping, a
-//!     source that cannot put running jobs back;
+//!     `carry_over`, a worker or the monitor thread itself), an acknowledgement given up
+//!     while stopping, a source that cannot put running jobs back;
 //!   * `debug`: a steady queue when its backlog changed, worker starts and exits;
-//!   * `trace`: the message of a panic in a job, a source callback or a `Drop`, which may
-//!     quote the job.
+//!   * `trace`: the message of a panic in a job, a source callback, a `carry_over` or a
+//!     `Drop`, which may quote the job.
 //!
 //!   Job payloads never appear above `trace`.
 //! * Threads are named `{prefix}-{queue}-{n}`, `{prefix}-monitor`, `{prefix}-signals` and,
@@ -174,7 +259,10 @@ mod estimate;
 mod event;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod fleet_estimate;
+mod gate;
 mod histogram;
+mod life_config;
+mod lifecycle;
 mod manager;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -182,6 +270,7 @@ mod monitor;
 mod outage;
 mod queue;
 mod reason;
+mod runner;
 mod scaling;
 // A namespace of its own: a tool (the simulator) rather than part of the pool's API.
 #[cfg(feature = "simulate")]

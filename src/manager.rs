@@ -420,6 +420,33 @@ impl ThreadPoolManager {
         Ok(())
     }
 
+    /// Changes the memory gate's minimum ([`Builder::min_free_memory`](crate::Builder::min_free_memory))
+    /// at runtime, or with `None` turns the gate off (`Some(0)` turns it off too). Takes effect
+    /// at the monitor's next tick: lowering it lets workers start, raising it stops no worker
+    /// already running. Never blocks, never fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, ThreadPoolManager};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// let pool = ThreadPoolManager::builder()
+    ///     .min_free_memory(512 << 20)
+    ///     .queue("pdf", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .build()?;
+    /// pool.set_min_free_memory(Some(256 << 20));
+    /// assert_eq!(pool.stats().min_free_memory, Some(256 << 20));
+    /// pool.set_min_free_memory(None);
+    /// assert_eq!(pool.stats().min_free_memory, None);
+    /// # Ok::<(), threadtide::BuildError>(())
+    /// ```
+    pub fn set_min_free_memory(&self, bytes: Option<u64>) {
+        self.shared.memory.set_min(bytes);
+        self.shared.nudge();
+    }
+
     /// A snapshot of every queue and the totals. Cheap (no call to a source: the backlog is the
     /// monitor's last reading); safe to call from any thread, often.
     pub fn stats(&self) -> PoolStats {

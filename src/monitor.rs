@@ -249,6 +249,8 @@ impl Monitor {
             })
             .collect();
         let plan = scaling::decide(&mut self.stabilizer, now, &inputs, &limits).plan;
+        // The memory gate (`min_free_memory`): read once per tick, before any spawn.
+        let gate_holds = self.pool.memory.check();
         for (((q, meter), input), share) in
             queues.iter().zip(&self.meters).zip(&inputs).zip(&shares)
         {
@@ -270,8 +272,17 @@ impl Monitor {
             let from = q.target.swap(to, Ordering::AcqRel);
             let unreachable = self.backlog_outage[i].is_down()
                 || shares[i].and_then(|s| s.reason) == Some(crate::SizeReason::SourceUnreachable);
-            let size =
+            let mut size =
                 coordination::size_reason(&inputs[i], &limits, to, shares[i].as_ref(), unreachable);
+            if gate_holds
+                && q.alive.load(Ordering::Acquire) < to
+                && !matches!(
+                    size,
+                    crate::SizeReason::Paused | crate::SizeReason::SourceUnreachable
+                )
+            {
+                size = crate::SizeReason::Memory;
+            }
             coordination::store_reason(q, size);
             let backlog = q.backlog.load(Ordering::Relaxed);
             if from != to {
@@ -301,11 +312,12 @@ impl Monitor {
                 self.logged_backlog[i] = Some(backlog);
             }
         }
-        self.apply(&plan, now);
+        self.apply(&plan, now, gate_holds);
     }
 
-    /// Spawns missing workers within the caps, and wakes idle ones where there are too many.
-    fn apply(&mut self, plan: &[usize], now: Instant) {
+    /// Spawns missing workers within the caps (none while the memory gate holds), and wakes
+    /// idle ones where there are too many.
+    fn apply(&mut self, plan: &[usize], now: Instant, gate_holds: bool) {
         let pool = Arc::clone(&self.pool);
         let c = &pool.config;
         for (qi, &target) in plan.iter().enumerate() {
@@ -322,7 +334,19 @@ impl Monitor {
             if self.spawn_outage[qi].1.is_some_and(|at| now < at) {
                 continue; // backing off after a refused spawn
             }
-            let missing = target - alive;
+            if gate_holds {
+                continue;
+            }
+            // With the gate on, at most `init_concurrency` workers whose `init` has not
+            // returned: the next reading sees the memory of the ones started before it.
+            let ramp = if pool.memory.min().is_some() {
+                q.turns
+                    .limit
+                    .saturating_sub(q.starting.load(Ordering::Acquire))
+            } else {
+                usize::MAX
+            };
+            let missing = (target - alive).min(ramp);
             let room_queue = c.max_threads_per_type.saturating_sub(q.live());
             let room_total = c
                 .max_total_threads
@@ -348,7 +372,8 @@ impl Monitor {
         // it shortened to the 15 bytes Linux keeps, number included.
         let name = format!("{prefix}-{}-{index}", q.name());
         let os_name = threads::thread_name(prefix, Some(q.name()), &index.to_string());
-        let info = WorkerInfo::new(Arc::clone(&q.config.name), name.clone(), index);
+        let info = WorkerInfo::new(Arc::clone(&q.config.name), name.clone(), index)
+            .with_stash(Arc::clone(&q.stash));
         let counters = Arc::new(Counters::default());
         let mut builder = thread::Builder::new().name(os_name);
         if let Some(size) = pool.config.stack_size {

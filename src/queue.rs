@@ -7,15 +7,16 @@
 use std::marker::PhantomData;
 
 use crate::error::JobError;
+use crate::lifecycle::{BoxError, Hooks};
 use crate::source::{JobSource, WorkerInfo};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A queue's source, `init` and `exec`, with their types.
+/// A queue's source, `init` and `exec`, with their types, and its lifecycle hooks (set in
+/// `build()`, once their state type is checked).
 pub(crate) struct QueueDef<S, St, I, X> {
     source: S,
     init: I,
     exec: X,
+    hooks: Hooks<St>,
     _state: PhantomData<fn() -> St>,
 }
 
@@ -25,6 +26,7 @@ impl<S, St, I, X> QueueDef<S, St, I, X> {
             source,
             init,
             exec,
+            hooks: Hooks::default(),
             _state: PhantomData,
         }
     }
@@ -35,9 +37,14 @@ pub(crate) trait Handlers: Send + Sync + 'static {
     /// Where the jobs come from.
     type Source: JobSource;
     /// A worker's state, built by `init`.
-    type State;
+    type State: 'static;
 
     fn source(&self) -> &Self::Source;
+
+    /// The queue's health check and carry-over.
+    fn hooks(&self) -> &Hooks<Self::State>;
+
+    fn hooks_mut(&mut self) -> &mut Hooks<Self::State>;
 
     /// Builds a worker's state (the host's `init`).
     fn init(&self, worker: &WorkerInfo) -> Result<Self::State, BoxError>;
@@ -64,6 +71,14 @@ where
     #[inline(always)]
     fn source(&self) -> &S {
         &self.source
+    }
+
+    fn hooks(&self) -> &Hooks<St> {
+        &self.hooks
+    }
+
+    fn hooks_mut(&mut self) -> &mut Hooks<St> {
+        &mut self.hooks
     }
 
     fn init(&self, worker: &WorkerInfo) -> Result<St, BoxError> {

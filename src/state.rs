@@ -57,13 +57,29 @@ pub(crate) struct QueueState {
     pub(crate) wake_rx: Receiver<()>,
     /// The monitor's measurements of this queue (duration, rates, estimated wait), for stats.
     pub(crate) estimate: Mutex<crate::estimate::View>,
+    /// States rebuilt by `recycle_after` or `recycle_after_age`.
+    pub(crate) recycles: AtomicU64,
+    pub(crate) health_check_failures: AtomicU64,
+    /// Workers waiting for an init turn or in `init`: counted from the spawn to the end of
+    /// the first `init`, then for each rebuild.
+    pub(crate) starting: AtomicUsize,
+    /// What dropped states carried over, for the next `init`s.
+    pub(crate) stash: Arc<crate::lifecycle::Stash>,
+    /// The start ramp's turns (`init_concurrency`).
+    pub(crate) turns: crate::lifecycle::InitTurns,
     roster: Mutex<Roster>,
 }
 
 impl QueueState {
-    fn new(config: QueueConfig) -> Self {
+    fn new(config: QueueConfig, max_threads: usize) -> Self {
         let (wake_tx, wake_rx) = unbounded();
         QueueState {
+            recycles: AtomicU64::new(0),
+            health_check_failures: AtomicU64::new(0),
+            starting: AtomicUsize::new(0),
+            stash: Arc::new(crate::lifecycle::Stash::new(max_threads)),
+            // More turns than threads would never be used.
+            turns: crate::lifecycle::InitTurns::new(config.init_concurrency.min(max_threads)),
             config,
             target: AtomicUsize::new(0),
             alive: AtomicUsize::new(0),
@@ -128,6 +144,8 @@ impl QueueState {
         pool.total_live.fetch_add(1, Ordering::AcqRel);
         match spawn() {
             Ok(handle) => {
+                // Starting until its first `init` returns (the worker takes itself out).
+                self.starting.fetch_add(1, Ordering::AcqRel);
                 r.live += 1;
                 r.spawned += 1;
                 r.workers.push((name, counters));
@@ -213,6 +231,8 @@ pub(crate) struct PoolShared {
     pub(crate) total_live: AtomicUsize,
     /// Set if the monitor thread died of a panic (the pool stopped and joined its workers).
     pub(crate) monitor_died: AtomicBool,
+    /// The memory gate (`min_free_memory`).
+    pub(crate) memory: crate::gate::MemoryGate,
     done: Mutex<bool>,
     done_cv: Condvar,
 }
@@ -226,10 +246,15 @@ impl PoolShared {
     ) -> Self {
         let (stop_tx, stop_rx) = bounded(0);
         let (nudge_tx, nudge_rx) = bounded(1);
+        let queues = queues
+            .into_iter()
+            .map(|q| QueueState::new(q, config.max_threads_per_type))
+            .collect();
         PoolShared {
+            memory: crate::gate::MemoryGate::new(config.min_free_memory),
             id,
             config,
-            queues: queues.into_iter().map(QueueState::new).collect(),
+            queues,
             events,
             epoch: Instant::now(),
             stopping: AtomicBool::new(false),

@@ -56,6 +56,10 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
             completion_rate: estimate.completion_per_s,
             estimated_wait: estimate.estimated_wait,
             learned_jobs_per_thread: estimate.learned_jobs_per_thread,
+            recycles: q.recycles.load(Ordering::Relaxed),
+            health_check_failures: q.health_check_failures.load(Ordering::Relaxed),
+            carried: q.stash.carried.load(Ordering::Relaxed),
+            starting: q.starting.load(Ordering::Acquire),
         });
         all.merge(&acc);
     }
@@ -84,11 +88,17 @@ pub(crate) fn collect(pool: &PoolShared) -> PoolStats {
         completion_rate: rate_sum(&queues, |q| q.completion_rate),
         estimated_wait: None,
         learned_jobs_per_thread: None,
+        recycles: sum64(|q| q.recycles),
+        health_check_failures: sum64(|q| q.health_check_failures),
+        carried: sum64(|q| q.carried),
+        starting: sum(|q| q.starting),
     };
     PoolStats {
         queues,
         total,
         handler_panics: pool.events.panics(),
+        free_memory: pool.memory.free(),
+        min_free_memory: pool.memory.min(),
     }
 }
 
@@ -174,6 +184,22 @@ pub struct QueueStats {
     /// the jobs one thread clears within the target (what `jobs_per_thread` is to the
     /// divisor rule). `None` for a queue without a wait target or before a job is timed.
     pub learned_jobs_per_thread: Option<f64>,
+    /// States rebuilt because they reached their
+    /// [`recycle_after`](crate::Queue::recycle_after) jobs or
+    /// [`recycle_after_age`](crate::Queue::recycle_after_age) (not rebuilds after a panic or a
+    /// failed health check).
+    pub recycles: u64,
+    /// Health checks that failed (an error or a panic; see
+    /// [`Queue::health_check`](crate::Queue::health_check)); each state that failed was
+    /// rebuilt.
+    pub health_check_failures: u64,
+    /// Values carried over from a dropped state and handed to an `init`
+    /// ([`WorkerInfo::take_carry`](crate::WorkerInfo::take_carry) calls that returned one).
+    pub carried: u64,
+    /// Workers waiting for an init turn ([`Queue::init_concurrency`](crate::Queue::init_concurrency))
+    /// or the memory gate, or running `init`: from their spawn to the end of their first
+    /// `init`, and during each rebuild. They count in [`workers`](Self::workers) too.
+    pub starting: usize,
 }
 
 /// A point-in-time view of the pool, from [`ThreadPoolManager::stats`](crate::ThreadPoolManager::stats).
@@ -187,6 +213,12 @@ pub struct PoolStats {
     /// Calls of the [`EventHandler`](crate::EventHandler) that panicked (caught; the pool
     /// went on).
     pub handler_panics: u64,
+    /// The free memory the memory gate read at the monitor's last tick, in bytes (see
+    /// [`Builder::min_free_memory`](crate::Builder::min_free_memory)); `None` while the gate
+    /// is off, before its first reading, or when nothing could be read.
+    pub free_memory: Option<u64>,
+    /// The memory gate's minimum, in bytes; `None` while it is off.
+    pub min_free_memory: Option<u64>,
 }
 
 impl PoolStats {

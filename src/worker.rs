@@ -13,92 +13,13 @@ use crossbeam_channel::select;
 use crate::counters::{Counters, Ended, JobTimer};
 use crate::error::{JobError, SourceError};
 use crate::event::{ErrorEvent, ErrorKind, EventHandler, ExitReason, WorkerEvent};
+use crate::lifecycle::{self, Life};
 use crate::outage::{Line, Outage};
 use crate::queue::Handlers;
-use crate::source::{Consumer, FetchContext, JobSource, PoolInfo, Unacked, WorkerInfo};
+pub(crate) use crate::runner::{Runner, close_source};
+use crate::source::{Consumer, FetchContext, JobSource, Unacked, WorkerInfo};
 use crate::state::{PoolShared, QueueState};
 use crate::threads::{self, drop_payload, panic_message};
-
-/// A queue with its types erased, so that the pool holds queues of different types: the
-/// manager opens and closes its source, the monitor reads its backlog, a worker runs its loop.
-pub(crate) trait Runner: Send + Sync {
-    /// Opens the source; a panic in it is caught and returned as an error.
-    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError>;
-    fn backlog(&self) -> Result<usize, SourceError>;
-    /// Closes the source; a panic in it is caught, and its message returned.
-    fn close(&self) -> Result<(), String>;
-    /// Puts running jobs back; a panic in it is caught and returned as an error.
-    fn requeue_running(&self) -> Result<usize, SourceError>;
-    /// The source's fleet share ([`JobSource::coordinate`]); not guarded (the monitor is).
-    fn coordinate(&self, view: &crate::QueueView) -> Option<crate::FleetShare>;
-    fn run(&self, worker: &Worker<'_>) -> ExitReason;
-    /// The source's numbers for the metrics; a panic in it is caught (nothing filled in).
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    fn metrics(&self, out: &mut crate::SourceMetrics) {
-        let _ = out;
-    }
-}
-
-impl<H: Handlers> Runner for H {
-    fn open(&self, pool: &PoolInfo) -> Result<(), SourceError> {
-        guard_source("open", || self.source().open(pool))
-    }
-
-    fn backlog(&self) -> Result<usize, SourceError> {
-        self.source().backlog()
-    }
-
-    fn close(&self) -> Result<(), String> {
-        catch_unwind(AssertUnwindSafe(|| self.source().close())).map_err(|p| {
-            let m = panic_message(&*p);
-            drop_payload(p);
-            m
-        })
-    }
-
-    fn requeue_running(&self) -> Result<usize, SourceError> {
-        guard_source("requeue_running", || self.source().requeue_running())
-    }
-
-    fn coordinate(&self, view: &crate::QueueView) -> Option<crate::FleetShare> {
-        self.source().coordinate(view)
-    }
-
-    fn run(&self, worker: &Worker<'_>) -> ExitReason {
-        run(self, worker)
-    }
-
-    fn metrics(&self, out: &mut crate::SourceMetrics) {
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.source().metrics(out))) {
-            log::warn!("the source's metrics panicked: {}", panic_message(&*p));
-            drop_payload(p);
-        }
-    }
-}
-
-/// Closes a queue's source; a panic in its `close` is logged and counted as a source error
-/// (nothing retries a close).
-pub(crate) fn close_source(q: &QueueState, runner: &dyn Runner) {
-    if let Err(message) = runner.close() {
-        q.source_errors.fetch_add(1, Ordering::Relaxed);
-        log::error!("queue {}: the source's close panicked: {message}", q.name());
-    }
-}
-
-/// Runs a source callback called on the host's thread, a panic in it becoming a
-/// [`SourceError`] that names the callback.
-fn guard_source<T>(
-    callback: &str,
-    f: impl FnOnce() -> Result<T, SourceError>,
-) -> Result<T, SourceError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let m = panic_message(&*p);
-        drop_payload(p);
-        Err(SourceError::new(format!(
-            "the source's {callback} panicked: {m}"
-        )))
-    })
-}
 
 /// What a worker thread knows about itself and its pool.
 pub(crate) struct Worker<'a> {
@@ -108,6 +29,9 @@ pub(crate) struct Worker<'a> {
     pub(crate) counters: Arc<Counters>,
     /// Set when this worker took itself out of `alive` ([`try_retire`](Self::try_retire)).
     retired: Cell<bool>,
+    /// Set while this worker counts in its queue's `starting` (from the spawn, which counted
+    /// it, to the end of its first `init`; then during each rebuild).
+    starting: Cell<bool>,
 }
 
 /// The body of a worker thread. The monitor has already counted it (`QueueState::enlist`).
@@ -127,6 +51,7 @@ pub(crate) fn main(
         info,
         counters,
         retired: Cell::new(false),
+        starting: Cell::new(true),
     };
     // Whatever happens below, even a panic outside the guarded calls, the counts are put right.
     let mut guard = ExitGuard {
@@ -144,7 +69,7 @@ pub(crate) fn main(
 
 /// Builds the worker's consumer and state, retrying each with back-off, and serves jobs until
 /// the worker must leave.
-fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
+pub(crate) fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
     let backoff = w.pool.config.backoff;
     let mut consumer: Option<<H::Source as JobSource>::Consumer> = None;
     let mut state: Option<H::State> = None;
@@ -154,6 +79,11 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
         timer: JobTimer::new(),
         since_init: 0,
     };
+    // The current state's info (its generation) and limits.
+    let mut info = w.info.clone();
+    let mut life = Life::default();
+    let mut built = 0u64;
+    let mut unhealthy_in_row = 0u32;
     let exit = loop {
         if let Some(reason) = w.should_exit() {
             break reason;
@@ -175,11 +105,29 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
             continue;
         };
         let Some(st) = state.as_mut() else {
+            // The start ramp and the memory gate: wait for a turn, holding no job.
+            let turn = match lifecycle::init_turn(w, built == 0) {
+                Ok(turn) => turn,
+                Err(reason) => break reason,
+            };
+            info.set_generation(built);
             let init_started = std::time::Instant::now();
-            let message = match catch_unwind(AssertUnwindSafe(|| h.init(&w.info))) {
+            let result = catch_unwind(AssertUnwindSafe(|| h.init(&info)));
+            drop(turn);
+            w.started();
+            let message = match result {
                 Ok(Ok(s)) => {
                     w.queue.init_times.record(init_started.elapsed());
+                    let now = Instant::now();
+                    life = Life::new(
+                        &w.queue.config,
+                        h.hooks().health.is_some(),
+                        info.index(),
+                        built,
+                        now,
+                    );
                     state = Some(s);
+                    built += 1;
                     loop_state.since_init = 0;
                     init_failures = 0;
                     continue;
@@ -203,7 +151,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
         // A panic of the source's `fetch` or `complete` unwinds out of `serve` (a job's panic
         // is caught inside): the consumer may be broken, so it is dropped and rebuilt.
         let served = catch_unwind(AssertUnwindSafe(|| {
-            serve(h, w, c, st, &mut loop_state, &mut outage)
+            serve(h, w, c, st, &info, &mut life, &mut loop_state, &mut outage)
         }));
         match served {
             Ok(Served::Exit(reason)) => break reason,
@@ -211,6 +159,33 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
                 // No job may wait hidden in the consumer while `init` runs again.
                 w.suspend(c, &mut outage);
                 drop_state(&mut state, w);
+            }
+            Ok(Served::Recycle) => {
+                w.suspend(c, &mut outage);
+                w.queue.recycles.fetch_add(1, Ordering::Relaxed);
+                lifecycle::carry_or_drop(h, w, &mut state, &info);
+            }
+            Ok(Served::Unhealthy(message)) => {
+                w.suspend(c, &mut outage);
+                // A state that fails again before any job: back off before the next `init`.
+                unhealthy_in_row = if loop_state.since_init == 0 {
+                    unhealthy_in_row.saturating_add(1)
+                } else {
+                    1
+                };
+                let delay = if unhealthy_in_row > 1 {
+                    backoff.delay(unhealthy_in_row - 1)
+                } else {
+                    Duration::ZERO
+                };
+                w.queue
+                    .health_check_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                w.report(ErrorKind::HealthCheck, message, delay);
+                lifecycle::carry_or_drop(h, w, &mut state, &info);
+                if let Some(reason) = w.pause(delay) {
+                    break reason;
+                }
             }
             Ok(Served::SourceFailed(e)) => {
                 let delay = backoff.delay(outage.errors().saturating_add(1));
@@ -235,7 +210,7 @@ fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
     if let Some(c) = consumer.as_mut() {
         w.suspend(c, &mut outage);
     }
-    drop_state(&mut state, w);
+    lifecycle::carry_or_drop(h, w, &mut state, &info);
     drop_guarded(consumer, w);
     exit
 }
@@ -248,27 +223,35 @@ struct Counts {
 }
 
 /// Why a worker left its job loop.
-enum Served {
+pub(crate) enum Served {
     /// The pool is stopping or the queue has a worker too many.
     Exit(ExitReason),
-    /// The state must be rebuilt: a job panicked, or `recycle_after` jobs ran on it.
+    /// A job panicked: the state is dropped (not carried over) and rebuilt.
     StateSpent,
+    /// The state reached its job or age limit: carried over and rebuilt.
+    Recycle,
+    /// The state failed its health check (the message says why): carried over and rebuilt.
+    Unhealthy(String),
     /// The source failed to fetch.
     SourceFailed(SourceError),
 }
 
 /// The hot loop: with a consumer and a state in hand, fetch, run and acknowledge jobs until the
 /// worker must leave or its state must be rebuilt. Everything set up once per worker stays out
-/// of it, so a no-op job costs little more than the channel hand-off.
+/// of it, so a no-op job costs little more than the channel hand-off; the lifecycle costs one
+/// branch (`life.watch`) when no age limit and no health check are set.
+#[allow(clippy::too_many_arguments)]
 fn serve<H: Handlers>(
     h: &H,
     w: &Worker<'_>,
     consumer: &mut <H::Source as JobSource>::Consumer,
     st: &mut H::State,
+    info: &WorkerInfo,
+    life: &mut Life,
     counts: &mut Counts,
     outage: &mut Outage,
 ) -> Served {
-    let recycle_after = w.queue.config.recycle_after;
+    let job_limit = life.jobs;
     let cx = FetchContext::new(
         w.pool.config.fetch_timeout,
         &w.queue.wake_rx,
@@ -278,6 +261,12 @@ fn serve<H: Handlers>(
     loop {
         if let Some(reason) = w.should_exit() {
             return Served::Exit(reason);
+        }
+        // Before the fetch, so that no job is held while the state is rebuilt.
+        if life.watch
+            && let Some(rebuild) = lifecycle::between_jobs(h, w, st, info, life)
+        {
+            return rebuild;
         }
         cx.rearm();
         let job = match consumer.fetch(&cx) {
@@ -320,8 +309,12 @@ fn serve<H: Handlers>(
         counts.since_init += 1;
         acknowledge(consumer, job, outcome, w, outage);
         // The state may be half-way through something after a panic: rebuild it.
-        if spent || recycle_after.is_some_and(|n| counts.since_init >= n) {
-            return Served::StateSpent;
+        if spent || counts.since_init >= job_limit {
+            return if spent {
+                Served::StateSpent
+            } else {
+                Served::Recycle
+            };
         }
     }
 }
@@ -411,7 +404,7 @@ impl Worker<'_> {
     /// Commits this worker to retiring if its queue has a worker too many, and remembers it,
     /// so that its exit does not take it out of `alive` a second time.
     #[inline(always)]
-    fn try_retire(&self) -> bool {
+    pub(crate) fn try_retire(&self) -> bool {
         let retired = self.queue.try_retire();
         if retired {
             self.retired.set(true);
@@ -419,9 +412,24 @@ impl Worker<'_> {
         retired
     }
 
+    /// Counts this worker in its queue's `starting` (for a rebuild: its spawn counted it for
+    /// the first `init`).
+    pub(crate) fn starting(&self) {
+        if !self.starting.replace(true) {
+            self.queue.starting.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes this worker out of `starting`: its `init` returned, or it leaves.
+    pub(crate) fn started(&self) {
+        if self.starting.replace(false) {
+            self.queue.starting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Leaves the loop if the pool is stopping or the queue has a worker too many.
     #[inline(always)]
-    fn should_exit(&self) -> Option<ExitReason> {
+    pub(crate) fn should_exit(&self) -> Option<ExitReason> {
         if self.pool.is_stopping() {
             Some(ExitReason::Shutdown)
         } else if self.try_retire() {
@@ -434,7 +442,7 @@ impl Worker<'_> {
     /// Waits out a back-off of `delay`. Only a stop or this worker's own retirement cuts it
     /// short, and then it says why the worker must leave; a wake-up for a retirement that
     /// another worker already took is ignored.
-    fn pause(&self, delay: Duration) -> Option<ExitReason> {
+    pub(crate) fn pause(&self, delay: Duration) -> Option<ExitReason> {
         let deadline = Instant::now().checked_add(delay);
         loop {
             let left = deadline.map_or(delay, |d| d.saturating_duration_since(Instant::now()));
@@ -493,14 +501,21 @@ impl Worker<'_> {
         }
     }
 
-    /// Reports an init failure or a job panic: counted, logged, and an event. (Source errors
+    /// Reports an init failure, a failed health check or a job panic: logged, and an event
+    /// (an init failure also counted here). (Source errors
     /// go through [`source_failed`](Self::source_failed).)
-    fn report(&self, kind: ErrorKind, message: String, retry_in: Duration) {
+    pub(crate) fn report(&self, kind: ErrorKind, message: String, retry_in: Duration) {
         let name = self.info.name();
         match kind {
             ErrorKind::Init => {
                 self.queue.init_failures.fetch_add(1, Ordering::Relaxed);
                 log::warn!("{name}: worker init failed ({message}); retrying in {retry_in:?}");
+            }
+            ErrorKind::HealthCheck => {
+                log::warn!(
+                    "{name}: worker state failed its health check ({message}); rebuilding it \
+                     in {retry_in:?}"
+                );
             }
             _ => {
                 // The message may quote the job: only at trace, as payloads are.
@@ -526,12 +541,12 @@ impl Worker<'_> {
 }
 
 /// Drops a worker's state, surviving a `Drop` that panics (a browser that fails to close).
-fn drop_state<St>(state: &mut Option<St>, w: &Worker<'_>) {
+pub(crate) fn drop_state<St>(state: &mut Option<St>, w: &Worker<'_>) {
     drop_guarded(state.take(), w);
 }
 
 /// Drops a value (a state, a consumer), surviving a `Drop` that panics.
-fn drop_guarded<T>(value: Option<T>, w: &Worker<'_>) {
+pub(crate) fn drop_guarded<T>(value: Option<T>, w: &Worker<'_>) {
     if let Some(v) = value
         && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v)))
     {
@@ -562,6 +577,7 @@ impl Drop for ExitGuard<'_, '_> {
         if self.reason.is_none() {
             log::error!("{}: worker thread panicked outside a job", w.info.name());
         }
+        w.started();
         // A retiring worker already took itself out of `alive` in `try_retire`: the flag, not
         // the exit reason, says so, since a panic may come after the retirement was taken.
         w.queue.leave(w.pool, &w.counters, w.retired.get());

@@ -120,20 +120,28 @@ impl Consumer for ChannelConsumer {
 
 /// Up to 4 workers (one per queued job), each job held at `gate` until the test opens it.
 fn pool(source: &ChannelSource, gate: &Gate) -> ThreadPoolManager {
+    pool_keeping(source, gate, 0)
+}
+
+/// [`pool`] with `min_threads` workers kept when idle.
+fn pool_keeping(source: &ChannelSource, gate: &Gate, min_threads: usize) -> ThreadPoolManager {
     let gate = gate.clone();
     ThreadPoolManager::builder()
         .jobs_per_thread(1)
         .max_threads_per_type(4)
         .scale_down_delay(Duration::ZERO)
         .fetch_timeout(FETCH_TIMEOUT)
-        .queue(
-            "custom",
-            source.clone(),
-            |_| Ok::<_, Infallible>(()),
-            move |_, _job: &u32| {
-                gate.pass();
-                Ok(())
-            },
+        .add_queue(
+            threadtide::Queue::new(
+                "custom",
+                source.clone(),
+                |_| Ok::<_, Infallible>(()),
+                move |_, _job: &u32| {
+                    gate.pass();
+                    Ok(())
+                },
+            )
+            .min_threads(min_threads),
         )
         .build()
         .unwrap()
@@ -180,7 +188,13 @@ fn idle_workers_retire(style: Style) {
         || source.done.load(Ordering::Acquire) == 401,
         || pool.stats().total,
     );
-    shutdown_promptly(&pool, style);
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    // With scale_down_delay(0) the pool above may have no worker left to stop: a pool that
+    // keeps one idle worker, waiting in this style of fetch, shows the shutdown reaching it.
+    let source = ChannelSource::new(style);
+    let kept = pool_keeping(&source, &gate, 1);
+    kept.start().unwrap();
+    shutdown_promptly(&kept, style);
 }
 
 /// Shutdown reaches a worker waiting in the source at once.

@@ -109,6 +109,9 @@ struct Row<'a> {
     init_failures: u64,
     source_errors: u64,
     spawn_failures: u64,
+    recycles: u64,
+    health_check_failures: u64,
+    starting: usize,
     init: crate::histogram::Cumulative,
     events: QueueEvents,
     source: SourceMetrics,
@@ -157,6 +160,9 @@ pub(crate) fn render(
                 init_failures: q.init_failures.load(Ordering::Relaxed),
                 source_errors: q.source_errors.load(Ordering::Relaxed),
                 spawn_failures,
+                recycles: q.recycles.load(Ordering::Relaxed),
+                health_check_failures: q.health_check_failures.load(Ordering::Relaxed),
+                starting: q.starting.load(Ordering::Acquire),
                 init: q.init_times.cumulative(),
                 events: recorder.snapshot(q.name()),
                 source,
@@ -190,9 +196,28 @@ pub(crate) fn render(
         &[],
         pool.config.max_total_threads as f64,
     );
+    // The memory gate, while it is on.
+    let gate = [
+        (
+            "threadtide_free_memory_bytes",
+            "Free memory the memory gate read at the monitor's last tick (absent: gate off or unreadable).",
+            pool.memory.free(),
+        ),
+        (
+            "threadtide_min_free_memory_bytes",
+            "The memory gate's minimum (min_free_memory; absent: gate off).",
+            pool.memory.min(),
+        ),
+    ];
+    for (name, help, value) in gate {
+        if let Some(v) = value {
+            t.family(name, "gauge", help);
+            t.sample(name, &[], v as f64);
+        }
+    }
     let cap = pool.config.max_threads_per_type as f64;
     type Gauge<'a> = (&'a str, &'a str, fn(&Row<'_>) -> Option<f64>);
-    let per_queue: [Gauge<'_>; 17] = [
+    let per_queue: [Gauge<'_>; 18] = [
         (
             "threadtide_queue_fleet_max_threads",
             "The fleet's cap on the queue's threads over every process (queue-level; absent: no cap).",
@@ -217,6 +242,11 @@ pub(crate) fn render(
             "threadtide_workers_busy",
             "Worker threads of this process running a job.",
             |r| Some(r.busy as f64),
+        ),
+        (
+            "threadtide_workers_starting",
+            "Worker threads waiting for an init turn or the memory gate, or running init.",
+            |r| Some(r.starting as f64),
         ),
         (
             "threadtide_workers_target",
@@ -334,7 +364,7 @@ pub(crate) fn render(
         }
     }
     type Counter<'a> = (&'a str, &'a str, fn(&Row<'_>) -> Option<u64>);
-    let counters: [Counter<'_>; 8] = [
+    let counters: [Counter<'_>; 10] = [
         (
             "threadtide_jobs_retried_total",
             "Jobs this process scheduled for a retry after a failure.",
@@ -359,6 +389,16 @@ pub(crate) fn render(
             "threadtide_worker_init_failures_total",
             "Failed attempts to build a worker's state (init returned an error or panicked).",
             |r| Some(r.init_failures),
+        ),
+        (
+            "threadtide_worker_recycles_total",
+            "Worker states rebuilt after recycle_after jobs or recycle_after_age.",
+            |r| Some(r.recycles),
+        ),
+        (
+            "threadtide_worker_health_check_failures_total",
+            "Health checks of a worker's state that failed (the state was rebuilt).",
+            |r| Some(r.health_check_failures),
         ),
         (
             "threadtide_worker_spawn_failures_total",

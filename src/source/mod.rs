@@ -285,17 +285,50 @@ impl PoolInfo {
     }
 }
 
-/// Who a worker is: passed to a queue's `init` closure and to [`JobSource::consumer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a worker is: passed to a queue's `init` closure, its health check and carry-over, and
+/// to [`JobSource::consumer`].
+///
+/// Two infos are equal when they name the same worker at the same generation.
+#[derive(Debug, Clone)]
 pub struct WorkerInfo {
     queue: Arc<str>,
     name: String,
     index: u64,
+    generation: u64,
+    /// The queue's carry-over stash (`None` for an info made outside a pool).
+    stash: Option<Arc<crate::lifecycle::Stash>>,
 }
+
+impl PartialEq for WorkerInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.queue == other.queue
+            && self.name == other.name
+            && self.index == other.index
+            && self.generation == other.generation
+    }
+}
+
+impl Eq for WorkerInfo {}
 
 impl WorkerInfo {
     pub(crate) fn new(queue: Arc<str>, name: String, index: u64) -> Self {
-        WorkerInfo { queue, name, index }
+        WorkerInfo {
+            queue,
+            name,
+            index,
+            generation: 0,
+            stash: None,
+        }
+    }
+
+    /// This info with the queue's carry-over stash, for `take_carry`.
+    pub(crate) fn with_stash(mut self, stash: Arc<crate::lifecycle::Stash>) -> Self {
+        self.stash = Some(stash);
+        self
+    }
+
+    pub(crate) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// The queue's name as given to the builder.
@@ -313,5 +346,47 @@ impl WorkerInfo {
     /// A number unique among the workers this pool started for the queue; never reused.
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    /// How many states this worker built before the current one: 0 in its first `init`, 1
+    /// after its first recycle or rebuild, and so on (failed `init`s do not count). In
+    /// [`JobSource::consumer`] it is 0. With [`index`](Self::index) it seeds the state's
+    /// [`recycle_jitter`](crate::Queue::recycle_jitter) draw.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Takes the value a previous state of this queue carried over
+    /// ([`Queue::carry_over`](crate::Queue::carry_over)), if one is waiting and it is a `C`:
+    /// the most recently carried value, from any worker of the queue. Call it from `init`;
+    /// a value taken is counted in [`QueueStats::carried`](crate::QueueStats::carried).
+    ///
+    /// Returns `None` when nothing waits, when the newest value waiting is not a `C` (it
+    /// stays), and for a queue without `carry_over`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, Queue, WorkerInfo};
+    ///
+    /// struct Session { token: String }
+    ///
+    /// fn login(worker: &WorkerInfo) -> Result<Session, Infallible> {
+    ///     // A recycled worker's successor starts from its token instead of logging in.
+    ///     let token = worker
+    ///         .take_carry::<String>()
+    ///         .unwrap_or_else(|| format!("fresh login by {}", worker.name()));
+    ///     Ok(Session { token })
+    /// }
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// let queue = Queue::new("conferencia", jobs, login, |_s: &mut Session, _| Ok(()))
+    ///     .recycle_after(100)
+    ///     .carry_over(|s: Session, _| Some(s.token));
+    /// # let _ = queue;
+    /// ```
+    pub fn take_carry<C: 'static>(&self) -> Option<C> {
+        self.stash.as_ref()?.take::<C>()
     }
 }

@@ -275,3 +275,35 @@ impl Drop for OpenOnDrop {
         self.0.open();
     }
 }
+
+/// Whether every job of a memory source is done (none waiting or running).
+pub fn done(source: &threadtide::MemorySource<u32>) -> bool {
+    source.unfinished() == 0
+}
+
+/// Builds and starts a pool of one worker for `queue` (the builder may carry other settings).
+pub fn one_worker(
+    builder: threadtide::Builder,
+    queue: threadtide::Queue,
+) -> threadtide::ThreadPoolManager {
+    let pool = builder
+        .max_threads_per_type(1)
+        .add_queue(queue)
+        .build()
+        .unwrap();
+    pool.start().unwrap();
+    pool
+}
+
+/// Waits until every job of `source` is done and then `condition`, and stops the pool.
+pub fn finish(
+    pool: &threadtide::ThreadPoolManager,
+    source: &threadtide::MemorySource<u32>,
+    what: &str,
+    condition: impl Fn() -> bool,
+) {
+    wait_until(PATIENCE, "jobs done", || done(source), || pool.stats());
+    wait_until(PATIENCE, what, condition, || pool.stats());
+    pool.shutdown();
+    pool.wait().unwrap();
+}

@@ -235,36 +235,47 @@ pub fn command_calls(conn: &mut redis::Connection) -> HashMap<String, u64> {
 /// test's own binary: `cargo test --test X` alone does not build examples, and a stale binary
 /// would test old code.
 pub fn rpa_worker() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let deps = std::env::current_exe()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .to_path_buf();
-            let profile_dir = deps.parent().unwrap().to_path_buf();
-            let mut cmd = Command::new(env!("CARGO"));
-            // `-p threadtide`: the command's tests (cli/) include this file by `#[path]`.
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "threadtide",
-                "--example",
-                "rpa_worker",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().expect("run cargo").success(),
-                "building rpa_worker failed"
-            );
-            let bin = profile_dir.join("examples").join("rpa_worker");
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
-        })
-        .clone()
+    example("rpa_worker")
+}
+
+/// The example `name`, built once per test binary as [`rpa_worker`] is.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(bin) = built.get(name) {
+        return bin.clone();
+    }
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let profile_dir = deps.parent().unwrap().to_path_buf();
+    let mut cmd = Command::new(env!("CARGO"));
+    // `-p threadtide`: the command's tests (cli/) include this file by `#[path]`.
+    cmd.args(["build", "--quiet", "-p", "threadtide", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Cargo gives a test these; a build script that watches one (ring's watches
+    // CARGO_MANIFEST_DIR) would see it change and rebuild, and the test's next build again.
+    for (var, _) in std::env::vars_os() {
+        let var = var.to_string_lossy().into_owned();
+        if var == "CARGO_MANIFEST_DIR" || var.starts_with("CARGO_PKG_") || var == "CARGO_CRATE_NAME"
+        {
+            cmd.env_remove(var);
+        }
+    }
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("run cargo").success(),
+        "building {name} failed"
+    );
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.exists(), "{} missing", bin.display());
+    built.insert(name.to_owned(), bin.clone());
+    bin
 }

@@ -1,0 +1,378 @@
+//! Real headless Chromium workers (`examples/browser_worker.rs`) on a real `redis-server`:
+//! order pages read right, invoices printed to PDFs that open with the right pages and text,
+//! a browser killed with `kill -9` mid-job rebuilt with the job retried, a hung one
+//! (`kill -STOP`) found by the health check, a recycle that keeps the login, the memory gate,
+//! a panicking job and a scale-down each dropping their browser. Every test ends with the leak
+//! checks: no browser process left, no profile directory left, no `<defunct>` child of the test
+//! process.
+//!
+//! The tests run one at a time (a lock): each starts several browsers, and the machine has 2
+//! cores.
+#![cfg(feature = "redis")]
+
+mod browser_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::Commands;
+
+use browser_support::browser::Counters;
+use browser_support::*;
+use support::redis::RedisServer;
+use support::{PATIENCE, wait_until};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Item 7: the example as a process, 4 workers per kind, 40 jobs of each kind.
+#[test]
+fn four_workers_forty_jobs_of_each_kind() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("four_workers_forty_jobs_of_each_kind");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("forty");
+    let ids = 1..=40u64;
+    push(&server, "fila:conferencia", orders(ids.clone()));
+    push(&server, "fila:emissao", orders(ids.clone()));
+    let log_path = scratch.0.join("browser_worker.log");
+    let mut child = Command::new(support::redis::example("browser_worker"))
+        .args(["--redis-url", &server.url(), "--site-url", &site.url()])
+        .arg("--profile-root")
+        .arg(scratch.profiles())
+        .arg("--pdf-dir")
+        .arg(scratch.pdfs())
+        .args(["--max-threads-per-type", "4", "--jobs-per-thread", "10"])
+        .args(["--exit-when-idle", "--heartbeat-ms", "100"])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + PATIENCE * 4;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill(); // a test that gives up leaves no process behind
+            let _ = child.wait();
+            panic!(
+                "browser_worker still running after {:?}; log:\n{}",
+                PATIENCE * 4,
+                read_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = read_log();
+    assert!(status.success(), "browser_worker failed: {log}");
+    let all = results(&server);
+    let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for result in &all {
+        let queue = result["queue"].as_str().unwrap().to_owned();
+        let id = if queue == "conferencia" {
+            check_order(result)
+        } else {
+            check_invoice(result)
+        };
+        *seen.entry((queue, id)).or_default() += 1;
+    }
+    for queue in ["conferencia", "emissao"] {
+        for id in ids.clone() {
+            assert_eq!(
+                seen.get(&(queue.to_owned(), id)),
+                Some(&1),
+                "{queue} {id} should have one result; log:\n{log}"
+            );
+        }
+    }
+    assert_eq!(all.len(), 80);
+    let done = log
+        .lines()
+        .find(|l| l.contains(" done: "))
+        .unwrap_or_else(|| panic!("no done line in {log}"));
+    println!("{done}");
+    // Every browser logged in once (no job needed a new login), at most 4 per kind.
+    let launched: u64 = done
+        .split("browsers: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((2..=8).contains(&launched), "{done}");
+    assert_eq!(site.logins(), launched, "{done}");
+    assert_no_leaks(&scratch.profiles());
+}
+
+/// Lets held pages through when dropped: a failing test does not leave a job waiting.
+struct ReleaseOnDrop<'a>(&'a site::Site);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.release_holds();
+    }
+}
+
+/// Item 8: `kill -9` of a worker's Chromium while its job's page is loading. The job fails on
+/// the dead browser and is retried, the health check before the worker's next fetch finds the
+/// browser dead, the state is dropped (the zombie reaped, the profile removed) and rebuilt.
+#[test]
+fn browser_killed_mid_job_is_rebuilt_and_the_job_retried() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("browser_killed_mid_job_is_rebuilt_and_the_job_retried");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("kill");
+    let mut config = conferencia_config(&server, &site, &scratch, "bk");
+    config.min_threads = Some(2);
+    config.max_threads_per_type = Some(2);
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    push(&server, "fila:conferencia", orders(1..=2));
+    push(
+        &server,
+        "fila:conferencia",
+        [serde_json::json!({"id": 3, "hold": true})],
+    );
+    push(&server, "fila:conferencia", orders(4..=6));
+    pool.start().unwrap();
+    let _release = ReleaseOnDrop(&site);
+
+    wait_until(
+        PATIENCE,
+        "job 3's page held",
+        || site.held() == 1,
+        || site.held(),
+    );
+    let agent = site.held_agents().pop().unwrap();
+    let worker = agent.rsplit('/').next().unwrap().to_owned();
+    let me = std::process::id();
+    let profile = scratch
+        .profiles()
+        .join(format!("threadtide-browser-{me}-{worker}-"));
+    let main: Vec<u32> = procs::with_profile_prefix(&profile)
+        .into_iter()
+        .filter(|pid| procs::stat(*pid).is_some_and(|(_, ppid)| ppid == me))
+        .collect();
+    assert_eq!(main.len(), 1, "{worker}'s browser: {main:?}");
+    procs::kill(&main);
+    wait_until(
+        PATIENCE,
+        "the browser dead",
+        || !procs::running(main[0]),
+        || procs::stat(main[0]),
+    );
+    site.release_holds();
+
+    wait_orders(&server, 1..=6, "all 6 orders read");
+    let stats = pool.stats();
+    let q = stats.queue("conferencia").unwrap();
+    // The killed browser's job failed (and was retried), the check found the browser dead.
+    assert!(q.jobs_failed >= 1, "{q:?}");
+    assert!(q.health_check_failures >= 1, "{q:?}");
+    // Two browsers, and one rebuilt: the other worker's was never touched.
+    assert_eq!(Counters::get(&counters.launches), 3);
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_eq!(Counters::get(&counters.closed), 3);
+    assert_no_leaks(&scratch.profiles());
+}
+
+/// A browser that hangs (`kill -STOP`: its process runs but answers nothing) fails the health
+/// check within `health_timeout` instead of headless_chrome's minutes-long wait, and is killed,
+/// reaped and rebuilt; the jobs then run on the new one. (A browser that hangs in the middle of
+/// a job holds it for headless_chrome's call timeout, `BrowserConfig::idle_timeout`; bound it
+/// with the source's `job_timeout`.)
+#[test]
+fn hung_browser_fails_the_health_check_and_is_rebuilt() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("hung_browser_fails_the_health_check_and_is_rebuilt");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("hung");
+    let mut config = conferencia_config(&server, &site, &scratch, "bh");
+    config.min_threads = Some(1);
+    config.browser.health_timeout = Duration::from_millis(500);
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the browser logged in",
+        || Counters::get(&counters.logins) == 1,
+        || Counters::get(&counters.logins),
+    );
+    let me = std::process::id();
+    let main: Vec<u32> = procs::with_profile_prefix(&scratch.profiles())
+        .into_iter()
+        .filter(|pid| procs::stat(*pid).is_some_and(|(_, ppid)| ppid == me))
+        .collect();
+    assert_eq!(main.len(), 1, "{main:?}");
+    let stopped = Command::new("kill")
+        .args(["-STOP", &main[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    // The idle worker checks before each fetch (at least once per `block_timeout`); jobs are
+    // pushed only once it found out, so none is fetched in a poll that began before the stop.
+    let failures = || {
+        pool.stats()
+            .queue("conferencia")
+            .unwrap()
+            .health_check_failures
+    };
+    wait_until(
+        PATIENCE,
+        "the health check failed",
+        || failures() >= 1,
+        failures,
+    );
+    push(&server, "fila:conferencia", orders(1..=2));
+    wait_orders(&server, 1..=2, "both orders read by the rebuilt browser");
+    let q = pool.stats().queue("conferencia").unwrap().clone();
+    assert_eq!((q.health_check_failures, q.jobs_failed), (1, 0), "{q:?}");
+    assert_eq!(Counters::get(&counters.launches), 2);
+    assert!(!procs::running(main[0]), "the hung browser was killed");
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_no_leaks(&scratch.profiles());
+}
+
+/// One run of item 9: 3 workers, 45 orders, `recycle_after(10)`; returns the site's login
+/// count and the queue's recycles and carried counts.
+fn recycle_run(carry: bool) -> (u64, u64, u64) {
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new(if carry { "carry" } else { "nocarry" });
+    let mut config = conferencia_config(&server, &site, &scratch, "br");
+    config.min_threads = Some(3);
+    config.max_threads_per_type = Some(3);
+    config.recycle_after = Some(10);
+    config.carry_over = carry;
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    push(&server, "fila:conferencia", orders(1..=45));
+    pool.start().unwrap();
+    wait_orders(&server, 1..=45, "all 45 orders read");
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    let stats = pool.stats();
+    let q = stats.queue("conferencia").unwrap();
+    assert_eq!(
+        Counters::get(&counters.closed),
+        Counters::get(&counters.launches)
+    );
+    assert_eq!(site.logins(), Counters::get(&counters.logins));
+    assert_no_leaks(&scratch.profiles());
+    (site.logins(), q.recycles, q.carried)
+}
+
+/// Item 9: with carry-over, a recycled browser's session cookie goes to the next one, so 45
+/// jobs over 3 workers recycled every 10 jobs log in no more than 3 times; without it, every
+/// new browser logs in.
+#[test]
+fn recycle_with_carry_over_logs_in_once_per_worker() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("recycle_with_carry_over_logs_in_once_per_worker");
+    let (logins, recycles, carried) = recycle_run(true);
+    println!("carry-over: {logins} logins, {recycles} recycles, {carried} carried");
+    // Some worker ran at least 15 of the 45 jobs, so it was recycled at least once.
+    assert!(
+        recycles >= 1 && carried >= 1,
+        "{recycles} recycles, {carried} carried"
+    );
+    assert!(logins <= 3, "{logins} logins with carry-over");
+    let (logins, recycles, carried) = recycle_run(false);
+    println!("no carry-over: {logins} logins, {recycles} recycles, {carried} carried");
+    assert!(recycles >= 1, "{recycles}");
+    assert_eq!(carried, 0);
+    assert!(logins > 3, "{logins} logins without carry-over");
+}
+
+/// Item 10: with a minimum above the free memory no browser starts and the queue's reason
+/// says memory; lowering it at runtime lets the worker start and the jobs complete. Then two
+/// more ways a browser goes, each checked by the counts and the leak checks: a job that
+/// panics (its browser is dropped, not carried, and a new one built) and the worker's exit
+/// on scale-down (the queue idle past `scale_down_delay`).
+#[test]
+fn memory_gate_holds_browsers_until_lowered() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("memory_gate_holds_browsers_until_lowered");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("memory");
+    let mut config = conferencia_config(&server, &site, &scratch, "bm");
+    config.min_free_memory = Some(u64::MAX / 2);
+    config.max_attempts = Some(1); // the panicking job is dead-lettered at once
+    config.scale_down_delay = Some(Duration::from_millis(300));
+    let counters = std::sync::Arc::clone(&config.browser.counters);
+    let pool = pool::builder(&config).unwrap().0.build().unwrap();
+    push(&server, "fila:conferencia", orders(1..=4));
+    pool.start().unwrap();
+    wait_until(
+        PATIENCE,
+        "the memory gate holding",
+        || {
+            let stats = pool.stats();
+            stats.free_memory.is_some()
+                && stats.queue("conferencia").unwrap().size_reason == threadtide::SizeReason::Memory
+        },
+        || pool.stats(),
+    );
+    let stats = pool.stats();
+    assert!(stats.free_memory.unwrap() < stats.min_free_memory.unwrap());
+    let q = stats.queue("conferencia").unwrap();
+    assert_eq!((q.spawned, q.workers, q.backlog), (0, 0, 4), "{q:?}");
+    assert_eq!(Counters::get(&counters.launches), 0);
+    assert!(procs::with_profile_prefix(&scratch.profiles()).is_empty());
+
+    pool.set_min_free_memory(Some(1 << 20));
+    wait_orders(&server, 1..=4, "the 4 orders read once the gate opened");
+    // Idle past scale_down_delay, the worker exits and drops its browser, the pool running.
+    let idle_and_closed = |closed: u64| {
+        pool.stats().queue("conferencia").unwrap().workers == 0
+            && Counters::get(&counters.closed) == closed
+    };
+    let state = || (pool.stats(), Counters::get(&counters.closed));
+    wait_until(
+        PATIENCE,
+        "the idle worker gone with its browser",
+        || idle_and_closed(1),
+        state,
+    );
+    assert_eq!(Counters::get(&counters.launches), 1);
+
+    push(
+        &server,
+        "fila:conferencia",
+        [serde_json::json!({"id": 5, "fail": "panic"})],
+    );
+    push(&server, "fila:conferencia", orders(6..=6));
+    let dead = || -> usize { server.conn().llen("fila:conferencia:dead").unwrap() };
+    wait_until(
+        PATIENCE,
+        "the panicked job dead-lettered",
+        || dead() == 1,
+        dead,
+    );
+    wait_until(
+        PATIENCE,
+        "order 6 read",
+        || results(&server).len() == 5,
+        || results(&server),
+    );
+    check_order(&results(&server)[4]);
+    assert_eq!(pool.stats().queue("conferencia").unwrap().jobs_panicked, 1);
+    // A new worker's browser, dropped after the panic and rebuilt for order 6.
+    assert_eq!(Counters::get(&counters.launches), 3);
+    wait_until(
+        PATIENCE,
+        "the worker gone again",
+        || idle_and_closed(3),
+        state,
+    );
+    assert_no_leaks(&scratch.profiles());
+    pool.shutdown_timeout(PATIENCE).unwrap();
+    assert_no_leaks(&scratch.profiles());
+}
