@@ -27,13 +27,14 @@
 //! * **A carried value is offered once.** The stash is a per-queue list, newest last,
 //!   bounded by `max_threads_per_type` (the oldest is dropped first); `take_carry` takes the
 //!   newest if it has the asked type. A state is carried only when it is dropped whole (a
-//!   recycle, a failed health check, the worker's exit), never after a job panicked.
+//!   recycle, a failed health check, the worker's exit), never after a job or the health
+//!   check panicked.
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -195,9 +196,12 @@ impl Life {
         now: Instant,
     ) -> Self {
         let f = jitter_fraction(index, generation, config.recycle_jitter);
-        let age_deadline = config
-            .recycle_after_age
-            .and_then(|age| now.checked_add(age.mul_f64(1.0 - f)));
+        // `age - age * f`, not `age * (1 - f)`: the latter overflows `Duration` (a panic) for
+        // an age near `Duration::MAX`; an age too long for an `Instant` means never.
+        let age_deadline = config.recycle_after_age.and_then(|age| {
+            let cut = Duration::try_from_secs_f64(age.as_secs_f64() * f).unwrap_or(Duration::ZERO);
+            now.checked_add(age.saturating_sub(cut))
+        });
         Life {
             jobs: config.recycle_after.map_or(u64::MAX, |n| job_limit(n, f)),
             age_deadline,
@@ -377,11 +381,17 @@ pub(crate) fn between_jobs<H: Handlers>(
     life.next_health = now.checked_add(w.queue.config.health_check_every);
     match result {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(Served::Unhealthy(e.to_string())),
+        Ok(Err(e)) => Some(Served::Unhealthy {
+            message: e.to_string(),
+            panicked: false,
+        }),
         Err(p) => {
             let m = panic_message(&*p);
             drop_payload(p);
-            Some(Served::Unhealthy(format!("the health check panicked: {m}")))
+            Some(Served::Unhealthy {
+                message: format!("the health check panicked: {m}"),
+                panicked: true,
+            })
         }
     }
 }

@@ -129,7 +129,7 @@ impl QueueState {
     /// success alive, live, spawned and its counters listed; on a refusal only `refused`. A
     /// snapshot (which takes the same lock) sees either outcome whole, so `spawned` never goes
     /// down between two snapshots. `alive` is raised before the thread exists (its first
-    /// `try_retire` reads it), and put back if the spawn is refused. Holding the lock across
+    /// `try_retire` reads it), and put back if the spawn is refused; so is `starting`. Holding the lock across
     /// the spawn costs the other holders (snapshots, exiting workers) one `clone(2)`; the
     /// thread started does not need the lock until it exits.
     pub(crate) fn spawn_counted<T>(
@@ -142,10 +142,11 @@ impl QueueState {
         let mut r = self.roster.lock();
         self.alive.fetch_add(1, Ordering::AcqRel);
         pool.total_live.fetch_add(1, Ordering::AcqRel);
+        // Starting until its first `init` returns (the worker takes itself out). Raised before
+        // the thread exists: it may run `init` and lower it before `spawn` returns here.
+        self.starting.fetch_add(1, Ordering::AcqRel);
         match spawn() {
             Ok(handle) => {
-                // Starting until its first `init` returns (the worker takes itself out).
-                self.starting.fetch_add(1, Ordering::AcqRel);
                 r.live += 1;
                 r.spawned += 1;
                 r.workers.push((name, counters));
@@ -153,6 +154,7 @@ impl QueueState {
             }
             Err(e) => {
                 self.alive.fetch_sub(1, Ordering::AcqRel);
+                self.starting.fetch_sub(1, Ordering::AcqRel);
                 pool.total_live.fetch_sub(1, Ordering::AcqRel);
                 r.refused += 1;
                 Err(e)

@@ -159,15 +159,19 @@ pub(crate) fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
                 // No job may wait hidden in the consumer while `init` runs again.
                 w.suspend(c, &mut outage);
                 drop_state(&mut state, w);
+                // The state ran a job: the next failed check is the first in a row.
+                unhealthy_in_row = 0;
             }
             Ok(Served::Recycle) => {
                 w.suspend(c, &mut outage);
+                unhealthy_in_row = 0;
                 w.queue.recycles.fetch_add(1, Ordering::Relaxed);
                 lifecycle::carry_or_drop(h, w, &mut state, &info);
             }
-            Ok(Served::Unhealthy(message)) => {
+            Ok(Served::Unhealthy { message, panicked }) => {
                 w.suspend(c, &mut outage);
                 // A state that fails again before any job: back off before the next `init`.
+                // A state that ran a job or recycled resets the run (above).
                 unhealthy_in_row = if loop_state.since_init == 0 {
                     unhealthy_in_row.saturating_add(1)
                 } else {
@@ -182,7 +186,13 @@ pub(crate) fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
                     .health_check_failures
                     .fetch_add(1, Ordering::Relaxed);
                 w.report(ErrorKind::HealthCheck, message, delay);
-                lifecycle::carry_or_drop(h, w, &mut state, &info);
+                // A check that panicked may have left the state half-changed: not carried,
+                // as after a job's panic.
+                if panicked {
+                    drop_state(&mut state, w);
+                } else {
+                    lifecycle::carry_or_drop(h, w, &mut state, &info);
+                }
                 if let Some(reason) = w.pause(delay) {
                     break reason;
                 }
@@ -230,8 +240,9 @@ pub(crate) enum Served {
     StateSpent,
     /// The state reached its job or age limit: carried over and rebuilt.
     Recycle,
-    /// The state failed its health check (the message says why): carried over and rebuilt.
-    Unhealthy(String),
+    /// The state failed its health check (the message says why): carried over and rebuilt,
+    /// or only dropped and rebuilt if the check panicked (the state may be half-changed).
+    Unhealthy { message: String, panicked: bool },
     /// The source failed to fetch.
     SourceFailed(SourceError),
 }

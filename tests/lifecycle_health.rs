@@ -38,8 +38,10 @@ fn health_check_case(panics: bool) {
     let source: MemorySource<u32> = MemorySource::new();
     let states = Census::default();
     let on_broken = Arc::new(AtomicUsize::new(0));
+    let broken_carried = Arc::new(AtomicUsize::new(0));
     let events = Recorder::default();
     let (c, b) = (states.clone(), Arc::clone(&on_broken));
+    let bc = Arc::clone(&broken_carried);
     let queue = Queue::new(
         "q",
         source.clone(),
@@ -67,6 +69,12 @@ fn health_check_case(panics: bool) {
         } else {
             Err("the renderer is gone")
         }
+    })
+    .carry_over(move |s: Browser, _| {
+        if s.broken {
+            bc.fetch_add(1, SeqCst);
+        }
+        None::<()>
     });
     source.extend(0..30);
     let pool = one_worker(
@@ -95,6 +103,14 @@ fn health_check_case(panics: bool) {
     );
     // A state that failed after running jobs is rebuilt at once.
     assert!(checks.iter().all(|e| e.retry_in.is_zero()), "{checks:?}");
+    // A failed check carries the state over; a panicking one may have left it half-changed,
+    // so it is only dropped, as after a job's panic. Fails if a panicking check carried.
+    let carried = broken_carried.load(SeqCst);
+    assert_eq!(
+        carried,
+        if panics { 0 } else { 10 },
+        "broken states carried"
+    );
 }
 
 /// `health_check_every` spaces the checks from the state's `init`: with an hour, 20 jobs run
@@ -171,6 +187,60 @@ fn a_state_that_keeps_failing_its_check_backs_off() {
     assert!(delays[1..].iter().all(|d| !d.is_zero()), "{delays:?}");
     assert_eq!(pool.stats().total.jobs_ok, 0, "no job on a failing state");
     assert_eq!(source.unfinished(), 3);
+}
+
+/// The run of failed checks that backs off is reset by a state that ran a job and recycled:
+/// state 0 fails after a job (rebuilt at once), state 1 runs two jobs and recycles, state 2
+/// fails before its first job: the first failure of a new run, rebuilt at once too. Fails if
+/// the run were only counted (state 2 would back off as a second failure in a row).
+#[test]
+fn a_recycle_resets_the_run_of_failed_checks() {
+    /// A state and how many jobs it ran.
+    struct Numbered {
+        generation: u64,
+        jobs: u32,
+    }
+    let source: MemorySource<u32> = MemorySource::new();
+    let events = Recorder::default();
+    let queue = Queue::new(
+        "q",
+        source.clone(),
+        |w| {
+            Ok::<_, Infallible>(Numbered {
+                generation: w.generation(),
+                jobs: 0,
+            })
+        },
+        |s: &mut Numbered, _| {
+            s.jobs += 1;
+            Ok(())
+        },
+    )
+    .recycle_after(2)
+    .recycle_jitter(0.0)
+    .health_check(|s: &mut Numbered, _| match (s.generation, s.jobs) {
+        (0, 1..) | (2, _) => Err("the renderer is gone"),
+        _ => Ok(()),
+    });
+    // State 0 runs one job, state 1 two, state 3 the last.
+    source.extend(0..4);
+    let pool = one_worker(
+        ThreadPoolManager::builder()
+            .backoff(Duration::from_secs(5), Duration::from_secs(5))
+            .event_handler(events.clone()),
+        queue,
+    );
+    finish(&pool, &source, "two failed checks", || {
+        pool.stats().total.health_check_failures == 2
+    });
+    let errors = events.errors.lock();
+    let delays: Vec<Duration> = errors
+        .iter()
+        .filter(|e| e.kind == ErrorKind::HealthCheck)
+        .map(|e| e.retry_in)
+        .collect();
+    assert_eq!(delays, [Duration::ZERO; 2], "{errors:?}");
+    assert_eq!(pool.stats().total.recycles, 1);
 }
 
 /// With the Redis source: the job that the acknowledgement of the breaking job took ahead goes

@@ -71,6 +71,42 @@ fn a_state_is_recycled_by_age_between_jobs() {
     assert_eq!(states.live(), 0);
 }
 
+/// The longest ages build and RUN: `recycle_after_age(Duration::MAX)` (and
+/// `from_secs(u64::MAX)`) with and without jitter means "never", and every job runs on the
+/// one state. Fails if the age limit overflowed (`age * (1 - 0)` panics in `Duration` after
+/// `init`, outside the job's guard: the worker dies and is respawned, no job runs).
+#[test]
+fn the_longest_age_starts_and_never_recycles() {
+    for (age, jitter) in [
+        (Duration::MAX, 0.0),
+        (Duration::from_secs(u64::MAX), 0.0),
+        (Duration::MAX, 0.5),
+    ] {
+        let source: MemorySource<u32> = MemorySource::new();
+        let states = Census::default();
+        let c = states.clone();
+        let queue = Queue::new(
+            "q",
+            source.clone(),
+            move |_| Ok::<_, Infallible>(c.enter()),
+            |_, _| Ok(()),
+        )
+        .recycle_after_age(age)
+        .recycle_jitter(jitter);
+        source.extend(0..20);
+        let pool = one_worker(ThreadPoolManager::builder(), queue);
+        finish(&pool, &source, "the jobs done", || true);
+        let stats = pool.stats();
+        assert_eq!(stats.total.jobs_ok, 20, "{age:?} {jitter}: {stats:?}");
+        assert_eq!(stats.total.recycles, 0, "{age:?} {jitter}");
+        assert_eq!(
+            states.built(),
+            1,
+            "{age:?} {jitter}: one state, never respawned"
+        );
+    }
+}
+
 /// An idle worker's state ages too: it is rebuilt within a `fetch_timeout` of its age, with
 /// no job to trigger it. Fails if the age were looked at only after a job.
 #[test]
