@@ -101,8 +101,8 @@ impl MemoryGate {
     }
 }
 
-/// The free memory of the process: the smallest of `limit - usage` over the cgroups (v2 and
-/// v1) it is in and their ancestors with a limit, and `MemAvailable` from `/proc/meminfo`.
+/// The free memory of the process: the smallest of `limit - working set` over the cgroups
+/// (v2 and v1) it is in and their ancestors with a limit, and `MemAvailable` from `/proc/meminfo`.
 /// `root` stands for `/`. `None` when none of them can be read.
 pub(crate) fn free_memory(root: &Path) -> Option<u64> {
     let cgroup = std::fs::read_to_string(root.join("proc/self/cgroup")).unwrap_or_default();
@@ -131,27 +131,44 @@ pub(crate) fn mem_available(meminfo: &str) -> Option<u64> {
     }
 }
 
-/// Free bytes under a cgroup v2 limit: `memory.max - memory.current`; `None` for `max` (no
-/// limit) or text that does not parse.
-pub(crate) fn v2_free(max: &str, current: &str) -> Option<u64> {
+/// The value of `key` in a cgroup `memory.stat` text (`key value` lines), 0 when the text or
+/// the key is missing: nothing is known to be reclaimable.
+fn stat_value(stat: Option<&str>, key: &str) -> u64 {
+    stat.into_iter()
+        .flat_map(str::lines)
+        .find_map(|line| {
+            let (k, v) = line.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0)
+}
+
+/// Free bytes under a cgroup v2 limit: `memory.max` minus the working set, which is
+/// `memory.current - inactive_file` (from `memory.stat`, as kubelet counts it): the usage
+/// includes page cache that the kernel reclaims only near the limit, so a container writing
+/// files would otherwise look full. `None` for `max` (no limit) or text that does not parse.
+pub(crate) fn v2_free(max: &str, current: &str, stat: Option<&str>) -> Option<u64> {
     let max = max.trim();
     if max == "max" {
         return None;
     }
     let max: u64 = max.parse().ok()?;
     let current: u64 = current.trim().parse().ok()?;
-    Some(max.saturating_sub(current))
+    let working_set = current.saturating_sub(stat_value(stat, "inactive_file"));
+    Some(max.saturating_sub(working_set))
 }
 
-/// Free bytes under a cgroup v1 limit: `memory.limit_in_bytes - memory.usage_in_bytes`;
-/// `None` when unlimited or unparsable.
-pub(crate) fn v1_free(limit: &str, usage: &str) -> Option<u64> {
+/// Free bytes under a cgroup v1 limit: `memory.limit_in_bytes` minus the working set,
+/// `memory.usage_in_bytes - total_inactive_file` (from `memory.stat`); `None` when unlimited
+/// or unparsable.
+pub(crate) fn v1_free(limit: &str, usage: &str, stat: Option<&str>) -> Option<u64> {
     let limit: u64 = limit.trim().parse().ok()?;
     if limit >= V1_UNLIMITED {
         return None;
     }
     let usage: u64 = usage.trim().parse().ok()?;
-    Some(limit.saturating_sub(usage))
+    let working_set = usage.saturating_sub(stat_value(stat, "total_inactive_file"));
+    Some(limit.saturating_sub(working_set))
 }
 
 /// The process's cgroup path in `/proc/self/cgroup` for the v2 hierarchy (`0::/path`), or for
@@ -195,7 +212,11 @@ fn read(dir: &Path, file: &str) -> Option<String> {
 fn cgroup_v2_free(root: &Path, cgroup: &str) -> Option<u64> {
     let path = cgroup_path(cgroup, true)?;
     walk_up(&root.join("sys/fs/cgroup"), path, |dir| {
-        v2_free(&read(dir, "memory.max")?, &read(dir, "memory.current")?)
+        v2_free(
+            &read(dir, "memory.max")?,
+            &read(dir, "memory.current")?,
+            read(dir, "memory.stat").as_deref(),
+        )
     })
 }
 
@@ -205,6 +226,7 @@ fn cgroup_v1_free(root: &Path, cgroup: &str) -> Option<u64> {
         v1_free(
             &read(dir, "memory.limit_in_bytes")?,
             &read(dir, "memory.usage_in_bytes")?,
+            read(dir, "memory.stat").as_deref(),
         )
     })
 }
@@ -249,12 +271,75 @@ mod tests {
 
     #[test]
     fn limits_parse_and_max_means_unlimited() {
-        assert_eq!(v2_free("max\n", "100\n"), None);
-        assert_eq!(v2_free("1000\n", "300\n"), Some(700));
-        assert_eq!(v2_free("1000\n", "3000\n"), Some(0));
-        assert_eq!(v2_free("garbage", "1"), None);
-        assert_eq!(v1_free("9223372036854771712\n", "5"), None);
-        assert_eq!(v1_free("2048\n", "1024\n"), Some(1024));
+        assert_eq!(v2_free("max\n", "100\n", None), None);
+        assert_eq!(v2_free("1000\n", "300\n", None), Some(700));
+        assert_eq!(v2_free("1000\n", "3000\n", None), Some(0));
+        assert_eq!(v2_free("garbage", "1", None), None);
+        assert_eq!(v1_free("9223372036854771712\n", "5", None), None);
+        assert_eq!(v1_free("2048\n", "1024\n", None), Some(1024));
+    }
+
+    /// A container that writes files: its usage is mostly page cache, which the kernel
+    /// reclaims near the limit. The inactive file cache counts as free (kubelet's working
+    /// set), so the gate does not hold forever. Fails if usage were taken whole.
+    #[test]
+    fn inactive_file_cache_counts_as_free() {
+        let v2_stat = "anon 100000\nfile 850000\nactive_file 50000\ninactive_file 800000\n";
+        assert_eq!(
+            v2_free("1000000\n", "990000\n", Some(v2_stat)),
+            Some(810_000)
+        );
+        // More cache than usage (the files are read at different times): all free.
+        assert_eq!(
+            v2_free("1000\n", "500\n", Some("inactive_file 900\n")),
+            Some(1000)
+        );
+        // A stat without the key, or garbage: nothing reclaimable.
+        assert_eq!(v2_free("1000\n", "900\n", Some("anon 900\n")), Some(100));
+        assert_eq!(
+            v2_free("1000\n", "900\n", Some("inactive_file x\n")),
+            Some(100)
+        );
+        // v1: `total_inactive_file` (the hierarchy's), not the cgroup's own `inactive_file`.
+        let v1_stat = "inactive_file 5\ntotal_inactive_file 700\n";
+        assert_eq!(v1_free("2048\n", "1024\n", Some(v1_stat)), Some(1724));
+
+        let t = Tree::new("cache");
+        t.file("proc/self/cgroup", "0::/emissao\n")
+            .file("proc/meminfo", MEMINFO)
+            .file("sys/fs/cgroup/emissao/memory.max", "1000000\n")
+            .file("sys/fs/cgroup/emissao/memory.current", "990000\n");
+        assert_eq!(
+            free_memory(&t.0),
+            Some(10_000),
+            "no memory.stat: usage whole"
+        );
+        t.file("sys/fs/cgroup/emissao/memory.stat", v2_stat);
+        assert_eq!(
+            free_memory(&t.0),
+            Some(810_000),
+            "v2 file cache reclaimable"
+        );
+        let t = Tree::new("cache-v1");
+        t.file("proc/self/cgroup", "4:memory:/docker/abc\n")
+            .file("proc/meminfo", MEMINFO)
+            .file(
+                "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes",
+                "2000000\n",
+            )
+            .file(
+                "sys/fs/cgroup/memory/docker/abc/memory.usage_in_bytes",
+                "1990000\n",
+            )
+            .file(
+                "sys/fs/cgroup/memory/docker/abc/memory.stat",
+                "cache 1500000\ntotal_inactive_file 1400000\n",
+            );
+        assert_eq!(
+            free_memory(&t.0),
+            Some(1_410_000),
+            "v1 file cache reclaimable"
+        );
     }
 
     #[test]

@@ -97,8 +97,10 @@
 //!   not all recycle together; counted in [`QueueStats::recycles`];
 //! * when it fails its [`health_check`](Queue::health_check), which runs before the worker
 //!   fetches its next job (at most every
-//!   [`health_check_every`](Queue::health_check_every)): a crashed renderer costs a rebuild,
-//!   not a job; counted in [`QueueStats::health_check_failures`];
+//!   [`health_check_every`](Queue::health_check_every)): a renderer found crashed costs a
+//!   rebuild, not a job (one that crashes during the fetch's wait, up to
+//!   [`fetch_timeout`](Builder::fetch_timeout), still gets the job that fetch returns);
+//!   counted in [`QueueStats::health_check_failures`];
 //! * after a job panicked (the state may be half-changed).
 //!
 //! With [`carry_over`](Queue::carry_over), a state dropped for a recycle, a failed check or its
@@ -106,8 +108,9 @@
 //! a session token), which takes it with [`WorkerInfo::take_carry`]: a recycle need not log in
 //! again. At most [`init_concurrency`](Queue::init_concurrency) `init`s of a queue run at once
 //! (by default the CPUs the process may use), and with [`Builder::min_free_memory`] no worker
-//! starts while the free memory of the process (its cgroup's limit minus its usage, or
-//! `MemAvailable`) is below a minimum ([`SizeReason::Memory`]).
+//! starts while the free memory of the process (its cgroup's limit minus its working set,
+//! reclaimable file cache not counted, or `MemAvailable`) is below a minimum
+//! ([`SizeReason::Memory`]).
 //!
 //! ```
 //! use std::convert::Infallible;

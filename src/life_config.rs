@@ -21,7 +21,24 @@ impl Queue {
     /// [`recycle_jitter`](Queue::recycle_jitter); counted in
     /// [`QueueStats::recycles`](crate::QueueStats::recycles).
     ///
-    /// Defaults to never. Zero is refused by `build()`.
+    /// Defaults to never. Zero is refused by `build()`. There is no upper bound and no panic:
+    /// an age too long to be added to the state's start ([`Duration::MAX`] included) means
+    /// never.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    /// use threadtide::{MemorySource, Queue, ThreadPoolManager};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// // A session that expires after 8 hours: rebuild the browser every 6.
+    /// let queue = Queue::new("emissao", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .recycle_after_age(Duration::from_secs(6 * 3600));
+    /// let pool = ThreadPoolManager::builder().add_queue(queue).build().unwrap();
+    /// # drop(pool);
+    /// ```
     pub fn recycle_after_age(mut self, age: Duration) -> Self {
         self.recycle_after_age = Some(age);
         self
@@ -40,6 +57,26 @@ impl Queue {
     ///
     /// Defaults to 0.1. 0 turns it off. A value outside `[0, 1)` (NaN included) is a
     /// `build()` error naming `recycle_jitter`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, Queue, ThreadPoolManager};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// // Each state runs between 76 and 100 jobs (100 shortened by less than a quarter).
+    /// let queue = Queue::new("conferencia", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .recycle_after(100)
+    ///     .recycle_jitter(0.25);
+    /// assert!(ThreadPoolManager::builder().add_queue(queue).build().is_ok());
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// let queue = Queue::new("conferencia", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .recycle_jitter(1.0);
+    /// let e = ThreadPoolManager::builder().add_queue(queue).build().unwrap_err();
+    /// assert_eq!(e.field(), "queue[conferencia].recycle_jitter");
+    /// ```
     pub fn recycle_jitter(mut self, jitter: f64) -> Self {
         self.recycle_jitter = jitter;
         self
@@ -47,9 +84,21 @@ impl Queue {
 
     /// Checks the worker's state between jobs, before the worker fetches the next one: a
     /// state that fails (a crashed renderer, a closed connection) is dropped
-    /// ([`carry_over`](Queue::carry_over) applies) and rebuilt with `init`, so no job is spent
-    /// on it, and none is held while the state is rebuilt (the Redis source's job taken ahead
-    /// goes back to its list first).
+    /// ([`carry_over`](Queue::carry_over) applies, unless the check panicked) and rebuilt
+    /// with `init`, so no job is spent on a state the check finds broken, and none is held
+    /// while the state is rebuilt (the Redis source's job taken ahead goes back to its list
+    /// first).
+    ///
+    /// The check runs before every fetch (also after a fetch that returned nothing, so an
+    /// idle worker checks once per [`fetch_timeout`](Builder::fetch_timeout)), not between
+    /// the fetch and the job: a state that breaks while the worker waits in a fetch (up to
+    /// `fetch_timeout` on an empty queue) gets the job that fetch returns. The window is one
+    /// fetch's wait; [`health_check_every`](Queue::health_check_every) widens it to the
+    /// interval.
+    ///
+    /// It runs on the worker thread, between jobs: [`shutdown`](crate::ThreadPoolManager::shutdown)
+    /// and a retirement wait for a check in progress, so it must return in bounded time (give
+    /// a browser call its own timeout).
     ///
     /// The check gets the state and the [`WorkerInfo`]; an `Err` or a panic is a failure:
     /// counted in [`QueueStats::health_check_failures`](crate::QueueStats::health_check_failures),
@@ -94,8 +143,13 @@ impl Queue {
     }
 
     /// Runs the [`health_check`](Queue::health_check) at most once per `every`, measured from
-    /// the last check or the state's `init`. Defaults to zero: before every job (and, while
-    /// idle, before every fetch). More than one day is refused by `build()`.
+    /// the last check or the state's `init`. Defaults to zero: before every fetch (so before
+    /// every job, and, while idle, once per [`fetch_timeout`](Builder::fetch_timeout)). More
+    /// than one day is a `build()` error naming `health_check_every`.
+    ///
+    /// # Examples
+    ///
+    /// See [`health_check`](Queue::health_check).
     pub fn health_check_every(mut self, every: Duration) -> Self {
         self.health_check_every = every;
         self
@@ -116,6 +170,12 @@ impl Queue {
     ///
     /// Defaults to none. `St` must be the queue's state type: another type is a `build()`
     /// error naming `carry_over` and both types.
+    ///
+    /// # Panics
+    ///
+    /// A panic in `carry` is caught. But when `carry` panics while it owns the state, the
+    /// state is dropped during that unwinding: if `St`'s `Drop` panics too, the process
+    /// aborts (Rust's rule for a panic during a panic). Keep `St`'s `Drop` from panicking.
     ///
     /// # Examples
     ///
@@ -139,6 +199,19 @@ impl Queue {
     ///
     /// Defaults to the CPUs available to the process (`num_cpus::get()`, which honours cgroup
     /// quotas and CPU affinity). Zero is a `build()` error naming `init_concurrency`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, Queue, ThreadPoolManager};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// // Launch at most two browsers at once, whatever the burst.
+    /// let queue = Queue::new("emissao", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()))
+    ///     .init_concurrency(2);
+    /// assert!(ThreadPoolManager::builder().add_queue(queue).build().is_ok());
+    /// ```
     pub fn init_concurrency(mut self, k: usize) -> Self {
         self.init_concurrency = Some(k);
         self
@@ -152,10 +225,14 @@ impl Builder {
     /// never stopped by it, and the rebuilds of their states (recycles, failed health checks,
     /// panics) do not wait for it: the old state was dropped first.
     ///
-    /// Free memory is the smallest of: under a cgroup v2 limit, `memory.max - memory.current`
-    /// of the process's cgroup (from `/proc/self/cgroup`) or of a parent with a limit; cgroup
-    /// v1's `memory.limit_in_bytes - memory.usage_in_bytes`; `MemAvailable` from
-    /// `/proc/meminfo`. The monitor reads it on every tick while the gate is on; when none of
+    /// Free memory is the smallest of: under a cgroup v2 limit, `memory.max` minus the working
+    /// set `memory.current - inactive_file` (from `memory.stat`) of the process's cgroup
+    /// (from `/proc/self/cgroup`) or of a parent with a limit; under cgroup v1,
+    /// `memory.limit_in_bytes` minus `memory.usage_in_bytes - total_inactive_file`;
+    /// `MemAvailable` from `/proc/meminfo`. The usage figures include page cache, which the
+    /// kernel reclaims only near the limit; the inactive file cache is subtracted as kubelet's
+    /// working set does, so a container writing files (PDFs) does not look full. Active file
+    /// cache still counts as used. The monitor reads it on every tick while the gate is on; when none of
     /// them can be read the gate does not hold (logged once at `warn`).
     ///
     /// While the gate is on, the monitor also starts at most
@@ -170,6 +247,23 @@ impl Builder {
     /// changes it at runtime.
     ///
     /// Defaults to off. Zero is refused by `build()` (leave it unset for off).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, Queue, ThreadPoolManager};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// let queue = Queue::new("emissao", jobs, |_| Ok::<_, Infallible>(()), |_, _| Ok(()));
+    /// // No new browser while less than 512 MiB is free.
+    /// let pool = ThreadPoolManager::builder()
+    ///     .min_free_memory(512 << 20)
+    ///     .add_queue(queue)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.stats().min_free_memory, Some(512 << 20));
+    /// ```
     pub fn min_free_memory(mut self, bytes: u64) -> Self {
         self.config.min_free_memory = Some(bytes);
         self

@@ -274,8 +274,14 @@ impl Monitor {
                 || shares[i].and_then(|s| s.reason) == Some(crate::SizeReason::SourceUnreachable);
             let mut size =
                 coordination::size_reason(&inputs[i], &limits, to, shares[i].as_ref(), unreachable);
+            // Workers whose `init` has not returned (most of them waiting for the gate) do
+            // not count as there: a queue whose missing workers wait for memory says so.
+            let ready = q
+                .alive
+                .load(Ordering::Acquire)
+                .saturating_sub(q.starting.load(Ordering::Acquire));
             if gate_holds
-                && q.alive.load(Ordering::Acquire) < to
+                && ready < to
                 && !matches!(
                     size,
                     crate::SizeReason::Paused | crate::SizeReason::SourceUnreachable

@@ -47,7 +47,9 @@ pub enum SizeReason {
     /// More threads than the backlog asks for, kept by scale-down stabilisation
     /// (`scale_down_delay`).
     Stabilising,
-    /// The memory gate lets no worker start.
+    /// The memory gate lets no worker start: it holds and the queue has fewer workers past
+    /// their `init` than its target (workers spawned before the gate closed and waiting for
+    /// it count as missing; so, while the gate holds, does a worker rebuilding its state).
     Memory,
     /// The source cannot be reached: the queue keeps its last known size.
     SourceUnreachable,

@@ -352,6 +352,27 @@ impl WorkerInfo {
     /// after its first recycle or rebuild, and so on (failed `init`s do not count). In
     /// [`JobSource::consumer`] it is 0. With [`index`](Self::index) it seeds the state's
     /// [`recycle_jitter`](crate::Queue::recycle_jitter) draw.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use threadtide::{MemorySource, Queue, WorkerInfo};
+    ///
+    /// let jobs: MemorySource<u32> = MemorySource::new();
+    /// let queue = Queue::new(
+    ///     "conferencia",
+    ///     jobs,
+    ///     |w: &WorkerInfo| {
+    ///         if w.generation() > 0 {
+    ///             log::info!("{}: rebuilding its browser ({})", w.name(), w.generation());
+    ///         }
+    ///         Ok::<_, Infallible>(())
+    ///     },
+    ///     |_, _| Ok(()),
+    /// );
+    /// # let _ = queue;
+    /// ```
     pub fn generation(&self) -> u64 {
         self.generation
     }
