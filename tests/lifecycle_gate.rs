@@ -8,12 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use support::{Gate, OpenOnDrop, PATIENCE, Recorder, wait_until};
-use threadtide::{MemorySource, Queue, SizeReason, ThreadPoolManager};
+use support::{Gate, OpenOnDrop, PATIENCE, wait_until};
+use threadtide::{
+    JobSource, MemorySource, Queue, SizeReason, SourceError, ThreadPoolManager, WorkerInfo,
+};
 
 const FAR_ABOVE: u64 = u64::MAX / 2;
 
-/// Keeps the pool's log lines about the memory gate.
+/// The thread name prefix of the test that counts log lines: only its pool's monitor's lines
+/// are kept (other tests' pools log the same lines from the same process-global logger).
+const LOG_PREFIX: &str = "gatelog";
+
+/// Keeps the memory gate's log lines of the pool named [`LOG_PREFIX`] (its monitor thread).
 struct Capture(parking_lot::Mutex<Vec<String>>);
 
 impl log::Log for Capture {
@@ -21,6 +27,10 @@ impl log::Log for Capture {
         true
     }
     fn log(&self, record: &log::Record<'_>) {
+        let monitor = format!("{LOG_PREFIX}-monitor");
+        if std::thread::current().name() != Some(monitor.as_str()) {
+            return;
+        }
         let line = record.args().to_string();
         if line.starts_with("memory gate") {
             self.0.lock().push(format!("{} {line}", record.level()));
@@ -53,6 +63,7 @@ fn the_memory_gate_holds_starts_and_never_stops_running_workers() {
     let gate = Gate::default();
     let g = gate.clone();
     let pool = ThreadPoolManager::builder()
+        .thread_name_prefix(LOG_PREFIX)
         .max_threads_per_type(3)
         .min_free_memory(FAR_ABOVE)
         .queue(
@@ -144,30 +155,74 @@ fn the_memory_gate_holds_starts_and_never_stops_running_workers() {
     pool.wait().unwrap();
 }
 
+/// Holds `init`s until the test lets them through one at a time; counts the waiting ones.
+#[derive(Default, Clone)]
+struct Turnstile(Arc<(parking_lot::Mutex<(usize, usize)>, parking_lot::Condvar)>);
+
+impl Turnstile {
+    /// Waits for a permit (`(permits, waiting)` under the lock).
+    fn pass(&self) {
+        let mut s = self.0.0.lock();
+        s.1 += 1;
+        while s.0 == 0 {
+            self.0.1.wait(&mut s);
+        }
+        s.0 -= 1;
+        s.1 -= 1;
+    }
+    fn release(&self, n: usize) {
+        let mut s = self.0.0.lock();
+        s.0 = s.0.saturating_add(n);
+        self.0.1.notify_all();
+    }
+    fn waiting(&self) -> usize {
+        self.0.0.lock().1
+    }
+}
+
+/// Lets every held `init` through when dropped (a failed test does not hang the pool's drop).
+struct ReleaseOnDrop(Turnstile);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release(usize::MAX / 2);
+    }
+}
+
+/// Whether every thread named `{prefix}-q-...` is asleep (`S` in `/proc/self/task/*/stat`):
+/// blocked in a wait, none on its way into `init`.
+fn workers_asleep(prefix: &str) -> bool {
+    let name = format!("{prefix}-q-");
+    std::fs::read_dir("/proc/self/task")
+        .expect("procfs")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| stat.contains(&format!("({name}")))
+        .all(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+        })
+}
+
 /// The most `init`s in flight while six workers start, with `init_concurrency(k)` (`None`:
-/// the default). Each `init` waits until `k` are in flight (or all six have entered), so a
-/// ramp that let more in would show it in the high-water mark.
+/// the default, which lets `expect` in). Each `init` is held until the test lets it through,
+/// one at a time; before each, the test waits until `expect` (or what is left) are held and
+/// every other worker is asleep (waiting for its turn, or done), so a worker the ramp let in
+/// too many would be held too, and counted. No sleep: a broken ramp shows in the high-water
+/// mark once its extra workers have left the CPU.
 fn inits_in_flight(k: Option<usize>, expect: usize) -> usize {
+    let prefix = format!("ramp{}", k.unwrap_or(0));
     let source: MemorySource<u32> = MemorySource::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let entered = Arc::new(AtomicUsize::new(0));
     let high = Arc::new(AtomicUsize::new(0));
-    let (f, e, h) = (in_flight.clone(), entered.clone(), high.clone());
+    let turnstile = Turnstile::default();
+    let (f, h, t) = (in_flight.clone(), high.clone(), turnstile.clone());
     let mut queue = Queue::new(
         "q",
         source.clone(),
         move |_| {
             let now = f.fetch_add(1, SeqCst) + 1;
             h.fetch_max(now, SeqCst);
-            e.fetch_add(1, SeqCst);
-            wait_until(
-                PATIENCE,
-                "the other inits of this turn",
-                || f.load(SeqCst) >= expect || e.load(SeqCst) == 6,
-                || (f.load(SeqCst), e.load(SeqCst)),
-            );
-            // Room for more to come in, were the ramp to let them.
-            std::thread::sleep(Duration::from_millis(30));
+            t.pass();
             f.fetch_sub(1, SeqCst);
             Ok::<_, Infallible>(())
         },
@@ -178,11 +233,28 @@ fn inits_in_flight(k: Option<usize>, expect: usize) -> usize {
         queue = queue.init_concurrency(k);
     }
     let pool = ThreadPoolManager::builder()
+        .thread_name_prefix(prefix.as_str())
         .max_threads_per_type(6)
         .add_queue(queue)
         .build()
         .unwrap();
+    // After the pool: dropped first, so a failed test's pool drop does not wait on held inits.
+    let _release = ReleaseOnDrop(turnstile.clone());
     pool.start().unwrap();
+    for released in 0..6 {
+        let held = expect.min(6 - released);
+        wait_until(
+            PATIENCE,
+            "the next inits held, every other worker asleep",
+            || {
+                pool.stats().total.spawned == 6
+                    && turnstile.waiting() >= held
+                    && workers_asleep(&prefix)
+            },
+            || (pool.stats(), turnstile.waiting(), high.load(SeqCst)),
+        );
+        turnstile.release(1);
+    }
     wait_until(
         PATIENCE,
         "six workers started",
@@ -264,30 +336,51 @@ fn workers_waiting_for_a_turn_are_starting_hold_no_job_and_leave_on_shutdown() {
     assert_eq!(source.unfinished(), 10, "no job taken");
 }
 
+/// A [`MemorySource`] that counts the monitor's ticks (it reads every backlog once a tick).
+#[derive(Clone)]
+struct Ticking {
+    jobs: MemorySource<u32>,
+    ticks: Arc<AtomicUsize>,
+}
+
+impl JobSource for Ticking {
+    type Job = <MemorySource<u32> as JobSource>::Job;
+    type Output = <MemorySource<u32> as JobSource>::Output;
+    type Consumer = <MemorySource<u32> as JobSource>::Consumer;
+
+    fn backlog(&self) -> Result<usize, SourceError> {
+        self.ticks.fetch_add(1, SeqCst);
+        self.jobs.backlog()
+    }
+
+    fn consumer(&self, worker: &WorkerInfo) -> Result<Self::Consumer, SourceError> {
+        self.jobs.consumer(worker)
+    }
+}
+
 /// With the gate on, the monitor starts at most `init_concurrency` workers whose `init` has not
-/// returned, so each reading sees the memory of the workers before it: inside every `init`,
-/// the workers started but not yet built are just this one. Fails without that bound (the
-/// monitor starts all six in one tick).
+/// returned, so each reading sees the memory of the workers before it: while an `init` is
+/// held, two monitor ticks pass and the workers spawned but not built are still just that
+/// one. Fails without that bound (the monitor starts all six in one tick).
 #[test]
 fn with_the_gate_on_workers_are_started_one_init_turn_at_a_time() {
-    let source: MemorySource<u32> = MemorySource::new();
-    let events = Recorder::default();
+    let source = Ticking {
+        jobs: MemorySource::new(),
+        ticks: Arc::default(),
+    };
     let built = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let (starts, b, m) = (events.starts.clone(), built.clone(), most.clone());
+    let turnstile = Turnstile::default();
+    let (b, t) = (built.clone(), turnstile.clone());
     let pool = ThreadPoolManager::builder()
         .max_threads_per_type(6)
         .min_free_memory(1)
-        .event_handler(events.clone())
+        .rebalance_interval(Duration::from_millis(10))
         .add_queue(
             Queue::new(
                 "q",
                 source.clone(),
                 move |_| {
-                    // Long enough for a monitor tick or two to pass inside it.
-                    std::thread::sleep(Duration::from_millis(120));
-                    let pending = starts.lock().len() - b.load(SeqCst);
-                    m.fetch_max(pending, SeqCst);
+                    t.pass();
                     b.fetch_add(1, SeqCst);
                     Ok::<_, Infallible>(())
                 },
@@ -298,7 +391,30 @@ fn with_the_gate_on_workers_are_started_one_init_turn_at_a_time() {
         )
         .build()
         .unwrap();
+    let _release = ReleaseOnDrop(turnstile.clone());
     pool.start().unwrap();
+    for n in 0..6 {
+        wait_until(
+            PATIENCE,
+            "an init held",
+            || turnstile.waiting() == 1,
+            || pool.stats(),
+        );
+        let ticks = source.ticks.load(SeqCst);
+        wait_until(
+            PATIENCE,
+            "two monitor ticks while it is held",
+            || source.ticks.load(SeqCst) >= ticks + 2,
+            || pool.stats(),
+        );
+        let s = pool.stats();
+        assert_eq!(
+            s.total.spawned as usize - built.load(SeqCst),
+            1,
+            "more than one worker started before init {n} returned: {s:?}"
+        );
+        turnstile.release(1);
+    }
     wait_until(
         PATIENCE,
         "six workers built",
@@ -307,11 +423,6 @@ fn with_the_gate_on_workers_are_started_one_init_turn_at_a_time() {
     );
     pool.shutdown();
     pool.wait().unwrap();
-    assert_eq!(
-        most.load(SeqCst),
-        1,
-        "more than one worker started before an init returned"
-    );
     let s = pool.stats();
     assert_eq!(s.min_free_memory, Some(1));
     assert!(s.free_memory.is_some(), "{s:?}");
@@ -425,7 +536,10 @@ fn a_worker_waiting_for_memory_does_not_keep_rebuilds_from_their_turn() {
     let source: MemorySource<u32> = MemorySource::new();
     let release = Gate::default();
     let builders: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::default();
+    let hold = Gate::default();
+    let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (r, b) = (release.clone(), builders.clone());
+    let (h, hold_on) = (hold.clone(), holding.clone());
     let pool = ThreadPoolManager::builder()
         .max_threads_per_type(2)
         .add_queue(
@@ -443,9 +557,13 @@ fn a_worker_waiting_for_memory_does_not_keep_rebuilds_from_their_turn() {
                     }
                     Ok::<_, Infallible>(())
                 },
-                // Time for the waiting worker to take the turn the first gave back.
-                |_, _| {
+                // Time for the waiting worker to take the turn the first gave back; then
+                // held in a job when the test asks, so that no rebuild is in `starting`.
+                move |_, _| {
                     std::thread::sleep(Duration::from_millis(5));
+                    if hold_on.load(SeqCst) {
+                        h.pass();
+                    }
                     Ok(())
                 },
             )
@@ -477,11 +595,21 @@ fn a_worker_waiting_for_memory_does_not_keep_rebuilds_from_their_turn() {
         || pool.stats().total.recycles >= 10,
         || pool.stats(),
     );
+    // The first worker held in a job: its own rebuilds no longer count in `starting`.
+    let _open_hold = OpenOnDrop(hold.clone());
+    holding.store(true, SeqCst);
+    wait_until(
+        PATIENCE,
+        "the first worker held in a job",
+        || hold.waiting() == 1,
+        || pool.stats(),
+    );
     let s = pool.stats();
     assert_eq!(
         s.total.starting, 1,
         "the other worker waits for memory: {s:?}"
     );
+    hold.open();
     let builders = builders.lock().clone();
     assert!(
         builders.iter().all(|&i| i == builders[0]),
