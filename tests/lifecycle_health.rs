@@ -146,6 +146,17 @@ fn health_check_every_spaces_the_checks() {
     assert!(checks_with(None) >= 20);
 }
 
+/// The `retry_in` of every `HealthCheck` event, in order.
+fn check_delays(events: &Recorder) -> Vec<Duration> {
+    events
+        .errors
+        .lock()
+        .iter()
+        .filter(|e| e.kind == ErrorKind::HealthCheck)
+        .map(|e| e.retry_in)
+        .collect()
+}
+
 /// A state that fails its check again before running a job backs off before the next `init`
 /// (the first failure after jobs rebuilds at once), so a check that always fails does not
 /// spin on rebuilds. Fails without the back-off (every `retry_in` zero).
@@ -177,12 +188,7 @@ fn a_state_that_keeps_failing_its_check_backs_off() {
     );
     pool.shutdown();
     pool.wait().unwrap();
-    let errors = events.errors.lock();
-    let delays: Vec<Duration> = errors
-        .iter()
-        .filter(|e| e.kind == ErrorKind::HealthCheck)
-        .map(|e| e.retry_in)
-        .collect();
+    let delays = check_delays(&events);
     assert!(delays[0].is_zero(), "{delays:?}");
     assert!(delays[1..].iter().all(|d| !d.is_zero()), "{delays:?}");
     assert_eq!(pool.stats().total.jobs_ok, 0, "no job on a failing state");
@@ -233,13 +239,8 @@ fn a_recycle_resets_the_run_of_failed_checks() {
     finish(&pool, &source, "two failed checks", || {
         pool.stats().total.health_check_failures == 2
     });
-    let errors = events.errors.lock();
-    let delays: Vec<Duration> = errors
-        .iter()
-        .filter(|e| e.kind == ErrorKind::HealthCheck)
-        .map(|e| e.retry_in)
-        .collect();
-    assert_eq!(delays, [Duration::ZERO; 2], "{errors:?}");
+    let delays = check_delays(&events);
+    assert_eq!(delays, [Duration::ZERO; 2]);
     assert_eq!(pool.stats().total.recycles, 1);
 }
 

@@ -71,6 +71,17 @@ fn a_state_is_recycled_by_age_between_jobs() {
     assert_eq!(states.live(), 0);
 }
 
+/// A queue of no-op jobs whose states count themselves in `states`.
+fn counted(source: &MemorySource<u32>, states: &Census) -> Queue {
+    let c = states.clone();
+    Queue::new(
+        "q",
+        source.clone(),
+        move |_| Ok::<_, Infallible>(c.enter()),
+        |_, _| Ok(()),
+    )
+}
+
 /// The longest ages build and RUN: `recycle_after_age(Duration::MAX)` (and
 /// `from_secs(u64::MAX)`) with and without jitter means "never", and every job runs on the
 /// one state. Fails if the age limit overflowed (`age * (1 - 0)` panics in `Duration` after
@@ -84,15 +95,9 @@ fn the_longest_age_starts_and_never_recycles() {
     ] {
         let source: MemorySource<u32> = MemorySource::new();
         let states = Census::default();
-        let c = states.clone();
-        let queue = Queue::new(
-            "q",
-            source.clone(),
-            move |_| Ok::<_, Infallible>(c.enter()),
-            |_, _| Ok(()),
-        )
-        .recycle_after_age(age)
-        .recycle_jitter(jitter);
+        let queue = counted(&source, &states)
+            .recycle_after_age(age)
+            .recycle_jitter(jitter);
         source.extend(0..20);
         let pool = one_worker(ThreadPoolManager::builder(), queue);
         finish(&pool, &source, "the jobs done", || true);
@@ -113,15 +118,9 @@ fn the_longest_age_starts_and_never_recycles() {
 fn an_idle_state_is_recycled_by_age_too() {
     let source: MemorySource<u32> = MemorySource::new();
     let states = Census::default();
-    let c = states.clone();
-    let queue = Queue::new(
-        "q",
-        source.clone(),
-        move |_| Ok::<_, Infallible>(c.enter()),
-        |_, _| Ok(()),
-    )
-    .min_threads(1)
-    .recycle_after_age(Duration::from_millis(30));
+    let queue = counted(&source, &states)
+        .min_threads(1)
+        .recycle_after_age(Duration::from_millis(30));
     let pool = one_worker(
         ThreadPoolManager::builder().fetch_timeout(Duration::from_millis(10)),
         queue,
