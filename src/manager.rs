@@ -511,3 +511,50 @@ impl crate::metrics::Pages for MetricsPages {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use super::*;
+    use crate::counters::Counters;
+
+    /// A spawned worker counts in `starting` before its thread exists: the thread may run its
+    /// `init` and lower the count before `spawn` returns. Fails if the count were raised
+    /// after the spawn (the thread's decrement would find 0 and wrap to `usize::MAX`).
+    #[test]
+    fn starting_is_raised_before_the_worker_thread_can_lower_it() {
+        let pool = ThreadPoolManager::builder()
+            .queue(
+                "q",
+                crate::MemorySource::<u32>::new(),
+                |_| Ok::<_, Infallible>(()),
+                |_, _| Ok(()),
+            )
+            .build()
+            .unwrap();
+        let shared = &pool.shared;
+        let q = &shared.queues[0];
+        let counters = Arc::new(Counters::default());
+        let seen = q
+            .spawn_counted(shared, Arc::from("q-0"), Arc::clone(&counters), || {
+                // At worst, the new thread's `init` returns before `spawn` does.
+                let seen = q.starting.load(SeqCst);
+                q.starting.fetch_sub(1, SeqCst);
+                Ok(seen)
+            })
+            .unwrap();
+        assert_eq!((seen, q.starting.load(SeqCst)), (1, 0));
+        q.leave(shared, &counters, false);
+        let refused = q.spawn_counted(shared, Arc::from("q-1"), counters, || {
+            Err::<(), _>(std::io::Error::other("no threads left"))
+        });
+        assert!(refused.is_err());
+        assert_eq!(
+            q.starting.load(SeqCst),
+            0,
+            "a refused spawn is not starting"
+        );
+    }
+}
