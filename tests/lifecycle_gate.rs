@@ -530,7 +530,8 @@ fn workers_waiting_for_a_turn_retire_without_running_init() {
 /// A worker that waits for memory holds no init turn: with the gate closed, a second worker
 /// spawned before it closed waits, and the first one's rebuilds (`recycle_after(1)`, one
 /// turn in all) still get the turn. Fails if the waiting worker kept the turn (the rebuild
-/// would wait for memory too, and no job would run).
+/// would wait for memory too, and no job would run). The queue shows `SizeReason::Memory`
+/// meanwhile, though both its workers are alive.
 #[test]
 fn a_worker_waiting_for_memory_does_not_keep_rebuilds_from_their_turn() {
     let source: MemorySource<u32> = MemorySource::new();
@@ -608,6 +609,14 @@ fn a_worker_waiting_for_memory_does_not_keep_rebuilds_from_their_turn() {
     assert_eq!(
         s.total.starting, 1,
         "the other worker waits for memory: {s:?}"
+    );
+    // Two workers alive, target two, but one waits for memory: the reason says so. Fails if
+    // the waiting worker counted as there (the queue would show another reason).
+    wait_until(
+        PATIENCE,
+        "the queue held by memory",
+        || pool.stats().queues[0].size_reason == SizeReason::Memory,
+        || pool.stats(),
     );
     hold.open();
     let builders = builders.lock().clone();
