@@ -12,7 +12,7 @@
 //!   selector, not a navigation event) and returns `{"id","queue","worker","customer","total",
 //!   "items"}`.
 //! - `emissao` (list `fila:emissao`): prints `/invoice/<id>` to PDF (`Page.printToPDF`), checks
-//!   it with lopdf (page count, the invoice number in its text), writes it under `--pdf-dir`
+//!   it with lopdf (the invoice's page count, its number in the text), writes it under `--pdf-dir`
 //!   and returns `{"id","queue","worker","path","bytes","pages"}`.
 //!
 //! Without `--site-url` the example serves the test site itself on a free loopback port
@@ -64,6 +64,8 @@ use std::time::Duration;
 use browser::Counters;
 
 const EXIT_CANNOT_START: i32 = 2;
+/// How long the exit waits for browser launches in flight (headless_chrome's own bound is 30 s).
+const LAUNCH_WAIT: Duration = Duration::from_secs(35);
 
 struct Args {
     config: pool::Config,
@@ -209,12 +211,15 @@ fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
             pool.shutdown();
         }
     }
-    cli::drain(&pool, args.shutdown_timeout)?;
-    // Only a worker still running at the deadline leaves a browser: its state never dropped.
-    let swept = browser::sweep(&args.config.browser);
+    let drained = cli::drain(&pool, args.shutdown_timeout);
+    // Only a worker still running at the deadline leaves a browser (its state never dropped),
+    // or starts one (inside init): no launch starts past this, those in flight are waited for
+    // (headless_chrome gives a launch 30 s), then every browser left is killed.
+    let swept = browser::close_all(&args.config.browser, LAUNCH_WAIT);
     if swept > 0 {
         log::warn!("{swept} browser(s) still open at exit: killed, profiles removed");
     }
+    drained?;
     let total = pool.stats().total;
     log::info!(
         "browser_worker {} done: {} ok, {} failed, {} panicked; browsers: {} launched, \

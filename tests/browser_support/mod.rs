@@ -122,6 +122,84 @@ pub fn assert_no_leaks(root: &Path) {
     );
 }
 
+/// `examples/browser_worker` as a process, its stderr in a log file; killed (and reaped) on
+/// drop, so a test that gives up leaves no process behind.
+pub struct Example {
+    child: std::process::Child,
+    log_path: PathBuf,
+}
+
+impl Example {
+    /// Starts the example with `args`, logging to `scratch/browser_worker.log`.
+    pub fn start(scratch: &Scratch, args: &[&std::ffi::OsStr]) -> Example {
+        let log_path = scratch.0.join("browser_worker.log");
+        let child = std::process::Command::new(crate::support::redis::example("browser_worker"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        Example { child, log_path }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits up to `within` for `condition` while the process runs; panics with `what`, what
+    /// `state` says and the log if it exits first or the time is up.
+    pub fn wait_until<S: std::fmt::Debug>(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut condition: impl FnMut() -> bool,
+        state: impl Fn() -> S,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        while !condition() {
+            let exited = self.child.try_wait().unwrap();
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                panic!(
+                    "{what}: not after {within:?} (exited: {exited:?}); state {:?}; log:\n{}",
+                    state(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; its status.
+    pub fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "browser_worker still running after {within:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub fn push(server: &RedisServer, key: &str, jobs: impl IntoIterator<Item = Value>) {
     let payloads: Vec<String> = jobs.into_iter().map(|j| j.to_string()).collect();
     let _: () = server.conn().rpush(key, payloads).unwrap();
