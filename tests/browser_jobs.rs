@@ -455,7 +455,12 @@ fn a_stop_during_a_browser_launch_leaves_no_browser() {
         .unwrap();
     assert!(term.success());
     let status = example.exit(PATIENCE * 3);
-    assert!(status.success(), "browser_worker failed: {}", example.log());
+    let log = example.log();
+    assert!(status.success(), "browser_worker failed: {log}");
+    assert!(
+        log.contains("waiting for 1 browser launch(es) in flight"),
+        "{log}"
+    );
     assert_no_leaks(&profiles);
 }
 

@@ -111,6 +111,12 @@ pub fn close_all(config: &BrowserConfig, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     let mut launches = LAUNCHES.lock();
     launches.1 = true;
+    if launches.0 > 0 {
+        log::info!(
+            "exit: waiting for {} browser launch(es) in flight",
+            launches.0
+        );
+    }
     while launches.0 > 0 {
         if LAUNCHED.wait_until(&mut launches, deadline).timed_out() {
             log::warn!("{} browser launch(es) still in flight at exit", launches.0);
