@@ -38,8 +38,13 @@
 //! answer the check by then is a hung browser, killed and rebuilt), `--min-free-memory BYTES`,
 //! `--init-concurrency K`.
 //!
+//! At startup the profiles (and browsers) that a killed `browser_worker` left under
+//! `--profile-root` are removed; at exit no new browser starts, the launches in flight are
+//! waited for, and any browser still open is killed.
+//!
 //! Exit status: 0 after a drained stop (SIGTERM / SIGINT or `--exit-when-idle`); 2 for a bad
-//! option or a setting `build()` refuses (`browser_worker: <what>` on stderr). The last log
+//! option, a `--profile-root` with whitespace or a setting `build()` refuses
+//! (`browser_worker: <what>` on stderr). The last log
 //! line says `browser_worker <pid> done: ...` with the jobs and the browsers' counts.
 //! A payload that is not `{"id": N}` is dead-lettered as `malformed`.
 
@@ -195,6 +200,13 @@ fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     };
     let counters = std::sync::Arc::clone(&args.config.browser.counters);
     let (builder, sources) = pool::builder(&args.config)?;
+    let stale = browser::sweep_stale(&args.config.browser);
+    if stale > 0 {
+        log::warn!(
+            "removed {stale} stale profile(s) of dead browser_worker processes under {}",
+            args.config.browser.profile_root.display()
+        );
+    }
     let pool = builder.build()?;
     pool.shutdown_on_signals()?;
     pool.start()?;

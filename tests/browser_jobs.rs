@@ -490,3 +490,55 @@ fn a_profile_root_with_whitespace_is_refused() {
     );
     assert!(!root.exists() && !scratch.pdfs().exists(), "nothing made");
 }
+
+/// Finding 16c: a `browser_worker` killed with `kill -9` leaves its browser running (Chromium
+/// outlives its parent) and its profile; the next one started on the same profile root kills
+/// that browser and removes the profile before it starts its pool.
+#[test]
+fn a_killed_hosts_browser_and_profile_are_removed_at_the_next_start() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("a_killed_hosts_browser_and_profile_are_removed_at_the_next_start");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("stale");
+    let (profiles, pdfs) = (scratch.profiles(), scratch.pdfs());
+    let (url, site_url) = (server.url(), site.url());
+    let args = |more: &'static str| -> Vec<&std::ffi::OsStr> {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--redis-url".as_ref(),
+            url.as_ref(),
+            "--site-url".as_ref(),
+            site_url.as_ref(),
+            "--profile-root".as_ref(),
+            profiles.as_os_str(),
+            "--pdf-dir".as_ref(),
+            pdfs.as_os_str(),
+            "--queue".as_ref(),
+            "conferencia=fila:conferencia".as_ref(),
+        ];
+        args.extend(more.split(' ').map(<str as AsRef<std::ffi::OsStr>>::as_ref));
+        args
+    };
+    let mut first = Example::start(&scratch, &args("--min-threads 1"));
+    first.wait_until(
+        PATIENCE,
+        "a browser logged in",
+        || site.logins() == 1,
+        || site.logins(),
+    );
+    procs::kill(&[first.pid()]);
+    first.exit(PATIENCE);
+    let prefix = profiles.join(format!("threadtide-browser-{}-", first.pid()));
+    let orphans = procs::with_profile_prefix(&prefix);
+    assert!(!orphans.is_empty(), "the killed host's browser runs on");
+    let mut second = Example::start(&scratch, &args("--exit-when-idle"));
+    let status = second.exit(PATIENCE * 2);
+    let log = second.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("removed 1 stale profile(s)"), "{log}");
+    assert!(
+        orphans.iter().all(|pid| !procs::running(*pid)),
+        "{orphans:?}"
+    );
+    assert_no_leaks(&profiles);
+}

@@ -143,6 +143,38 @@ pub fn sweep(config: &BrowserConfig) -> usize {
         .count()
 }
 
+/// For the start of `main`: kills the browsers and removes the profiles that a process killed
+/// before its exit sweep (`kill -9`, an OOM kill) left under `config.profile_root`, those named
+/// `threadtide-browser-<pid>-...` whose pid runs no more (a Chromium outlives its parent).
+/// A profile whose pid runs (this process, another host, a reused pid) is left alone. The
+/// pids are this pid namespace's: a profile root shared with hosts in other containers would
+/// see theirs as dead, so give each its own (the default, the temp dir, usually is).
+/// Returns how many profiles it removed.
+pub fn sweep_stale(config: &BrowserConfig) -> usize {
+    let Ok(entries) = std::fs::read_dir(&config.profile_root) else {
+        return 0;
+    };
+    let dead_pid = |name: &str| -> Option<u32> {
+        let (pid, _) = name.strip_prefix("threadtide-browser-")?.split_once('-')?;
+        let pid: u32 = pid.parse().ok()?;
+        (pid != std::process::id() && !procs::running(pid)).then_some(pid)
+    };
+    let stale: Vec<(u32, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((dead_pid(&e.file_name().to_string_lossy())?, e.path())))
+        .collect();
+    for (pid, _) in &stale {
+        let prefix = config
+            .profile_root
+            .join(format!("threadtide-browser-{pid}-"));
+        procs::kill(&procs::with_profile_prefix(&prefix));
+    }
+    stale
+        .into_iter()
+        .map(|(_, dir)| drop(ProfileDir(dir)))
+        .count()
+}
+
 /// What the workers' browsers did, for tests and logs.
 #[derive(Debug, Default)]
 pub struct Counters {
