@@ -54,27 +54,11 @@ fn four_workers_forty_jobs_of_each_kind() {
     };
     push(&server, "fila:conferencia", jobs());
     push(&server, "fila:emissao", jobs());
-    let (profiles, pdfs) = (scratch.profiles(), scratch.pdfs());
-    let (url, site_url) = (server.url(), site.url());
-    let mut example = Example::start(
+    let mut example = Example::on(
+        &server,
+        &site,
         &scratch,
-        &[
-            "--redis-url".as_ref(),
-            url.as_ref(),
-            "--site-url".as_ref(),
-            site_url.as_ref(),
-            "--profile-root".as_ref(),
-            profiles.as_os_str(),
-            "--pdf-dir".as_ref(),
-            pdfs.as_os_str(),
-            "--max-threads-per-type".as_ref(),
-            "4".as_ref(),
-            "--jobs-per-thread".as_ref(),
-            "10".as_ref(),
-            "--exit-when-idle".as_ref(),
-            "--heartbeat-ms".as_ref(),
-            "100".as_ref(),
-        ],
+        "--max-threads-per-type 4 --jobs-per-thread 10 --exit-when-idle --heartbeat-ms 100",
     );
     // The distinct workers of `kind` that have waited in a held page.
     let held_by = |kind: &str| -> BTreeSet<String> {
@@ -425,26 +409,12 @@ fn a_stop_during_a_browser_launch_leaves_no_browser() {
     let server = RedisServer::start();
     let site = site::Site::start().unwrap();
     let scratch = Scratch::new("exit");
-    let (profiles, pdfs) = (scratch.profiles(), scratch.pdfs());
-    let (url, site_url) = (server.url(), site.url());
-    let mut example = Example::start(
+    let profiles = scratch.profiles();
+    let mut example = Example::on(
+        &server,
+        &site,
         &scratch,
-        &[
-            "--redis-url".as_ref(),
-            url.as_ref(),
-            "--site-url".as_ref(),
-            site_url.as_ref(),
-            "--profile-root".as_ref(),
-            profiles.as_os_str(),
-            "--pdf-dir".as_ref(),
-            pdfs.as_os_str(),
-            "--queue".as_ref(),
-            "conferencia=fila:conferencia".as_ref(),
-            "--min-threads".as_ref(),
-            "1".as_ref(),
-            "--shutdown-timeout-ms".as_ref(),
-            "1".as_ref(),
-        ],
+        "--queue conferencia=fila:conferencia --min-threads 1 --shutdown-timeout-ms 1",
     );
     // The profile directory is made just before the launch: the launch is in flight.
     let made = || std::fs::read_dir(&profiles).map_or(0, Iterator::count);
@@ -479,7 +449,7 @@ fn a_profile_root_with_whitespace_is_refused() {
             root.as_os_str(),
             "--pdf-dir".as_ref(),
             scratch.pdfs().as_os_str(),
-        ],
+        ] as &[&std::ffi::OsStr],
     );
     let status = example.exit(PATIENCE);
     let log = example.log();
@@ -501,25 +471,14 @@ fn a_killed_hosts_browser_and_profile_are_removed_at_the_next_start() {
     let server = RedisServer::start();
     let site = site::Site::start().unwrap();
     let scratch = Scratch::new("stale");
-    let (profiles, pdfs) = (scratch.profiles(), scratch.pdfs());
-    let (url, site_url) = (server.url(), site.url());
-    let args = |more: &'static str| -> Vec<&std::ffi::OsStr> {
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "--redis-url".as_ref(),
-            url.as_ref(),
-            "--site-url".as_ref(),
-            site_url.as_ref(),
-            "--profile-root".as_ref(),
-            profiles.as_os_str(),
-            "--pdf-dir".as_ref(),
-            pdfs.as_os_str(),
-            "--queue".as_ref(),
-            "conferencia=fila:conferencia".as_ref(),
-        ];
-        args.extend(more.split(' ').map(<str as AsRef<std::ffi::OsStr>>::as_ref));
-        args
-    };
-    let mut first = Example::start(&scratch, &args("--min-threads 1"));
+    let profiles = scratch.profiles();
+    let conferencia = "--queue conferencia=fila:conferencia";
+    let mut first = Example::on(
+        &server,
+        &site,
+        &scratch,
+        &format!("{conferencia} --min-threads 1"),
+    );
     first.wait_until(
         PATIENCE,
         "a browser logged in",
@@ -531,7 +490,12 @@ fn a_killed_hosts_browser_and_profile_are_removed_at_the_next_start() {
     let prefix = profiles.join(format!("threadtide-browser-{}-", first.pid()));
     let orphans = procs::with_profile_prefix(&prefix);
     assert!(!orphans.is_empty(), "the killed host's browser runs on");
-    let mut second = Example::start(&scratch, &args("--exit-when-idle"));
+    let mut second = Example::on(
+        &server,
+        &site,
+        &scratch,
+        &format!("{conferencia} --exit-when-idle"),
+    );
     let status = second.exit(PATIENCE * 2);
     let log = second.log();
     assert!(status.success(), "{log}");

@@ -130,8 +130,25 @@ pub struct Example {
 }
 
 impl Example {
+    /// Starts the example on `server`, `site` and `scratch`'s profiles and PDFs, with `more`
+    /// options (split on spaces), logging to `scratch/browser_worker.log`.
+    pub fn on(server: &RedisServer, site: &site::Site, scratch: &Scratch, more: &str) -> Example {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--redis-url".into(),
+            server.url().into(),
+            "--site-url".into(),
+            site.url().into(),
+            "--profile-root".into(),
+            scratch.profiles().into(),
+            "--pdf-dir".into(),
+            scratch.pdfs().into(),
+        ];
+        args.extend(more.split_whitespace().map(Into::into));
+        Example::start(scratch, &args)
+    }
+
     /// Starts the example with `args`, logging to `scratch/browser_worker.log`.
-    pub fn start(scratch: &Scratch, args: &[&std::ffi::OsStr]) -> Example {
+    pub fn start(scratch: &Scratch, args: &[impl AsRef<std::ffi::OsStr>]) -> Example {
         let log_path = scratch.0.join("browser_worker.log");
         let child = std::process::Command::new(crate::support::redis::example("browser_worker"))
             .args(args)
