@@ -122,8 +122,10 @@ pub fn assert_no_leaks(root: &Path) {
     );
 }
 
-/// `examples/browser_worker` as a process, its stderr in a log file; killed (and reaped) on
-/// drop, so a test that gives up leaves no process behind.
+/// `examples/browser_worker` as a process, its stderr in a log file. Stopped on drop, so a
+/// test that gives up leaves no process behind: SIGTERM first (its exit kills its browsers;
+/// a `kill -9` would leave them running), `kill -9` if it is still running after
+/// [`PATIENCE`] times 2.
 pub struct Example {
     child: std::process::Child,
     log_path: PathBuf,
@@ -210,9 +212,20 @@ impl Example {
 
 impl Drop for Example {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + PATIENCE * 2;
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
