@@ -36,7 +36,8 @@
 //! session cookie goes to the next one: no new login), `--no-health-check`,
 //! `--health-check-every-ms N`, `--health-timeout-ms N` (default 5000: a tab that does not
 //! answer the check by then is a hung browser, killed and rebuilt), `--min-free-memory BYTES`,
-//! `--init-concurrency K`.
+//! `--init-concurrency K`. A test hook: `--launch-delay-ms N` (each launch waits N ms after
+//! making its profile directory).
 //!
 //! At startup the profiles (and browsers) that a killed `browser_worker` left under
 //! `--profile-root` are removed; at exit no new browser starts, the launches in flight are
@@ -138,6 +139,7 @@ fn parse_args() -> Result<Args, String> {
                     }
                     "--health-check-every-ms" => config.health_check_every = Some(ms(&value)?),
                     "--health-timeout-ms" => config.browser.health_timeout = ms(&value)?,
+                    "--launch-delay-ms" => config.browser.launch_delay = ms(&value)?,
                     "--min-free-memory" => config.min_free_memory = Some(num(&value)?),
                     "--init-concurrency" => config.init_concurrency = Some(num(&value)? as usize),
                     "--shutdown-timeout-ms" => shutdown_timeout = ms(&value)?,

@@ -34,6 +34,10 @@ pub struct BrowserConfig {
     /// How long the health check waits for the tab's answer; past it the browser counts as
     /// hung (killed when its state drops).
     pub health_timeout: Duration,
+    /// A test hook: each launch waits this long between making its profile directory and
+    /// starting the browser (`--launch-delay-ms`; default 0), so a test can act while a launch
+    /// is surely in flight.
+    pub launch_delay: Duration,
     pub counters: Arc<Counters>,
 }
 
@@ -46,6 +50,7 @@ impl BrowserConfig {
             profile_root,
             idle_timeout: Duration::from_secs(600),
             health_timeout: Duration::from_secs(5),
+            launch_delay: Duration::ZERO,
             counters: Arc::default(),
         }
     }
@@ -291,6 +296,7 @@ impl Session {
         let launching = Launching::start()?;
         std::fs::create_dir_all(&dir)?;
         let profile = ProfileDir(dir.clone());
+        std::thread::sleep(config.launch_delay);
         let agent = format!("--user-agent=threadtide-browser/{worker}");
         let options = LaunchOptions::default_builder()
             .path(Some(config.chrome.clone()))
