@@ -82,10 +82,11 @@ fn open(
     ))
 }
 
-/// `conferencia`: the order's values, as the page shows them.
+/// `conferencia`: the order's values, as the page shows them, once the page is parsed (an
+/// element can be in the DOM before its text is: `#items` empty read as 0 items).
 pub fn conferencia(session: &mut Session, job: &Job) -> Result<Vec<u8>, JobError> {
     let ready = format!(
-        "document.querySelector('#order-id') && \
+        "document.readyState !== 'loading' && document.querySelector('#order-id') && \
          document.querySelector('#order-id').textContent === '{}' && \
          document.querySelector('#items')",
         job.id
