@@ -12,7 +12,7 @@
 //!   selector, not a navigation event) and returns `{"id","queue","worker","customer","total",
 //!   "items"}`.
 //! - `emissao` (list `fila:emissao`): prints `/invoice/<id>` to PDF (`Page.printToPDF`), checks
-//!   it with lopdf (page count, the invoice number in its text), writes it under `--pdf-dir`
+//!   it with lopdf (the invoice's page count, its number in the text), writes it under `--pdf-dir`
 //!   and returns `{"id","queue","worker","path","bytes","pages"}`.
 //!
 //! Without `--site-url` the example serves the test site itself on a free loopback port
@@ -36,10 +36,16 @@
 //! session cookie goes to the next one: no new login), `--no-health-check`,
 //! `--health-check-every-ms N`, `--health-timeout-ms N` (default 5000: a tab that does not
 //! answer the check by then is a hung browser, killed and rebuilt), `--min-free-memory BYTES`,
-//! `--init-concurrency K`.
+//! `--init-concurrency K`. A test hook: `--launch-delay-ms N` (each launch waits N ms after
+//! making its profile directory).
+//!
+//! At startup the profiles (and browsers) that a killed `browser_worker` left under
+//! `--profile-root` are removed; at exit no new browser starts, the launches in flight are
+//! waited for, and any browser still open is killed.
 //!
 //! Exit status: 0 after a drained stop (SIGTERM / SIGINT or `--exit-when-idle`); 2 for a bad
-//! option or a setting `build()` refuses (`browser_worker: <what>` on stderr). The last log
+//! option, a `--profile-root` with whitespace or a setting `build()` refuses
+//! (`browser_worker: <what>` on stderr). The last log
 //! line says `browser_worker <pid> done: ...` with the jobs and the browsers' counts.
 //! A payload that is not `{"id": N}` is dead-lettered as `malformed`.
 
@@ -64,6 +70,8 @@ use std::time::Duration;
 use browser::Counters;
 
 const EXIT_CANNOT_START: i32 = 2;
+/// How long the exit waits for browser launches in flight (headless_chrome's own bound is 30 s).
+const LAUNCH_WAIT: Duration = Duration::from_secs(35);
 
 struct Args {
     config: pool::Config,
@@ -131,6 +139,7 @@ fn parse_args() -> Result<Args, String> {
                     }
                     "--health-check-every-ms" => config.health_check_every = Some(ms(&value)?),
                     "--health-timeout-ms" => config.browser.health_timeout = ms(&value)?,
+                    "--launch-delay-ms" => config.browser.launch_delay = ms(&value)?,
                     "--min-free-memory" => config.min_free_memory = Some(num(&value)?),
                     "--init-concurrency" => config.init_concurrency = Some(num(&value)? as usize),
                     "--shutdown-timeout-ms" => shutdown_timeout = ms(&value)?,
@@ -193,6 +202,13 @@ fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     };
     let counters = std::sync::Arc::clone(&args.config.browser.counters);
     let (builder, sources) = pool::builder(&args.config)?;
+    let stale = browser::sweep_stale(&args.config.browser);
+    if stale > 0 {
+        log::warn!(
+            "removed {stale} stale profile(s) of dead browser_worker processes under {}",
+            args.config.browser.profile_root.display()
+        );
+    }
     let pool = builder.build()?;
     pool.shutdown_on_signals()?;
     pool.start()?;
@@ -209,12 +225,15 @@ fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
             pool.shutdown();
         }
     }
-    cli::drain(&pool, args.shutdown_timeout)?;
-    // Only a worker still running at the deadline leaves a browser: its state never dropped.
-    let swept = browser::sweep(&args.config.browser);
+    let drained = cli::drain(&pool, args.shutdown_timeout);
+    // Only a worker still running at the deadline leaves a browser (its state never dropped),
+    // or starts one (inside init): no launch starts past this, those in flight are waited for
+    // (headless_chrome gives a launch 30 s), then every browser left is killed.
+    let swept = browser::close_all(&args.config.browser, LAUNCH_WAIT);
     if swept > 0 {
         log::warn!("{swept} browser(s) still open at exit: killed, profiles removed");
     }
+    drained?;
     let total = pool.stats().total;
     log::info!(
         "browser_worker {} done: {} ok, {} failed, {} panicked; browsers: {} launched, \

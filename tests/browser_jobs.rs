@@ -4,7 +4,9 @@
 //! (`kill -STOP`) found by the health check, a recycle that keeps the login, the memory gate,
 //! a panicking job and a scale-down each dropping their browser. Every test ends with the leak
 //! checks: no browser process left, no profile directory left, no `<defunct>` child of the test
-//! process.
+//! process. (The zombie check looks at the test process's children only: the browsers' main
+//! processes, the ones the pool must reap. Chromium's helpers are children of its main
+//! process; with that gone, they are gone too, or reparented to init, which reaps them.)
 //!
 //! The tests run one at a time (a lock): each starts several browsers, and the machine has 2
 //! cores.
@@ -13,8 +15,8 @@
 mod browser_support;
 mod support;
 
-use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -27,7 +29,16 @@ use support::{PATIENCE, wait_until};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Item 7: the example as a process, 4 workers per kind, 40 jobs of each kind.
+/// Jobs at the head of each list whose pages the site holds: every worker that starts takes
+/// one and waits in it, so the 4 workers of a kind are all running before any job completes.
+/// More than 4, in case a held job times out (the page wait's 20 s) and is retried while a
+/// browser is still launching: each worker still finds a held one.
+const HELD: u64 = 12;
+
+/// Item 7: the example as a process, 4 workers per kind, 40 jobs of each kind. The first
+/// [`HELD`] jobs of each kind are held by the site until 4 distinct workers of each kind wait
+/// in one, so the 4 workers are a fact the test sees, not a matter of timing; the results then
+/// name exactly 4 workers per kind.
 #[test]
 fn four_workers_forty_jobs_of_each_kind() {
     let _one = ONE_AT_A_TIME.lock();
@@ -36,44 +47,46 @@ fn four_workers_forty_jobs_of_each_kind() {
     let site = site::Site::start().unwrap();
     let scratch = Scratch::new("forty");
     let ids = 1..=40u64;
-    push(&server, "fila:conferencia", orders(ids.clone()));
-    push(&server, "fila:emissao", orders(ids.clone()));
-    let log_path = scratch.0.join("browser_worker.log");
-    let mut child = Command::new(support::redis::example("browser_worker"))
-        .args(["--redis-url", &server.url(), "--site-url", &site.url()])
-        .arg("--profile-root")
-        .arg(scratch.profiles())
-        .arg("--pdf-dir")
-        .arg(scratch.pdfs())
-        .args(["--max-threads-per-type", "4", "--jobs-per-thread", "10"])
-        .args(["--exit-when-idle", "--heartbeat-ms", "100"])
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let deadline = std::time::Instant::now() + PATIENCE * 4;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill(); // a test that gives up leaves no process behind
-            let _ = child.wait();
-            panic!(
-                "browser_worker still running after {:?}; log:\n{}",
-                PATIENCE * 4,
-                read_log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let jobs = || {
+        ids.clone()
+            .map(|id| serde_json::json!({"id": id, "hold": id <= HELD}))
     };
-    let log = read_log();
+    push(&server, "fila:conferencia", jobs());
+    push(&server, "fila:emissao", jobs());
+    let mut example = Example::on(
+        &server,
+        &site,
+        &scratch,
+        "--max-threads-per-type 4 --jobs-per-thread 10 --exit-when-idle --heartbeat-ms 100",
+    );
+    // Dropped before `example` if the test gives up: its held jobs finish, it exits at once.
+    let _release = ReleaseOnDrop(&site);
+    // The distinct workers of `kind` that have waited in a held page.
+    let held_by = |kind: &str| -> BTreeSet<String> {
+        site.held_agents()
+            .iter()
+            .filter_map(|a| a.rsplit('/').next())
+            .filter(|w| w.contains(&format!("-{kind}-")))
+            .map(str::to_owned)
+            .collect()
+    };
+    example.wait_until(
+        PATIENCE * 4,
+        "4 workers of each kind in a held page",
+        || held_by("conferencia").len() == 4 && held_by("emissao").len() == 4,
+        || (held_by("conferencia"), held_by("emissao")),
+    );
+    site.release_holds();
+    let status = example.exit(PATIENCE * 4);
+    let log = example.log();
     assert!(status.success(), "browser_worker failed: {log}");
     let all = results(&server);
     let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    let mut workers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for result in &all {
         let queue = result["queue"].as_str().unwrap().to_owned();
+        let worker = result["worker"].as_str().unwrap().to_owned();
+        workers.entry(queue.clone()).or_default().insert(worker);
         let id = if queue == "conferencia" {
             check_order(result)
         } else {
@@ -91,19 +104,29 @@ fn four_workers_forty_jobs_of_each_kind() {
         }
     }
     assert_eq!(all.len(), 80);
+    // The results name the workers that held the pages, 4 of each kind (at most 4 run at a
+    // time, and the backlog only shrinks, so no fifth is started after one retires).
+    for kind in ["conferencia", "emissao"] {
+        assert_eq!(
+            workers.get(kind),
+            Some(&held_by(kind)),
+            "{kind}: {workers:?}"
+        );
+    }
     let done = log
         .lines()
         .find(|l| l.contains(" done: "))
         .unwrap_or_else(|| panic!("no done line in {log}"));
     println!("{done}");
-    // Every browser logged in once (no job needed a new login), at most 4 per kind.
+    // A browser per worker at least (a health check that failed under load rebuilds one),
+    // each logged in once: no job needed a new login.
     let launched: u64 = done
         .split("browsers: ")
         .nth(1)
         .and_then(|s| s.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap();
-    assert!((2..=8).contains(&launched), "{done}");
+    assert!(launched >= 8, "{done}");
     assert_eq!(site.logins(), launched, "{done}");
     assert_no_leaks(&scratch.profiles());
 }
@@ -375,4 +398,116 @@ fn memory_gate_holds_browsers_until_lowered() {
     assert_no_leaks(&scratch.profiles());
     pool.shutdown_timeout(PATIENCE).unwrap();
     assert_no_leaks(&scratch.profiles());
+}
+
+/// Finding 16a: a stop that comes while a worker's `init` is launching its browser (the drain
+/// times out at once: `--shutdown-timeout-ms 1`) leaves no browser and no profile: the exit
+/// refuses new launches, waits for the one in flight and kills what it made. (The leak this
+/// guards against needs the launch to start the browser between the exit's sweep and the
+/// process's end, a window no test can hit at will; this one checks the exit's wait.)
+#[test]
+fn a_stop_during_a_browser_launch_leaves_no_browser() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("a_stop_during_a_browser_launch_leaves_no_browser");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("exit");
+    let profiles = scratch.profiles();
+    let mut example = Example::on(
+        &server,
+        &site,
+        &scratch,
+        "--queue conferencia=fila:conferencia --min-threads 1 --shutdown-timeout-ms 1 \
+         --launch-delay-ms 2000",
+    );
+    // The profile directory is made when the launch starts; the launch then waits 2 s
+    // (`--launch-delay-ms`) before it starts the browser: it is in flight for a while yet.
+    let made = || std::fs::read_dir(&profiles).map_or(0, Iterator::count);
+    example.wait_until(PATIENCE, "a browser launching", || made() > 0, made);
+    let term = Command::new("kill")
+        .args(["-TERM", &example.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = example.exit(PATIENCE * 3);
+    let log = example.log();
+    assert!(status.success(), "browser_worker failed: {log}");
+    assert!(
+        log.contains("waiting for 1 browser launch(es) in flight"),
+        "{log}"
+    );
+    assert_no_leaks(&profiles);
+}
+
+/// Finding 16b: a `--profile-root` with whitespace is refused at startup (exit status 2, the
+/// option and the value on stderr): the processes of such a profile could not be found.
+#[test]
+fn a_profile_root_with_whitespace_is_refused() {
+    let scratch = Scratch::new("space");
+    let root = scratch.0.join("two words");
+    let mut example = Example::start(
+        &scratch,
+        &[
+            "--redis-url".as_ref(),
+            "redis://127.0.0.1:1".as_ref(),
+            "--profile-root".as_ref(),
+            root.as_os_str(),
+            "--pdf-dir".as_ref(),
+            scratch.pdfs().as_os_str(),
+        ] as &[&std::ffi::OsStr],
+    );
+    let status = example.exit(PATIENCE);
+    let log = example.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("--profile-root") && log.contains("two words"),
+        "{log}"
+    );
+    assert!(!root.exists() && !scratch.pdfs().exists(), "nothing made");
+}
+
+/// Finding 16c: a `browser_worker` killed with `kill -9` leaves its browser running (Chromium
+/// outlives its parent) and its profile; the next one started on the same profile root kills
+/// that browser and removes the profile before it starts its pool.
+#[test]
+fn a_killed_hosts_browser_and_profile_are_removed_at_the_next_start() {
+    let _one = ONE_AT_A_TIME.lock();
+    let _took = Took::new("a_killed_hosts_browser_and_profile_are_removed_at_the_next_start");
+    let server = RedisServer::start();
+    let site = site::Site::start().unwrap();
+    let scratch = Scratch::new("stale");
+    let profiles = scratch.profiles();
+    let conferencia = "--queue conferencia=fila:conferencia";
+    let mut first = Example::on(
+        &server,
+        &site,
+        &scratch,
+        &format!("{conferencia} --min-threads 1"),
+    );
+    first.wait_until(
+        PATIENCE,
+        "a browser logged in",
+        || site.logins() == 1,
+        || site.logins(),
+    );
+    procs::kill(&[first.pid()]);
+    first.exit(PATIENCE);
+    let prefix = profiles.join(format!("threadtide-browser-{}-", first.pid()));
+    let orphans = procs::with_profile_prefix(&prefix);
+    assert!(!orphans.is_empty(), "the killed host's browser runs on");
+    let mut second = Example::on(
+        &server,
+        &site,
+        &scratch,
+        &format!("{conferencia} --exit-when-idle"),
+    );
+    let status = second.exit(PATIENCE * 2);
+    let log = second.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("removed 1 stale profile(s)"), "{log}");
+    assert!(
+        orphans.iter().all(|pid| !procs::running(*pid)),
+        "{orphans:?}"
+    );
+    assert_no_leaks(&profiles);
 }

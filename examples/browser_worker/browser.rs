@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use headless_chrome::protocol::cdp::{Network, Runtime};
 use headless_chrome::{Browser, LaunchOptions, Tab};
+use parking_lot::{Condvar, Mutex};
 
 use super::procs;
 use super::site;
@@ -33,6 +34,10 @@ pub struct BrowserConfig {
     /// How long the health check waits for the tab's answer; past it the browser counts as
     /// hung (killed when its state drops).
     pub health_timeout: Duration,
+    /// A test hook: each launch waits this long between making its profile directory and
+    /// starting the browser (`--launch-delay-ms`; default 0), so a test can act while a launch
+    /// is surely in flight.
+    pub launch_delay: Duration,
     pub counters: Arc<Counters>,
 }
 
@@ -45,8 +50,23 @@ impl BrowserConfig {
             profile_root,
             idle_timeout: Duration::from_secs(600),
             health_timeout: Duration::from_secs(5),
+            launch_delay: Duration::ZERO,
             counters: Arc::default(),
         }
+    }
+
+    /// Refuses a `profile_root` holding whitespace: Chromium's helpers show their arguments
+    /// joined by spaces in /proc/<pid>/cmdline, so the processes of such a profile could not be
+    /// found (to wait for them, or to kill them at exit). The error names the option and the
+    /// value.
+    pub fn check(&self) -> Result<(), String> {
+        let root = self.profile_root.display().to_string();
+        if root.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "--profile-root (or the temp dir) must hold no whitespace: {root:?}"
+            ));
+        }
+        Ok(())
     }
 
     /// The prefix of every profile directory this process makes under `profile_root`.
@@ -55,9 +75,65 @@ impl BrowserConfig {
     }
 }
 
+/// Launches in flight (inside [`Session::open`], from its profile directory's creation to
+/// `Browser::new`'s return), and whether the process is exiting (no launch may start).
+static LAUNCHES: Mutex<(usize, bool)> = Mutex::new((0, false));
+static LAUNCHED: Condvar = Condvar::new();
+
+/// Counts one launch in flight; refused once the process is exiting.
+struct Launching;
+
+impl Launching {
+    fn start() -> Result<Launching, BoxError> {
+        let mut launches = LAUNCHES.lock();
+        if launches.1 {
+            return Err("the process is exiting: no new browser".into());
+        }
+        launches.0 += 1;
+        Ok(Launching)
+    }
+}
+
+impl Drop for Launching {
+    fn drop(&mut self) {
+        LAUNCHES.lock().0 -= 1;
+        LAUNCHED.notify_all();
+    }
+}
+
+/// Whether [`close_all`] has run: a browser launched after it closes itself at once.
+fn exiting() -> bool {
+    LAUNCHES.lock().1
+}
+
+/// For the end of `main`, once the pool is drained: stops every later launch, waits (up to
+/// `within`) for the launches in flight, then [`sweep`]s. A worker thread still running at the
+/// shutdown deadline keeps its state (never dropped) and may be inside `init`: past this call
+/// it can make no browser that outlives the process, since every process launched before it
+/// is running when the sweep looks (`Browser::new` returned), and none starts after.
+/// Returns how many profiles the sweep removed.
+pub fn close_all(config: &BrowserConfig, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    let mut launches = LAUNCHES.lock();
+    launches.1 = true;
+    if launches.0 > 0 {
+        log::info!(
+            "exit: waiting for {} browser launch(es) in flight",
+            launches.0
+        );
+    }
+    while launches.0 > 0 {
+        if LAUNCHED.wait_until(&mut launches, deadline).timed_out() {
+            log::warn!("{} browser launch(es) still in flight at exit", launches.0);
+            break;
+        }
+    }
+    drop(launches);
+    sweep(config)
+}
+
 /// Kills the browsers of this process still running under `config.profile_root` and removes
-/// their profiles: for the end of `main`, when a worker thread was still running at the
-/// shutdown deadline (its state never dropped). Returns how many profiles it removed.
+/// their profiles (see [`close_all`]). Returns how many profiles it removed.
 pub fn sweep(config: &BrowserConfig) -> usize {
     let prefix = config.profile_root.join(config.profile_prefix());
     procs::kill(&procs::with_profile_prefix(&prefix));
@@ -69,6 +145,38 @@ pub fn sweep(config: &BrowserConfig) -> usize {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with(&mine))
         .map(|e| drop(ProfileDir(e.path())))
+        .count()
+}
+
+/// For the start of `main`: kills the browsers and removes the profiles that a process killed
+/// before its exit sweep (`kill -9`, an OOM kill) left under `config.profile_root`, those named
+/// `threadtide-browser-<pid>-...` whose pid runs no more (a Chromium outlives its parent).
+/// A profile whose pid runs (this process, another host, a reused pid) is left alone. The
+/// pids are this pid namespace's: a profile root shared with hosts in other containers would
+/// see theirs as dead, so give each its own (the default, the temp dir, usually is).
+/// Returns how many profiles it removed.
+pub fn sweep_stale(config: &BrowserConfig) -> usize {
+    let Ok(entries) = std::fs::read_dir(&config.profile_root) else {
+        return 0;
+    };
+    let dead_pid = |name: &str| -> Option<u32> {
+        let (pid, _) = name.strip_prefix("threadtide-browser-")?.split_once('-')?;
+        let pid: u32 = pid.parse().ok()?;
+        (pid != std::process::id() && !procs::running(pid)).then_some(pid)
+    };
+    let stale: Vec<(u32, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((dead_pid(&e.file_name().to_string_lossy())?, e.path())))
+        .collect();
+    for (pid, _) in &stale {
+        let prefix = config
+            .profile_root
+            .join(format!("threadtide-browser-{pid}-"));
+        procs::kill(&procs::with_profile_prefix(&prefix));
+    }
+    stale
+        .into_iter()
+        .map(|(_, dir)| drop(ProfileDir(dir)))
         .count()
 }
 
@@ -185,8 +293,10 @@ impl Session {
             file_safe(worker),
             PROFILES.fetch_add(1, Ordering::SeqCst)
         ));
+        let launching = Launching::start()?;
         std::fs::create_dir_all(&dir)?;
         let profile = ProfileDir(dir.clone());
+        std::thread::sleep(config.launch_delay);
         let agent = format!("--user-agent=threadtide-browser/{worker}");
         let options = LaunchOptions::default_builder()
             .path(Some(config.chrome.clone()))
@@ -206,6 +316,7 @@ impl Session {
         let started = Instant::now();
         // On an error here, `Browser::new` has killed and reaped the process; `profile` drops.
         let browser = Browser::new(options)?;
+        drop(launching);
         let pid = browser.get_process_id().unwrap_or(0);
         let tab = browser.new_tab()?;
         tab.set_default_timeout(Duration::from_secs(20));
@@ -226,6 +337,10 @@ impl Session {
             health_timeout: config.health_timeout,
             hung: None,
         };
+        if exiting() {
+            // Launched while `close_all` waited: this drop closes it (its sweep kills it too).
+            return Err("the process is exiting: browser closed".into());
+        }
         let login_started = Instant::now();
         match carried {
             Some(cookie) => {

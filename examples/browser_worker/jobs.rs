@@ -82,10 +82,11 @@ fn open(
     ))
 }
 
-/// `conferencia`: the order's values, as the page shows them.
+/// `conferencia`: the order's values, as the page shows them, once the page is parsed (an
+/// element can be in the DOM before its text is: `#items` empty read as 0 items).
 pub fn conferencia(session: &mut Session, job: &Job) -> Result<Vec<u8>, JobError> {
     let ready = format!(
-        "document.querySelector('#order-id') && \
+        "document.readyState !== 'loading' && document.querySelector('#order-id') && \
          document.querySelector('#order-id').textContent === '{}' && \
          document.querySelector('#items')",
         job.id
@@ -132,9 +133,10 @@ pub fn pdf_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("invoice-{id}.pdf"))
 }
 
-/// `emissao`: prints the invoice, checks the PDF (its page count and that its text has the
-/// invoice number), writes it under `dir` (a temporary name, then renamed: a job run twice
-/// never leaves half a file).
+/// `emissao`: prints the invoice, checks the PDF (that its text has the invoice number and
+/// that it has the invoice's page count, [`site::invoice_pages`]: else the job fails and is
+/// retried), writes it under `dir` (a temporary name, then renamed: a job run twice never
+/// leaves half a file).
 pub fn emissao(session: &mut Session, job: &Job, dir: &Path) -> Result<Vec<u8>, JobError> {
     let number = site::invoice_number(job.id);
     let ready = format!(
@@ -153,6 +155,15 @@ pub fn emissao(session: &mut Session, job: &Job, dir: &Path) -> Result<Vec<u8>, 
         return Err(retry(format!(
             "the PDF of invoice {} does not show {number}",
             job.id
+        )));
+    }
+    // The invoice's page count as the site lays it out: a table cut short, or a page
+    // printed twice, is a failed job, not a result.
+    let pages = usize::from(site::invoice_pages(job.id));
+    if check.pages != pages {
+        return Err(retry(format!(
+            "the PDF of invoice {} has {} page(s), not {pages}",
+            job.id, check.pages
         )));
     }
     let path = pdf_path(dir, job.id);

@@ -180,7 +180,13 @@ fn queue(config: &Config, name: &str, source: RedisSource<jobs::Job>) -> Queue {
 
 /// The builder for `config` (callers may add an event handler, then `build()`), and the
 /// sources (for `--exit-when-idle`'s fleet-wide idle check).
+///
+/// # Errors
+///
+/// A profile root [`BrowserConfig::check`] refuses, a PDF directory that cannot be made, a
+/// source's settings that `RedisSource`'s `build()` refuses.
 pub fn builder(config: &Config) -> Result<(Builder, Vec<RedisSource<jobs::Job>>), BoxError> {
+    config.browser.check()?;
     std::fs::create_dir_all(&config.pdf_dir)?;
     let mut builder =
         ThreadPoolManager::builder().thread_name_prefix(config.thread_prefix.as_str());

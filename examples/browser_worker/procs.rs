@@ -32,7 +32,8 @@ fn pids() -> Vec<u32> {
 
 /// The values of `--user-data-dir=` in `pid`'s command line. Chromium's helpers (zygote,
 /// renderers, GPU, utilities) rewrite their process title into ONE string, arguments joined by
-/// spaces, so an argument ends at a NUL or a space (a profile path must hold no space).
+/// spaces, so an argument ends at a NUL or a space (`BrowserConfig::check` refuses a profile
+/// root with whitespace).
 fn data_dirs(pid: u32) -> Vec<String> {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return Vec::new();

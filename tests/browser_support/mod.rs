@@ -122,6 +122,114 @@ pub fn assert_no_leaks(root: &Path) {
     );
 }
 
+/// `examples/browser_worker` as a process, its stderr in a log file. Stopped on drop, so a
+/// test that gives up leaves no process behind: SIGTERM first (its exit kills its browsers;
+/// a `kill -9` would leave them running), `kill -9` if it is still running after
+/// [`PATIENCE`] times 2.
+pub struct Example {
+    child: std::process::Child,
+    log_path: PathBuf,
+}
+
+impl Example {
+    /// Starts the example on `server`, `site` and `scratch`'s profiles and PDFs, with `more`
+    /// options (split on spaces), logging to `scratch/browser_worker.log`.
+    pub fn on(server: &RedisServer, site: &site::Site, scratch: &Scratch, more: &str) -> Example {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--redis-url".into(),
+            server.url().into(),
+            "--site-url".into(),
+            site.url().into(),
+            "--profile-root".into(),
+            scratch.profiles().into(),
+            "--pdf-dir".into(),
+            scratch.pdfs().into(),
+        ];
+        args.extend(more.split_whitespace().map(Into::into));
+        Example::start(scratch, &args)
+    }
+
+    /// Starts the example with `args`, logging to `scratch/browser_worker.log`.
+    pub fn start(scratch: &Scratch, args: &[impl AsRef<std::ffi::OsStr>]) -> Example {
+        let log_path = scratch.0.join("browser_worker.log");
+        let child = std::process::Command::new(crate::support::redis::example("browser_worker"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        Example { child, log_path }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits up to `within` for `condition` while the process runs; panics with `what`, what
+    /// `state` says and the log if it exits first or the time is up.
+    pub fn wait_until<S: std::fmt::Debug>(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut condition: impl FnMut() -> bool,
+        state: impl Fn() -> S,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        while !condition() {
+            let exited = self.child.try_wait().unwrap();
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                panic!(
+                    "{what}: not after {within:?} (exited: {exited:?}); state {:?}; log:\n{}",
+                    state(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; its status.
+    pub fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "browser_worker still running after {within:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + PATIENCE * 2;
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 pub fn push(server: &RedisServer, key: &str, jobs: impl IntoIterator<Item = Value>) {
     let payloads: Vec<String> = jobs.into_iter().map(|j| j.to_string()).collect();
     let _: () = server.conn().rpush(key, payloads).unwrap();
