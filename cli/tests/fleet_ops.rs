@@ -354,23 +354,36 @@ fn explain_shows_the_wait_target_the_estimated_wait_and_the_learned_divisor() {
     push(&redis, "fila:wait", &jobs(20, 100));
     push(&redis, "fila:wait", &jobs(40, 60_000));
     let process = || json(&url, &["explain", "fila:wait"])["processes"][0].clone();
+    let results = || -> usize { redis.conn().llen("fila:resultados").unwrap() };
     wait_until(
         PATIENCE,
-        "explain to show the learned divisor",
-        || process()["learned_jobs_per_thread"].is_number(),
-        process,
+        "the 20 short jobs done and explain showing the learned divisor",
+        || results() >= 20 && process()["learned_jobs_per_thread"].is_number(),
+        || (results(), process()),
+    );
+    // The text and the JSON give the same figures (read until a beat did not change them
+    // between the two reads).
+    let last = std::cell::RefCell::new((Value::Null, String::new()));
+    wait_until(
+        PATIENCE,
+        "the text to show the figures of the JSON",
+        || {
+            let p = process();
+            let line = ok(&url, &["explain", "fila:wait"]);
+            let d = p["job_duration_s"].as_f64().unwrap_or(0.0);
+            let shown = format!("(fleet-wide), jobs of {d:.2}s: learned ");
+            *last.borrow_mut() = (p, line.clone());
+            line.contains("wait target 4.0s, estimated wait ") && line.contains(&shown)
+        },
+        || last.borrow().clone(),
     );
     let p = process();
     assert_eq!(p["target_wait_s"], 4.0, "{p}");
+    // Jobs of 100 ms: a sleep takes at least that, more on a loaded machine; the histogram's
+    // median is within 1/16 of what it saw.
     let d = p["job_duration_s"].as_f64().unwrap();
-    assert!((d - 0.1).abs() <= 0.1 / 16.0, "{p}");
+    assert!((0.1 - 0.1 / 16.0..=0.2).contains(&d), "{p}");
     let learned = p["learned_jobs_per_thread"].as_f64().unwrap();
     assert!((learned - 4.0 / d).abs() < 1e-6, "{p}");
     assert!(p["estimated_wait_s"].as_f64().unwrap() > 0.0, "{p}");
-    let line = ok(&url, &["explain", "fila:wait"]);
-    assert!(
-        line.contains("wait target 4.0s, estimated wait ")
-            && line.contains("(fleet-wide), jobs of 0.10s: learned "),
-        "{line}"
-    );
 }
