@@ -41,6 +41,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use parking_lot::Mutex;
 
+use crate::backoff::Backoff;
 use crate::config::QueueConfig;
 use crate::event::ExitReason;
 use crate::queue::Handlers;
@@ -225,6 +226,32 @@ impl Default for Life {
             watch: false,
             fresh: true,
         }
+    }
+}
+
+/// A worker's run of failed health checks: states that failed before running a job. The
+/// first failure of a run rebuilds at once; each further one backs off before the next `init`.
+#[derive(Debug, Default)]
+pub(crate) struct FailedChecks(u32);
+
+impl FailedChecks {
+    /// A state failed its check after `jobs` jobs: the delay before the next `init`.
+    pub(crate) fn fail(&mut self, jobs: u64, backoff: Backoff) -> Duration {
+        self.0 = if jobs == 0 {
+            self.0.saturating_add(1)
+        } else {
+            1
+        };
+        if self.0 > 1 {
+            backoff.delay(self.0 - 1)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// A state ran a job or recycled: its successor's failure starts a new run.
+    pub(crate) fn reset(&mut self) {
+        self.0 = 0;
     }
 }
 

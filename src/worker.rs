@@ -13,7 +13,7 @@ use crossbeam_channel::select;
 use crate::counters::{Counters, Ended, JobTimer};
 use crate::error::{JobError, SourceError};
 use crate::event::{ErrorEvent, ErrorKind, EventHandler, ExitReason, WorkerEvent};
-use crate::lifecycle::{self, Life};
+use crate::lifecycle::{self, FailedChecks, Life};
 use crate::outage::{Line, Outage};
 use crate::queue::Handlers;
 pub(crate) use crate::runner::{Runner, close_source};
@@ -83,7 +83,7 @@ pub(crate) fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
     let mut info = w.info.clone();
     let mut life = Life::default();
     let mut built = 0u64;
-    let mut unhealthy_in_row = 0u32;
+    let mut failed_checks = FailedChecks::default();
     let exit = loop {
         if let Some(reason) = w.should_exit() {
             break reason;
@@ -159,29 +159,17 @@ pub(crate) fn run<H: Handlers>(h: &H, w: &Worker<'_>) -> ExitReason {
                 // No job may wait hidden in the consumer while `init` runs again.
                 w.suspend(c, &mut outage);
                 drop_state(&mut state, w);
-                // The state ran a job: the next failed check is the first in a row.
-                unhealthy_in_row = 0;
+                failed_checks.reset();
             }
             Ok(Served::Recycle) => {
                 w.suspend(c, &mut outage);
-                unhealthy_in_row = 0;
+                failed_checks.reset();
                 w.queue.recycles.fetch_add(1, Ordering::Relaxed);
                 lifecycle::carry_or_drop(h, w, &mut state, &info);
             }
             Ok(Served::Unhealthy { message, panicked }) => {
                 w.suspend(c, &mut outage);
-                // A state that fails again before any job: back off before the next `init`.
-                // A state that ran a job or recycled resets the run (above).
-                unhealthy_in_row = if loop_state.since_init == 0 {
-                    unhealthy_in_row.saturating_add(1)
-                } else {
-                    1
-                };
-                let delay = if unhealthy_in_row > 1 {
-                    backoff.delay(unhealthy_in_row - 1)
-                } else {
-                    Duration::ZERO
-                };
+                let delay = failed_checks.fail(loop_state.since_init, backoff);
                 w.queue
                     .health_check_failures
                     .fetch_add(1, Ordering::Relaxed);
