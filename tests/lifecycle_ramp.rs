@@ -140,6 +140,26 @@ fn init_concurrency_defaults_to_the_cpus_available() {
     assert_eq!(inits_in_flight(None, k), k);
 }
 
+/// A queue `q` on `source` with one init turn, whose every `init` counts itself in `entered`
+/// and then waits at `release`.
+fn held_inits<S>(source: S, entered: &Arc<AtomicUsize>, release: &Gate) -> Queue
+where
+    S: threadtide::JobSource<Job = u32, Output = ()>,
+{
+    let (e, r) = (Arc::clone(entered), release.clone());
+    Queue::new(
+        "q",
+        source,
+        move |_| {
+            e.fetch_add(1, SeqCst);
+            r.pass();
+            Ok::<_, Infallible>(())
+        },
+        |_, _| Ok(()),
+    )
+    .init_concurrency(1)
+}
+
 /// Workers waiting for an init turn count as `starting` and as workers, hold no job, and leave
 /// at once on shutdown without running `init`. Fails without the ramp (six inits run).
 #[test]
@@ -147,23 +167,9 @@ fn workers_waiting_for_a_turn_are_starting_hold_no_job_and_leave_on_shutdown() {
     let source: MemorySource<u32> = MemorySource::new();
     let entered = Arc::new(AtomicUsize::new(0));
     let release = Gate::default();
-    let (e, r) = (entered.clone(), release.clone());
     let pool = ThreadPoolManager::builder()
         .max_threads_per_type(6)
-        .add_queue(
-            Queue::new(
-                "q",
-                source.clone(),
-                move |_| {
-                    e.fetch_add(1, SeqCst);
-                    r.pass();
-                    Ok::<_, Infallible>(())
-                },
-                |_, _| Ok(()),
-            )
-            .min_threads(6)
-            .init_concurrency(1),
-        )
+        .add_queue(held_inits(source.clone(), &entered, &release).min_threads(6))
         .build()
         .unwrap();
     let _open = OpenOnDrop(release.clone());
@@ -294,23 +300,10 @@ fn workers_waiting_for_a_turn_retire_without_running_init() {
     let source = support::Faulty::default();
     let entered = Arc::new(AtomicUsize::new(0));
     let release = Gate::default();
-    let (e, r) = (entered.clone(), release.clone());
     let pool = ThreadPoolManager::builder()
         .max_threads_per_type(6)
         .scale_down_delay(Duration::ZERO)
-        .add_queue(
-            Queue::new(
-                "q",
-                source.clone(),
-                move |_| {
-                    e.fetch_add(1, SeqCst);
-                    r.pass();
-                    Ok::<_, Infallible>(())
-                },
-                |_, _| Ok(()),
-            )
-            .init_concurrency(1),
-        )
+        .add_queue(held_inits(source.clone(), &entered, &release))
         .build()
         .unwrap();
     let _open = OpenOnDrop(release.clone());
